@@ -1,0 +1,123 @@
+"""One axis of the window grid: pure integer geometry, no I/O.
+
+Conventions (shared by every stage):
+
+* windows start at ``0, S, 2S, ...`` in source pixels, ``S = tile - overlap``;
+* the image is padded at its far edge to ``padded = (count - 1) * S + tile``;
+* a window's output footprint is ``[start * s, (start + tile) * s)`` for the scale ``s``;
+* ``crop`` keeps from window ``i`` the output interval ``[cut(i - 1), cut(i))``, where ``cut(i)`` is
+  the middle of the overlap of windows ``i`` and ``i + 1`` (rounded down), clipped to the output size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+__all__ = ["AxisGrid", "make_axis"]
+
+
+@dataclass(frozen=True)
+class AxisGrid:
+    """Window geometry along one axis.
+
+    Attributes
+    ----------
+    size : int
+        Image extent in source pixels.
+    tile : int
+        Effective window extent in source pixels (shrunk for images smaller than a window).
+    stride : int
+        Distance between window starts in source pixels.
+    count : int
+        Number of windows.
+    scale : Fraction
+        Output pixels per source pixel.
+    """
+
+    size: int
+    tile: int
+    stride: int
+    count: int
+    scale: Fraction
+
+    @property
+    def padded(self) -> int:
+        """Padded source extent that the last window reaches."""
+        return (self.count - 1) * self.stride + self.tile
+
+    @property
+    def overlap(self) -> int:
+        """Overlap of neighbouring windows in source pixels (0 with a single window)."""
+        return self.tile - self.stride if self.count > 1 else 0
+
+    @property
+    def out_size(self) -> int:
+        """Output extent: ``size * s`` up, ``ceil(size / k)`` down."""
+        return math.ceil(self.size * self.scale)
+
+    @property
+    def out_tile(self) -> int:
+        """Window extent in output pixels."""
+        return int(self.tile * self.scale)
+
+    @property
+    def out_overlap(self) -> int:
+        """Overlap in output pixels."""
+        return int(self.overlap * self.scale)
+
+    def start(self, i: int) -> int:
+        """Source start of window ``i``."""
+        return i * self.stride
+
+    def out_start(self, i: int) -> int:
+        """Output start of window ``i``."""
+        return int(self.start(i) * self.scale)
+
+    def cut(self, i: int) -> int:
+        """Output position of the seam between window ``i`` and ``i + 1``."""
+        if i < 0:
+            return 0
+        if i >= self.count - 1:
+            return self.out_size
+        mid2 = self.start(i + 1) + self.start(i) + self.tile  # twice the overlap centre, source px
+        return min(self.out_size, math.floor(mid2 * self.scale / 2))
+
+    def keep(self, i: int) -> tuple[int, int]:
+        """Output interval that ``crop`` keeps from window ``i``."""
+        return self.cut(i - 1), self.cut(i)
+
+    def footprint(self, i: int) -> tuple[int, int]:
+        """Output interval covered by window ``i``, clipped to the output size."""
+        lo = self.out_start(i)
+        return lo, min(self.out_size, lo + self.out_tile)
+
+    def covering(self, lo: int, hi: int, *, crop: bool) -> range:
+        """Windows whose contribution intersects the output interval ``[lo, hi)``.
+
+        With ``crop=True`` the contribution is the kept interval, otherwise the whole footprint.
+        """
+        first, last = None, None
+        # candidate range from the footprints, then filter exactly
+        s_out = self.stride * self.scale
+        i0 = max(0, math.floor((lo - self.out_tile) / s_out) - 1) if s_out > 0 else 0
+        i1 = min(self.count - 1, math.floor(hi / s_out) + 1) if s_out > 0 else 0
+        for i in range(i0, i1 + 1):
+            a, b = self.keep(i) if crop else self.footprint(i)
+            if a < hi and b > lo and b > a:
+                first = i if first is None else first
+                last = i
+        if first is None:
+            return range(0)
+        return range(first, last + 1)
+
+
+def make_axis(size: int, tile: int, overlap: int, scale: Fraction, align: int) -> AxisGrid:
+    """Build an :class:`AxisGrid`; the window shrinks to the aligned image extent if larger."""
+    eff = min(tile, -(-size // align) * align)
+    stride = tile - overlap
+    if eff < tile:
+        return AxisGrid(size=size, tile=eff, stride=stride, count=1, scale=scale)
+    count = 1 if size <= tile else -(-(size - tile) // stride) + 1
+    return AxisGrid(size=size, tile=tile, stride=stride, count=count, scale=scale)

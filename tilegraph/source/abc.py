@@ -1,0 +1,151 @@
+"""The source contract: an image read region by region, always returned as YXC.
+
+A source must be picklable and cheap to pickle (a path and options, never pixels or open handles,
+except for in-memory sources which the pipeline stages to storage before a distributed run).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tilegraph.errors import UnsupportedSourceError
+
+__all__ = ["Source", "SourceMetadata", "infer_layout", "SUPPORTED_DTYPES"]
+
+SUPPORTED_DTYPES = (np.dtype("uint8"), np.dtype("uint16"), np.dtype("float16"), np.dtype("float32"))
+
+
+@dataclass
+class SourceMetadata:
+    """What a sink may carry over from the source.
+
+    Attributes
+    ----------
+    icc_profile : bytes or None
+        Embedded ICC profile, passed through byte for byte.
+    resolution : tuple or None
+        ``(x_resolution, y_resolution, unit)`` as found in the file.
+    exif : bytes or None
+        Raw EXIF block (orientation already applied by the reader when ``orientation_applied``).
+    xmp : bytes or None
+        Raw XMP packet.
+    extra : dict
+        Anything else a reader records (format name, compression, page, level, ...).
+    """
+
+    icc_profile: bytes | None = None
+    resolution: tuple | None = None
+    exif: bytes | None = None
+    xmp: bytes | None = None
+    orientation_applied: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+class Source(ABC):
+    """An image that can be read region by region.
+
+    Subclasses set ``shape`` (rows, cols), ``channels``, ``dtype``, ``layout`` (of the stored data:
+    ``"YX"``, ``"YXC"`` or ``"CYX"``) and ``path`` (for messages), and implement :meth:`read`.
+
+    Capability flags
+    ----------------
+    ``shareable``: readable from another process after pickling (file or URL backed).
+    ``region_reads``: reading a region costs about the region (not the whole file).
+    """
+
+    shape: tuple[int, int]
+    channels: int
+    dtype: np.dtype
+    layout: str
+    path: str | None = None
+    shareable: bool = True
+    region_reads: bool = True
+
+    @property
+    def metadata(self) -> SourceMetadata:
+        """Metadata to pass through to the output."""
+        return SourceMetadata()
+
+    @abstractmethod
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Return pixels ``[y0:y1, x0:x1]`` as a ``(rows, cols, channels)`` array of :attr:`dtype`.
+
+        The box lies inside the image; padding is the caller's business.
+        """
+
+    def describe(self) -> dict:
+        """Short description for ``tilegraph info``."""
+        return {
+            "path": self.path,
+            "kind": type(self).__name__,
+            "shape": list(self.shape),
+            "channels": self.channels,
+            "dtype": str(self.dtype),
+            "layout": self.layout,
+        }
+
+    def _check_dtype(self) -> None:
+        if np.dtype(self.dtype) not in SUPPORTED_DTYPES:
+            raise UnsupportedSourceError(
+                f"dtype {np.dtype(self.dtype)} is not supported",
+                path=self.path,
+                hint="convert to uint8, uint16, float16 or float32",
+            )
+        if self.shape[0] <= 0 or self.shape[1] <= 0:
+            raise UnsupportedSourceError(f"image has zero size {self.shape}", path=self.path)
+
+
+def infer_layout(shape: tuple[int, ...], layout: str | None = None, *, path: str | None = None) -> str:
+    """Decide the axis order of an array: ``YX``, ``YXC`` or ``CYX``.
+
+    A 3-D array whose last axis has at most 4 entries is YXC; one whose first axis has at most 4
+    entries (and the last more) is CYX. Pass ``layout=`` to settle other cases.
+    """
+    if layout is not None:
+        if layout not in ("YX", "YXC", "CYX") or len(layout) != len(shape):
+            raise UnsupportedSourceError(f"layout {layout!r} does not fit an array of shape {shape}", path=path)
+        return layout
+    if len(shape) == 2:
+        return "YX"
+    if len(shape) == 3:
+        if shape[2] <= 4:
+            return "YXC"
+        if shape[0] <= 4:
+            return "CYX"
+        raise UnsupportedSourceError(
+            f"cannot tell the channel axis of shape {shape}", path=path, hint="pass layout='YXC' or 'CYX'"
+        )
+    raise UnsupportedSourceError(
+        f"arrays must be 2-D or 3-D images, got shape {shape}", path=path, hint="select one image or plane first"
+    )
+
+
+def to_yxc(block: np.ndarray, layout: str) -> np.ndarray:
+    """Reorder a block read in ``layout`` to YXC."""
+    if layout == "YX":
+        return block[:, :, None]
+    if layout == "CYX":
+        return np.moveaxis(block, 0, -1)
+    return block
+
+
+def region_index(layout: str, y0: int, y1: int, x0: int, x1: int) -> tuple[slice, ...]:
+    """Index of a region in an array stored with ``layout``."""
+    ys, xs = slice(y0, y1), slice(x0, x1)
+    if layout == "YX":
+        return ys, xs
+    if layout == "CYX":
+        return slice(None), ys, xs
+    return ys, xs, slice(None)
+
+
+def dims_of(shape: tuple[int, ...], layout: str) -> tuple[tuple[int, int], int]:
+    """``((rows, cols), channels)`` of an array with ``layout``."""
+    if layout == "YX":
+        return (shape[0], shape[1]), 1
+    if layout == "CYX":
+        return (shape[1], shape[2]), shape[0]
+    return (shape[0], shape[1]), shape[2]

@@ -1,0 +1,50 @@
+"""Reading a window that may reach past the far edges of the image (padding by index mapping)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tilegraph.source.abc import Source
+
+__all__ = ["pad_indices", "read_padded"]
+
+
+def pad_indices(start: int, stop: int, size: int, mode: str) -> np.ndarray | None:
+    """Source indices for positions ``start..stop-1``, padded past ``size`` like :func:`numpy.pad`.
+
+    Returns ``None`` for ``mode="constant"`` positions (handled by the caller) -- in that mode the
+    indices past the edge are returned as ``-1``.
+    """
+    p = np.arange(start, stop)
+    if mode == "edge":
+        return np.minimum(p, size - 1)
+    if mode == "constant":
+        return np.where(p < size, p, -1)
+    if mode == "reflect":
+        if size == 1:
+            return np.zeros_like(p)
+        period = 2 * (size - 1)
+        q = p % period
+        return np.where(q < size, q, period - q)
+    if mode == "symmetric":
+        period = 2 * size
+        q = p % period
+        return np.where(q < size, q, period - 1 - q)
+    raise ValueError(f"unknown pad mode {mode!r}")
+
+
+def read_padded(source: Source, y0: int, y1: int, x0: int, x1: int, mode: str = "reflect") -> np.ndarray:
+    """Read ``[y0:y1, x0:x1]`` (YXC), padding beyond the image's far edges with ``mode``."""
+    h, w = source.shape
+    if y1 <= h and x1 <= w:
+        return source.read(y0, y1, x0, x1)
+    iy = pad_indices(y0, y1, h, mode)
+    ix = pad_indices(x0, x1, w, mode)
+    vy, vx = iy[iy >= 0], ix[ix >= 0]
+    ry0, ry1 = int(vy.min()), int(vy.max()) + 1
+    rx0, rx1 = int(vx.min()), int(vx.max()) + 1
+    block = source.read(ry0, ry1, rx0, rx1)
+    out = np.zeros((y1 - y0, x1 - x0, block.shape[2]), dtype=block.dtype)
+    my, mx = iy >= 0, ix >= 0
+    out[np.ix_(my, mx)] = block[np.ix_(iy[my] - ry0, ix[mx] - rx0)]
+    return out

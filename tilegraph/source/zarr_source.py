@@ -1,0 +1,157 @@
+"""Zarr v2/v3 arrays and OME-Zarr images (a chosen level, 0 by default), local or fsspec URL."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from tilegraph.errors import (
+    CorruptSourceError,
+    IncompleteOutputError,
+    SourceNotFoundError,
+    UnsupportedSourceError,
+)
+from tilegraph.source.abc import Source, SourceMetadata, dims_of, infer_layout, region_index, to_yxc
+
+__all__ = ["ZarrSource", "is_zarr_path", "check_complete"]
+
+
+def is_zarr_path(path: str) -> bool:
+    """True for a path that looks like a Zarr array or group (v2 or v3)."""
+    p = str(path).rstrip("/")
+    if "://" in p and not p.startswith("file://"):
+        return p.endswith(".zarr") or ".zarr/" in p
+    p = p.removeprefix("file://")
+    return p.endswith(".zarr") or any(
+        os.path.exists(os.path.join(p, name)) for name in ("zarr.json", ".zarray", ".zgroup")
+    )
+
+
+def check_complete(attrs, path: str) -> None:
+    """Refuse a tilegraph output whose completion marker is missing."""
+    meta = dict(attrs).get("tilegraph")
+    if isinstance(meta, dict) and not meta.get("complete", False):
+        raise IncompleteOutputError(
+            "this is a tilegraph output whose run did not finish (no completion marker)",
+            path=path,
+            hint="rerun the job with overwrite=True, or delete the directory",
+        )
+
+
+class ZarrSource(Source):
+    """A Zarr array (v2 or v3) or OME-Zarr image read region by region.
+
+    Parameters
+    ----------
+    path
+        Local path or fsspec URL of an array, or of an OME-Zarr group (``level`` picks the scale).
+    layout
+        Axis order if it cannot be inferred.
+    level
+        OME-Zarr multiscale level (0 is full resolution).
+    storage_options
+        fsspec options for remote URLs.
+    """
+
+    def __init__(self, path, *, layout: str | None = None, level: int = 0, storage_options: dict | None = None):
+        self.path = str(path)
+        self.level = int(level)
+        self.storage_options = storage_options
+        arr, axes = self._open()
+        self.layout = infer_layout(tuple(arr.shape), layout or axes, path=self.path)
+        self.shape, self.channels = dims_of(tuple(arr.shape), self.layout)
+        self.dtype = np.dtype(arr.dtype)
+        self._check_dtype()
+        self.array_path = arr.store_path.path if hasattr(arr, "store_path") else ""
+
+    # pickled as path + options; the array is reopened lazily in each process
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_array", None)
+        return state
+
+    def _open(self):
+        import zarr
+
+        kw = {"storage_options": self.storage_options} if self.storage_options and "://" in self.path else {}
+        local = self.path.removeprefix("file://")
+        if "://" not in self.path and not os.path.exists(local):
+            raise SourceNotFoundError("no such file or directory", path=self.path)
+        try:
+            node = zarr.open(self.path, mode="r", **kw)
+        except FileNotFoundError:
+            raise SourceNotFoundError("no Zarr array or group here", path=self.path) from None
+        except Exception as exc:  # zarr raises many kinds for damaged metadata
+            raise CorruptSourceError(f"cannot open as Zarr: {exc}", path=self.path) from exc
+        axes = None
+        if isinstance(node, zarr.Group):
+            node, axes = self._ome_level(node)
+        check_complete(node.attrs, self.path)
+        self._array = node
+        return node, axes
+
+    def _ome_level(self, group):
+        attrs = dict(group.attrs)
+        ome = attrs.get("ome", attrs)
+        ms = ome.get("multiscales")
+        if not ms:
+            raise UnsupportedSourceError(
+                "a Zarr group without OME-Zarr 'multiscales' metadata",
+                path=self.path,
+                hint="point at the array inside the group",
+            )
+        datasets = ms[0]["datasets"]
+        if self.level >= len(datasets):
+            raise UnsupportedSourceError(f"level {self.level} requested, the image has {len(datasets)}", path=self.path)
+        arr = group[datasets[self.level]["path"]]
+        names = [a["name"] if isinstance(a, dict) else a for a in ms[0].get("axes", [])]
+        layout = None
+        if names:
+            keep = [n for n in names if n in ("c", "y", "x")]
+            extra = [i for i, n in enumerate(names) if n not in ("c", "y", "x")]
+            if any(arr.shape[i] != 1 for i in extra):
+                raise UnsupportedSourceError(
+                    f"OME-Zarr axes {names} have t/z extent > 1", path=self.path, hint="select one plane first"
+                )
+            if extra:
+                arr = _Squeezed(arr, tuple(extra))
+            layout = "".join(keep).upper()
+        return arr, layout
+
+    @property
+    def array(self):
+        """The opened array (reopened after unpickling)."""
+        if getattr(self, "_array", None) is None:
+            arr, _ = self._open()
+            if not hasattr(arr, "shape") or len(arr.shape) not in (2, 3):
+                raise CorruptSourceError("array changed shape since planning", path=self.path)
+        return self._array
+
+    @property
+    def metadata(self) -> SourceMetadata:
+        attrs = dict(getattr(self.array, "attrs", {}) or {})
+        icc = attrs.get("icc_profile_hex")
+        return SourceMetadata(
+            icc_profile=bytes.fromhex(icc) if icc else None, extra={"format": "zarr", "attrs_keys": sorted(attrs)}
+        )
+
+    def read(self, y0, y1, x0, x1):
+        block = np.asarray(self.array[region_index(self.layout, y0, y1, x0, x1)])
+        return to_yxc(block, self.layout)
+
+
+class _Squeezed:
+    """A view of an array with singleton axes (t, z) removed."""
+
+    def __init__(self, arr, axes):
+        self._arr, self._axes = arr, axes
+        self.shape = tuple(s for i, s in enumerate(arr.shape) if i not in axes)
+        self.dtype = arr.dtype
+        self.attrs = arr.attrs
+
+    def __getitem__(self, idx):
+        full, it = [], iter(idx)
+        for i in range(len(self._arr.shape)):
+            full.append(0 if i in self._axes else next(it))
+        return self._arr[tuple(full)]
