@@ -1,0 +1,50 @@
+"""Blend weights along one axis (pure numpy).
+
+``linear`` and ``cosine`` are ramps across each actual overlap with ``r(t) + r(1 - t) = 1`` (a
+partition of unity when overlap <= tile / 2; the merge divides by the summed weights anyway), with
+weight 1 toward image borders. ``gaussian`` follows MONAI: ``exp(-x^2 / 2 sigma^2)`` about the window
+centre, ``sigma = 0.125 * tile``, floored at 1e-3. ``crop`` is 1 on the kept interval, 0 elsewhere.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tilegraph.plan.grid import AxisGrid
+
+__all__ = ["axis_weights", "ramp"]
+
+
+def ramp(n: int, mode: str) -> np.ndarray:
+    """Rising ramp over ``n`` pixels, ``r((u + 1/2) / n)``."""
+    t = (np.arange(n, dtype=np.float64) + 0.5) / n
+    if mode == "linear":
+        return t
+    if mode == "cosine":
+        return np.sin(np.pi * t / 2) ** 2
+    raise ValueError(f"no ramp for mode {mode!r}")
+
+
+def axis_weights(axis: AxisGrid, i: int, mode: str) -> np.ndarray:
+    """Weights of window ``i`` over its output footprint (length ``axis.out_tile``), float32."""
+    n = axis.out_tile
+    if mode == "crop":
+        w = np.zeros(n, dtype=np.float32)
+        lo, hi = axis.keep(i)
+        start = axis.out_start(i)
+        w[max(0, lo - start) : max(0, hi - start)] = 1.0
+        return w
+    if mode == "gaussian":
+        sigma = 0.125 * n
+        x = np.arange(n, dtype=np.float64) - (n - 1) / 2
+        w = np.exp(-(x**2) / (2 * sigma**2))
+        return np.maximum(w, 1e-3).astype(np.float32)
+    w = np.ones(n, dtype=np.float64)
+    o = axis.out_overlap
+    if o > 0:
+        r = ramp(o, mode)
+        if i > 0:
+            w[:o] *= r
+        if i < axis.count - 1:
+            w[n - o :] *= r[::-1]
+    return w.astype(np.float32)
