@@ -76,6 +76,36 @@ class Source(ABC):
         The box lies inside the image; padding is the caller's business.
         """
 
+    def stage_tasks(self, path: str, *, band_rows: int = 1024, chunk_cols: int = 1024):
+        """Tasks that copy this source into a chunked YXC Zarr v3 array at ``path``, and its source.
+
+        Used by the pipeline when the source is not ``shareable`` (in-memory arrays: the client runs
+        the tasks itself) or has no cheap ``region_reads`` (striped TIFF: workers run them, so every
+        strip is decoded about once). Each task writes whole chunks of one band of rows, so writes are
+        aligned and never overlap.
+
+        Returns
+        -------
+        tasks : list of callables taking no argument
+        staged : Source
+            A source reading the staged copy (valid once every task has run).
+        """
+        import zarr
+
+        from tilegraph.source.zarr_source import ZarrSource
+
+        h, w = self.shape
+        zarr.create_array(
+            store=path,
+            shape=(h, w, self.channels),
+            chunks=(min(band_rows, h), min(chunk_cols, w), self.channels),
+            dtype=self.dtype,
+            fill_value=0,
+            overwrite=True,
+        )
+        tasks = [_StageBand(self, path, r, min(h, r + band_rows)) for r in range(0, h, band_rows)]
+        return tasks, _LazyZarr(path)
+
     def describe(self) -> dict:
         """Short description for ``tilegraph info``."""
         return {
@@ -149,3 +179,24 @@ def dims_of(shape: tuple[int, ...], layout: str) -> tuple[tuple[int, int], int]:
     if layout == "CYX":
         return (shape[1], shape[2]), shape[0]
     return (shape[0], shape[1]), shape[2]
+
+
+class _StageBand:
+    """Copy rows ``[r0, r1)`` of a source into the staged Zarr (picklable task)."""
+
+    def __init__(self, source: Source, path: str, r0: int, r1: int):
+        self.source, self.path, self.r0, self.r1 = source, path, r0, r1
+
+    def __call__(self) -> int:
+        import zarr
+
+        block = self.source.read(self.r0, self.r1, 0, self.source.shape[1])
+        zarr.open_array(self.path, mode="r+")[self.r0 : self.r1] = block
+        return int(block.nbytes)
+
+
+def _LazyZarr(path: str) -> Source:
+    """A ZarrSource opened after the staging tasks ran (the array exists already)."""
+    from tilegraph.source.zarr_source import ZarrSource
+
+    return ZarrSource(path, layout="YXC")

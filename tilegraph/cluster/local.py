@@ -1,0 +1,86 @@
+"""The embedded cluster used when :func:`tilegraph.run` gets no client, and client resolution."""
+
+from __future__ import annotations
+
+import os
+
+from tilegraph.errors import ClusterError
+
+__all__ = ["connect", "embedded_cluster", "visible_gpus"]
+
+#: dask config every tilegraph client and embedded scheduler uses: no low-level fusion (it drops
+#: resource annotations), no array query planning (drops all annotations).
+DASK_CONFIG = {"optimization.fuse.active": False, "array.query-planning": False}
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids visible to this process (``CUDA_VISIBLE_DEVICES`` or what torch sees), without CUDA init."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        import subprocess
+
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+        return [str(i) for i, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU ")]
+    except (OSError, subprocess.SubprocessError):
+        return []
+
+
+def embedded_cluster(*, n_workers: int | None = None, threads_per_worker: int | None = None, memory_limit="auto"):
+    """Start a ``LocalCluster`` of worker processes suited to this machine.
+
+    With GPUs: one worker per GPU, pinned through ``CUDA_VISIBLE_DEVICES`` and declaring
+    ``GPU=1`` (see :func:`tilegraph.cluster.gpu.gpu_cluster`). Without: ``n_workers`` processes
+    (default 1) declaring ``MODEL=1``, so one model task runs per worker with all its cores while
+    reads, blends and writes use the other threads.
+    """
+    import dask
+    from distributed import LocalCluster
+
+    dask.config.set(DASK_CONFIG)
+    gpus = visible_gpus()
+    if gpus and n_workers is None:
+        from tilegraph.cluster.gpu import gpu_cluster
+
+        return gpu_cluster(gpus=gpus, threads_per_worker=threads_per_worker, memory_limit=memory_limit)
+    cores = os.cpu_count() or 1
+    n = n_workers or 1
+    return LocalCluster(
+        n_workers=n,
+        threads_per_worker=threads_per_worker or max(2, cores // n),
+        processes=True,
+        resources={"MODEL": 1},
+        memory_limit=memory_limit,
+        dashboard_address=":0",
+        env={"DASK_OPTIMIZATION__FUSE__ACTIVE": "False"},
+    )
+
+
+def connect(client):
+    """Resolve the ``client=`` argument of :func:`tilegraph.run` to an executor.
+
+    ``None``: an embedded cluster (closed after the run); ``"inprocess"``: no cluster at all; a
+    scheduler address ``"tcp://host:8786"``; or a ``distributed.Client``.
+    """
+    from tilegraph.engine.executor import DaskExecutor, InProcessExecutor
+
+    if client in ("inprocess", "sync", "synchronous"):
+        return InProcessExecutor()
+    import dask
+    from distributed import Client
+
+    dask.config.set(DASK_CONFIG)
+    if client is None:
+        cluster = embedded_cluster()
+        return DaskExecutor(Client(cluster), own_cluster=True)
+    if isinstance(client, str):
+        try:
+            return DaskExecutor(Client(client, timeout="30s"), own_cluster=False)
+        except OSError as exc:
+            raise ClusterError(
+                f"cannot reach the scheduler at {client}: {exc}", hint="start it with `dask scheduler`"
+            ) from exc
+    if isinstance(client, Client):
+        return DaskExecutor(client, own_cluster=False)
+    raise ClusterError(f"client must be None, 'inprocess', an address or a distributed.Client, got {client!r}")

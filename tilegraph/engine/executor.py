@@ -1,0 +1,209 @@
+"""Executors: the one place that talks to Dask.
+
+``InProcessExecutor`` runs each task immediately in this process (tests, notebooks without a
+cluster); ``DaskExecutor`` submits to a ``distributed`` client with explicit keys, dependencies and
+resource restrictions given to ``Client.submit`` directly (never through graph annotations, which
+graph fusion drops). Both return handles with ``.result()``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+from tilegraph.errors import ResourceRestrictionError
+
+__all__ = ["InProcessExecutor", "DaskExecutor", "Done"]
+
+
+class Done:
+    """Result holder of the in-process executor (mimics a future)."""
+
+    __slots__ = ("value", "key")
+
+    def __init__(self, value, key: str):
+        self.value, self.key = value, key
+
+    def result(self):
+        return self.value
+
+
+class InProcessExecutor:
+    """Run tasks immediately, in submission order, in this process."""
+
+    model_resources: dict | None = None
+    dashboard_link: str | None = None
+
+    def share(self, obj):
+        """Objects are used as they are."""
+        return obj
+
+    def submit(self, fn: Callable, *args, key: str, resources: dict | None = None, deps: Sequence = ()):
+        args = tuple(a.value if isinstance(a, Done) else a for a in args)
+        return Done(fn(*args), key)
+
+    def wait(self, handles: Sequence, *, progress=None, label: str = "") -> list:
+        if progress is not None:
+            progress.update(label, len(handles), len(handles))
+        return [h.result() for h in handles]
+
+    def cancel(self, handles) -> None:
+        """Nothing runs in the background."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class DaskExecutor:
+    """Submit tasks to a ``distributed.Client``.
+
+    Parameters
+    ----------
+    client
+        A connected client.
+    own_cluster
+        Close the client (and its cluster) in :meth:`close`.
+    """
+
+    def __init__(self, client, *, own_cluster: bool = False):
+        self.client = client
+        self.own_cluster = own_cluster
+        self.model_resources = model_resources(client)
+        self.dashboard_link = getattr(client, "dashboard_link", None)
+
+    def share(self, obj):
+        """Send ``obj`` to every worker once (directly, not through the scheduler); returns a future."""
+        return self.client.scatter(obj, broadcast=True, hash=False)
+
+    def submit(self, fn: Callable, *args, key: str, resources: dict | None = None, deps: Sequence = ()):
+        return self.client.submit(fn, *args, *deps, key=key, resources=resources, pure=False, retries=1)
+
+    def check_restrictions(self, handles: Sequence) -> None:
+        """Raise :class:`ResourceRestrictionError` if model tasks reached the scheduler unrestricted."""
+        if not self.model_resources or not handles:
+            return
+        keys = [h.key for h in handles[:4]]
+        seen = self.client.run_on_scheduler(_restrictions_on_scheduler, keys=keys)
+        want = self.model_resources
+        missing = [k for k in keys if k in seen and seen[k] != want]
+        if missing:
+            raise ResourceRestrictionError(
+                f"model tasks reached the scheduler with restrictions {seen[missing[0]]!r}, expected {want!r}",
+                hint="a graph optimisation dropped them; report this as a tilegraph bug",
+            )
+
+    def wait(self, handles: Sequence, *, progress=None, label: str = "") -> list:
+        from distributed import as_completed
+
+        done = 0
+        total = len(handles)
+        if progress is not None:
+            progress.update(label, 0, total)
+        try:
+            for fut in as_completed(handles):
+                if fut.status == "error":
+                    fut.result()  # raises the task's own exception
+                done += 1
+                if progress is not None:
+                    progress.update(label, done, total)
+        except BaseException:
+            self.cancel(handles)
+            raise
+        return self.client.gather(list(handles))
+
+    def cancel(self, handles) -> None:
+        try:
+            self.client.cancel(list(handles), force=True)
+        except Exception:  # cancelling during shutdown must not hide the original error
+            pass
+
+    def close(self) -> None:
+        if self.own_cluster:
+            cluster = getattr(self.client, "cluster", None)
+            self.client.close()
+            if cluster is not None:
+                cluster.close()
+
+
+def _restrictions_on_scheduler(dask_scheduler, keys):
+    out = {}
+    for k in keys:
+        ts = dask_scheduler.tasks.get(k)
+        if ts is not None:
+            out[k] = dict(ts.resource_restrictions or {})
+    return out
+
+
+def model_resources(client) -> dict | None:
+    """Resource restriction for model tasks: ``{"GPU": 1}`` if any worker declares GPUs.
+
+    Workers of tilegraph's embedded CPU cluster declare ``MODEL=1`` so that one model task runs per
+    worker while reading, blending and writing use the other threads.
+    """
+    workers = client.scheduler_info(n_workers=-1).get("workers", {}) if _accepts_n_workers(client) else (
+        client.scheduler_info().get("workers", {})
+    )
+    names = set()
+    for info in workers.values():
+        names.update((info.get("resources") or {}).keys())
+    for name in ("GPU", "MODEL"):
+        if name in names:
+            return {name: 1}
+    return None
+
+
+def _accepts_n_workers(client) -> bool:
+    import inspect
+
+    try:
+        return "n_workers" in inspect.signature(client.scheduler_info).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+class Progress:
+    """A one-line progress display: a bar on a terminal, an ipywidgets bar in Jupyter, or nothing."""
+
+    def __init__(self, enabled: bool = True, stream=None):
+        self.enabled = enabled
+        self.stream = stream or sys.stderr
+        self._widget = None
+        self._t0 = time.perf_counter()
+        self._last = 0.0
+        if enabled and _in_notebook():
+            try:
+                import ipywidgets
+                from IPython.display import display
+
+                self._widget = ipywidgets.IntProgress(min=0, max=1, description="tilegraph")
+                display(self._widget)
+            except ImportError:
+                self._widget = None
+
+    def update(self, label: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self._widget is not None:
+            self._widget.max, self._widget.value, self._widget.description = max(total, 1), done, label
+            return
+        now = time.perf_counter()
+        if done < total and now - self._last < 0.5:
+            return
+        self._last = now
+        width = 30
+        filled = int(width * done / max(total, 1))
+        self.stream.write(
+            f"\r{label:>8} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {now - self._t0:6.1f}s"
+        )
+        if done >= total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def _in_notebook() -> bool:
+    ipython = sys.modules.get("IPython")
+    if ipython is None:
+        return False
+    shell = ipython.get_ipython() if hasattr(ipython, "get_ipython") else None
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"

@@ -1,0 +1,437 @@
+"""A tiled run as explicit steps: prepare, infer, blend, finish.
+
+:func:`tilegraph.run` drives all steps at once; tests and advanced users can drive them one by one
+(for instance to inspect or damage the tile store between inference and blending).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+
+from tilegraph.engine.executor import Progress
+from tilegraph.engine.tasks import RunContext, blend_chunk, infer_batch, probe_model
+from tilegraph.errors import DestinationError, InputError, ModelOutputError, SinkError
+from tilegraph.infer.spec import ModelSpec
+from tilegraph.plan import Plan, make_plan
+from tilegraph.plan.normalize import coerce_scale, lcm
+from tilegraph.sink.zarr_sink import create_output, exists, mark_complete, output_layout, remove_path, same_location
+from tilegraph.source import Source
+
+__all__ = ["Job", "RunResult", "EXPORT_SUFFIXES"]
+
+EXPORT_SUFFIXES = (".tif", ".tiff", ".btf", ".png", ".jpg", ".jpeg")
+
+
+@dataclass
+class RunResult:
+    """What a run returns: the output, the plan, timings and counts (all small).
+
+    Attributes
+    ----------
+    output
+        The output Zarr array (read-only) or, for TIFF/PNG/JPEG destinations, the file path.
+    path : str
+        Where the output lives.
+    plan : Plan
+    timings : dict
+        Seconds per step and ``megapixels_per_s`` of source image.
+    clipped : int
+        Values clipped when converting to the output dtype.
+    """
+
+    output: object
+    path: str
+    plan: Plan
+    timings: dict
+    clipped: int
+    model: dict
+    report: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def n_windows(self) -> int:
+        """Number of windows the model ran on."""
+        return self.plan.n_windows
+
+    def summary(self) -> dict:
+        """Small dict of the headline numbers."""
+        return {
+            "output": self.path,
+            "windows": self.plan.n_windows,
+            "seconds": round(self.timings.get("total_s", float("nan")), 3),
+            "megapixels_per_s": round(self.timings.get("megapixels_per_s", float("nan")), 3),
+            "clipped": self.clipped,
+        }
+
+    def _repr_html_(self) -> str:
+        rows = "".join(f"<tr><th style='text-align:left'>{k}</th><td>{v}</td></tr>" for k, v in self.summary().items())
+        extra = ""
+        if self.report and self.report.get("summary_html"):
+            extra = self.report["summary_html"]
+        return f"<table>{rows}</table>{extra}"
+
+
+class Job:
+    """One tiled run, step by step.
+
+    Parameters are those of :func:`tilegraph.run`, already normalised: a :class:`Source`, a
+    :class:`ModelSpec` (plus the model object for instances), an executor.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        destination: str,
+        *,
+        spec: ModelSpec,
+        model_obj,
+        executor,
+        tile,
+        overlap,
+        blend: str,
+        batch_size: int,
+        out_chunks,
+        output_dtype,
+        overwrite: bool,
+        pad_mode: str,
+        scratch: str | None,
+        progress: bool,
+        export_options: dict | None = None,
+    ):
+        self.source = source
+        self.destination = os.fspath(destination)
+        self.spec = spec
+        self.model_obj = model_obj
+        self.executor = executor
+        self.options = dict(
+            tile=tile,
+            overlap=overlap,
+            blend=blend,
+            batch_size=batch_size,
+            out_chunks=out_chunks,
+            output_dtype=output_dtype,
+            pad_mode=pad_mode,
+        )
+        self.overwrite = overwrite
+        self.progress = Progress(enabled=progress)
+        self.export = self.destination.lower().endswith(EXPORT_SUFFIXES)
+        self.export_options = export_options or {}
+        token = uuid.uuid4().hex[:8]
+        self.token = token
+        self.scratch = scratch or f"{self.destination.rstrip('/')}.tilegraph-tmp-{token}"
+        self.output_path = f"{self.scratch}/output.zarr" if self.export else self.destination
+        self.tile_store = f"{self.scratch}/tiles.zarr"
+        self.timings: dict = {}
+        self.infer_handles: list = []
+        self.blend_handles: list = []
+        self.plan: Plan | None = None
+        self.ctx: RunContext | None = None
+
+    # ----------------------------------------------------------------- step 1
+    def prepare(self) -> Plan:
+        """Check the destination, probe the model, build the plan, stage the source, create stores."""
+        t0 = time.perf_counter()
+        self._check_destination()
+        src, spec = self.source, self.spec
+        model_channels, passthrough = _model_channels(src, spec)
+        probe = self._probe(model_channels)
+        scale = self._scale(probe)
+        out_model = probe["out_channels"]
+        if spec.out_channels is not None and spec.out_channels != out_model:
+            raise ModelOutputError(
+                f"model declares out_channels={spec.out_channels} but returned {out_model} channels on a probe input"
+            )
+        out_dtype = str(np.dtype(self.options["output_dtype"] or src.dtype))
+        self.plan = make_plan(
+            src.shape,
+            tile=self.options["tile"],
+            overlap=self.options["overlap"],
+            channels=src.channels,
+            dtype=str(src.dtype),
+            layout=src.layout,
+            scale=scale,
+            model_stride=int(spec.stride or 1),
+            out_channels=out_model + passthrough,
+            out_dtype=out_dtype,
+            out_chunks=self.options["out_chunks"],
+            blend=self.options["blend"],
+            pad_mode=self.options["pad_mode"],
+            batch_size=self.options["batch_size"],
+            halo=spec.halo,
+        )
+        self.timings["probe_s"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        source = self._stage(src)
+        self.timings["stage_s"] = time.perf_counter() - t1
+        self._create_stores(source)
+        layout = output_layout(src.layout, self.plan.out_channels)
+        self.ctx = RunContext(
+            plan=self.plan,
+            source=source,
+            spec=spec,
+            tile_store=self.tile_store,
+            output=self.output_path,
+            model_channels=model_channels,
+            integer_input=np.dtype(src.dtype).kind == "u",
+            out_layout=layout,
+            run_token=self.token,
+        )
+        self.timings["prepare_s"] = time.perf_counter() - t0
+        return self.plan
+
+    def _check_destination(self) -> None:
+        if same_location(self.destination, self.source.path):
+            raise DestinationError(
+                "destination is the source itself",
+                path=self.destination,
+                hint="write to a new path; sources are never overwritten",
+            )
+        if exists(self.destination) and not self.overwrite:
+            raise DestinationError(
+                "destination exists", path=self.destination, hint="pass overwrite=True or choose a new path"
+            )
+
+    def _probe(self, channels: int) -> dict:
+        spec = self.spec
+        den = coerce_scale(spec.scale).denominator if spec.scale else 8
+        a = lcm(int(spec.stride or 1), den)
+        size = a * math.ceil(64 / a)
+        payload = self.model_obj if spec.kind != "path" else None
+        h = self.executor.submit(
+            probe_model, spec, payload, channels, size, key=f"tg-probe-{self.token}", resources=self.executor.model_resources
+        )
+        out = self.executor.wait([h])[0]
+        out["in_size"] = size
+        return out
+
+    def _scale(self, probe: dict) -> Fraction:
+        size = probe["in_size"]
+        oh, ow = probe["out_size"]
+        if oh != ow:
+            raise ModelOutputError(f"model returned a non-square {oh}x{ow} output for a {size}x{size} input")
+        measured = Fraction(oh, size)
+        if self.spec.scale is not None:
+            declared = coerce_scale(self.spec.scale)
+            if declared != measured:
+                raise ModelOutputError(
+                    f"model declares scale {declared} but maps {size} px to {oh} px ({measured})",
+                    hint="fix the model's scale attribute or the scale= argument",
+                )
+        return coerce_scale(measured)
+
+    def _stage(self, src: Source) -> Source:
+        from tilegraph.engine.executor import InProcessExecutor
+
+        inprocess = isinstance(self.executor, InProcessExecutor)
+        if (src.shareable or inprocess) and src.region_reads:
+            return src
+        tasks, staged = src.stage_tasks(f"{self.scratch}/source.zarr")
+        if not src.shareable:  # pixels live in this process: write them from here
+            for i, task in enumerate(tasks):
+                task()
+                self.progress.update("stage", i + 1, len(tasks))
+            return staged
+        handles = [self.executor.submit(t, key=f"tg-stage-{self.token}-{i}") for i, t in enumerate(tasks)]
+        self.executor.wait(handles, progress=self.progress, label="stage")
+        return staged
+
+    def _create_stores(self, source: Source) -> None:
+        import zarr
+
+        from tilegraph import __version__
+
+        plan = self.plan
+        oy, ox = plan.out_window_shape
+        try:
+            zarr.create_array(
+                store=self.tile_store,
+                shape=(plan.n_windows, plan.out_channels, oy, ox),
+                chunks=(1, plan.out_channels, oy, ox),
+                dtype=plan.tile_store_dtype,
+                fill_value=np.nan,
+                compressors=None,
+                overwrite=True,
+            )
+        except OSError as exc:
+            raise SinkError(f"cannot create the tile store: {exc.strerror or exc}", path=self.tile_store) from exc
+        meta = self.source.metadata
+        attrs = {
+            "version": __version__,
+            "model": {
+                "name": self.spec.name,
+                "kind": self.spec.kind,
+                "target": self.spec.target,
+                "weights": self.spec.weights,
+                "weights_sha256": _weights_sha(self.spec),
+                "precision": self.spec.precision,
+                "channels_last": self.spec.channels_last,
+                "compile": self.spec.compile,
+            },
+            "plan": plan.to_dict(),
+            "source": {"path": self.source.path, "shape": list(self.source.shape), "dtype": str(self.source.dtype)},
+        }
+        if meta.icc_profile:
+            attrs["icc_profile_hex"] = meta.icc_profile.hex()
+        create_output(
+            self.output_path,
+            shape=plan.out_shape,
+            channels=plan.out_channels,
+            dtype=plan.out_dtype,
+            chunks=plan.out_chunks,
+            layout=output_layout(self.source.layout, plan.out_channels),
+            attrs=attrs,
+            source_path=self.source.path,
+            overwrite=self.overwrite or self.export,
+        )
+
+    # ----------------------------------------------------------------- step 2
+    def infer(self) -> list:
+        """Submit one model task per batch of windows; returns their handles."""
+        ex = self.executor
+        self._ctx_h = ex.share(self.ctx)
+        self._payload_h = ex.share(self.model_obj) if self.spec.kind != "path" else None
+        self.infer_handles = [
+            ex.submit(
+                infer_batch,
+                self._ctx_h,
+                batch,
+                self._payload_h,
+                key=f"tg-infer-{self.token}-{b}",
+                resources=ex.model_resources,
+            )
+            for b, batch in enumerate(self.plan.batches())
+        ]
+        if hasattr(ex, "check_restrictions"):
+            ex.check_restrictions(self.infer_handles)
+        self._t_infer = time.perf_counter()
+        return self.infer_handles
+
+    # ----------------------------------------------------------------- step 3
+    def blend(self, corrections=None) -> list:
+        """Submit one blend task per output chunk, depending on the batches that cover it."""
+        plan, ex = self.plan, self.executor
+        batch_of = {}
+        for b, batch in enumerate(plan.batches()):
+            for i in batch:
+                batch_of[i] = b
+        handles = []
+        for cy in range(plan.chunk_grid[0]):
+            for cx in range(plan.chunk_grid[1]):
+                box = plan.chunk_box(cy, cx)
+                deps = sorted({batch_of[i] for i in plan.windows_for_box(*box)})
+                handles.append(
+                    ex.submit(
+                        blend_chunk,
+                        self._ctx_h,
+                        box,
+                        (cy, cx),
+                        corrections,
+                        key=f"tg-blend-{self.token}-{cy}-{cx}",
+                        deps=[self.infer_handles[d] for d in deps] if self.infer_handles else [],
+                    )
+                )
+        self.blend_handles = handles
+        return handles
+
+    def wait_infer(self) -> list:
+        """Wait for every model task (with progress)."""
+        return self.executor.wait(self.infer_handles, progress=self.progress, label="infer")
+
+    # ----------------------------------------------------------------- step 4
+    def finish(self, *, keep_tile_store: bool = False) -> RunResult:
+        """Wait for every chunk, write the completion marker, export if asked, clean up."""
+        ex = self.executor
+        stats = ex.wait(self.infer_handles + self.blend_handles, progress=self.progress, label="tiles")
+        infer_stats = stats[: len(self.infer_handles)]
+        blend_stats = stats[len(self.infer_handles) :]
+        clipped = int(sum(s["clipped"] for s in blend_stats))
+        plan = self.plan
+        t_end = time.perf_counter()
+        self.timings["run_s"] = t_end - getattr(self, "_t_infer", t_end)
+        self.timings["model_s_sum"] = float(sum(s["model_s"] for s in infer_stats))
+        self.timings["read_s_sum"] = float(sum(s["read_s"] for s in infer_stats))
+        self.timings["write_s_sum"] = float(sum(s["write_s"] for s in infer_stats))
+        self.timings["blend_s_sum"] = float(sum(s["seconds"] for s in blend_stats))
+        devices = sorted({s["device"] for s in infer_stats})
+        self.timings["total_s"] = self.timings["prepare_s"] + self.timings["run_s"]
+        mp = plan.shape[0] * plan.shape[1] / 1e6
+        self.timings["megapixels_per_s"] = mp / max(self.timings["total_s"], 1e-9)
+        final = {"clipped": clipped, "timings": {k: round(v, 4) for k, v in self.timings.items()}, "devices": devices}
+        mark_complete(self.output_path, final)
+        output: object
+        path = self.output_path
+        if self.export:
+            path = self._export(final)
+            output = path
+        else:
+            import zarr
+
+            output = zarr.open_array(self.output_path, mode="r")
+        if not keep_tile_store:
+            remove_path(self.tile_store)
+            if self.export:
+                remove_path(self.scratch)
+            elif exists(self.scratch):
+                remove_path(self.scratch)
+        return RunResult(
+            output=output,
+            path=path,
+            plan=plan,
+            timings=dict(self.timings),
+            clipped=clipped,
+            model={"name": self.spec.name, "devices": devices},
+        )
+
+    def _export(self, final: dict) -> str:
+        from tilegraph.engine.export import export_task
+
+        if exists(self.destination) and self.overwrite:
+            remove_path(self.destination)
+        h = self.executor.submit(
+            export_task,
+            self.output_path,
+            self.destination,
+            self.source.metadata,
+            final,
+            self.export_options,
+            key=f"tg-export-{self.token}",
+        )
+        return self.executor.wait([h], progress=self.progress, label="export")[0]
+
+    def abort(self) -> None:
+        """Cancel everything still running (the output stays marked incomplete)."""
+        self.executor.cancel(self.infer_handles + self.blend_handles)
+
+
+def _model_channels(src: Source, spec: ModelSpec) -> tuple[int, int]:
+    """Channels the model sees and channels passed through (alpha)."""
+    c = src.channels
+    want = spec.in_channels
+    if want is None or want == c:
+        return c, 0
+    if want < c and (c, want) in ((4, 3), (2, 1)):
+        return want, c - want
+    raise InputError(
+        f"the model takes {want} channels, the image has {c}",
+        path=src.path,
+        hint="convert the image or declare the model's in_channels",
+    )
+
+
+def _weights_sha(spec: ModelSpec) -> str | None:
+    if not spec.weights:
+        return None
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(spec.weights, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,144 @@
+"""The one module that composes the stages: :func:`run`."""
+
+from __future__ import annotations
+
+import os
+
+from tilegraph.cluster.local import connect
+from tilegraph.engine.job import Job, RunResult
+from tilegraph.infer.spec import describe_model
+from tilegraph.source import open_source
+
+__all__ = ["run"]
+
+
+def run(
+    source,
+    destination,
+    *,
+    model,
+    tile=512,
+    overlap=64,
+    blend: str = "cosine",
+    client=None,
+    scale=None,
+    batch_size: int = 4,
+    out_chunks=1024,
+    output_dtype=None,
+    overwrite: bool = False,
+    pad_mode: str = "reflect",
+    precision: str = "fp32",
+    channels_last: bool = False,
+    compile: bool = False,
+    device: str = "auto",
+    weights: str | None = None,
+    factory_kwargs: dict | None = None,
+    in_channels: int | None = None,
+    out_channels: int | None = None,
+    model_stride: int | None = None,
+    halo: int | None = None,
+    source_options: dict | None = None,
+    export_options: dict | None = None,
+    scratch: str | None = None,
+    progress: bool | None = None,
+    keep_tile_store: bool = False,
+) -> RunResult:
+    """Run ``model`` over ``source`` tile by tile and write a seam-free output to ``destination``.
+
+    Parameters
+    ----------
+    source
+        Path or URL (Zarr, OME-Zarr, TIFF, PNG, JPEG), a numpy/dask/zarr array, or a :class:`~tilegraph.source.Source`.
+    destination
+        Output path or URL: a Zarr v3 array, or a ``.tif``/``.png``/``.jpg`` file (written from a Zarr
+        scratch output in one final step).
+    model
+        A ``torch.nn.Module``, an import path ``"package.module:factory"`` (with ``weights=``), or a
+        numpy callable on ``(N, C, H, W)`` float32 batches.
+    tile, overlap
+        Window and overlap in source pixels (overlap may be a fraction of ``tile``).
+    blend
+        ``"crop"``, ``"linear"``, ``"cosine"`` (default) or ``"gaussian"``.
+    client
+        ``None`` starts an embedded local cluster; ``"inprocess"`` runs here without a cluster; a
+        scheduler address or a ``distributed.Client`` uses that cluster.
+    scale, in_channels, out_channels, model_stride, halo
+        Override what the model declares (``scale`` is also measured with a probe and checked).
+    output_dtype
+        Defaults to the source dtype; pass ``"float32"`` for latents.
+    overwrite
+        Replace an existing destination (never the source itself).
+    precision, channels_last, compile, device
+        Opt-in speed options, recorded in the output's metadata.
+    progress
+        Show progress (default: on when stderr is a terminal or in Jupyter).
+    keep_tile_store
+        Keep the intermediate per-window store (for debugging).
+
+    Returns
+    -------
+    RunResult
+        Output array (or file path), plan, timings and the number of clipped values.
+
+    Raises
+    ------
+    tilegraph.errors.TilegraphError
+        A typed error naming the file or window at fault; the output is then left marked incomplete.
+    """
+    src = open_source(source, **(source_options or {}))
+    spec = describe_model(
+        model,
+        weights=weights,
+        scale=scale,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        stride=model_stride,
+        halo=halo,
+        precision=precision,
+        channels_last=channels_last,
+        compile=compile,
+        device=device,
+        factory_kwargs=factory_kwargs,
+    )
+    if progress is None:
+        progress = _interactive()
+    executor = connect(client)
+    try:
+        if progress and getattr(executor, "dashboard_link", None):
+            print(f"tilegraph: dashboard at {executor.dashboard_link}", flush=True)
+        job = Job(
+            src,
+            os.fspath(destination),
+            spec=spec,
+            model_obj=None if spec.kind == "path" else model,
+            executor=executor,
+            tile=tile,
+            overlap=overlap,
+            blend=blend,
+            batch_size=batch_size,
+            out_chunks=out_chunks,
+            output_dtype=output_dtype,
+            overwrite=overwrite,
+            pad_mode=pad_mode,
+            scratch=scratch,
+            progress=progress,
+            export_options=export_options,
+        )
+        job.prepare()
+        try:
+            job.infer()
+            job.blend()
+            return job.finish(keep_tile_store=keep_tile_store)
+        except BaseException:
+            job.abort()
+            raise
+    finally:
+        executor.close()
+
+
+def _interactive() -> bool:
+    import sys
+
+    from tilegraph.engine.executor import _in_notebook
+
+    return _in_notebook() or (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())

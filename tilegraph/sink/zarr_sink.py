@@ -1,0 +1,130 @@
+"""Zarr v3 output: creation with refusal rules, provenance attributes and the completion marker.
+
+A run creates the array with ``attrs["tilegraph"]["complete"] = False`` and sets it to ``True``
+last, after every chunk is written; tilegraph's readers refuse an output without the marker.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+
+from tilegraph.errors import DestinationError, SinkError
+
+__all__ = ["create_output", "mark_complete", "same_location", "remove_path", "output_layout"]
+
+
+def _local(path: str) -> str | None:
+    if "://" in path and not path.startswith("file://"):
+        return None
+    return os.path.realpath(path.removeprefix("file://"))
+
+
+def same_location(a: str | None, b: str | None) -> bool:
+    """True when two paths or URLs name the same place."""
+    if a is None or b is None:
+        return False
+    la, lb = _local(str(a)), _local(str(b))
+    if la is not None and lb is not None:
+        return la == lb
+    return str(a).rstrip("/") == str(b).rstrip("/")
+
+
+def remove_path(path: str) -> None:
+    """Delete a local directory/file or an fsspec URL tree, if present."""
+    local = _local(path)
+    if local is not None:
+        if os.path.isdir(local):
+            shutil.rmtree(local)
+        elif os.path.exists(local):
+            os.remove(local)
+        return
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(path)
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+
+
+def exists(path: str) -> bool:
+    """Does anything exist at ``path``?"""
+    local = _local(path)
+    if local is not None:
+        return os.path.exists(local)
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(path)
+    return fs.exists(root)
+
+
+def output_layout(source_layout: str, channels: int) -> str:
+    """Output axis order: the source's, unless a 2-D source gains channels."""
+    if source_layout == "YX" and channels != 1:
+        return "YXC"
+    return source_layout
+
+
+def create_output(
+    path: str,
+    *,
+    shape: tuple[int, int],
+    channels: int,
+    dtype,
+    chunks: tuple[int, int],
+    layout: str,
+    attrs: dict,
+    source_path: str | None = None,
+    overwrite: bool = False,
+    compressors="auto",
+):
+    """Create the output array (refusing the source itself and, without ``overwrite``, anything existing).
+
+    Raises
+    ------
+    DestinationError
+        The destination is the source, or exists and ``overwrite`` is False.
+    """
+    import zarr
+
+    if same_location(path, source_path):
+        raise DestinationError(
+            "destination is the source itself", path=path, hint="write to a new path; sources are never overwritten"
+        )
+    if exists(path):
+        if not overwrite:
+            raise DestinationError("destination exists", path=path, hint="pass overwrite=True or choose a new path")
+        remove_path(path)
+    h, w = shape
+    cy, cx = chunks
+    if layout == "YX":
+        full, chunk = (h, w), (cy, cx)
+    elif layout == "CYX":
+        full, chunk = (channels, h, w), (channels, cy, cx)
+    else:
+        full, chunk = (h, w, channels), (cy, cx, channels)
+    try:
+        arr = zarr.create_array(
+            store=path,
+            shape=full,
+            chunks=tuple(min(c, s) for c, s in zip(chunk, full, strict=True)),
+            dtype=np.dtype(dtype),
+            fill_value=0,
+            compressors=compressors,
+            attributes={"tilegraph": {**attrs, "complete": False, "layout": layout}},
+        )
+    except OSError as exc:
+        raise SinkError(f"cannot create the output: {exc.strerror or exc}", path=path) from exc
+    return arr
+
+
+def mark_complete(path: str, extra: dict) -> None:
+    """Write the completion marker (last step of a run)."""
+    import zarr
+
+    arr = zarr.open_array(path, mode="r+")
+    meta = dict(arr.attrs.get("tilegraph", {}))
+    meta.update(extra)
+    meta["complete"] = True
+    arr.attrs["tilegraph"] = meta
