@@ -1,1 +1,178 @@
-"""cli stage."""
+"""Command line: ``tilegraph run | plan | info | demo | qa``.
+
+Heavy imports (torch, distributed) happen inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from tilegraph.errors import TilegraphError
+
+__all__ = ["main"]
+
+
+def _overlap(text: str):
+    value = float(text)
+    return value if 0 < value < 1 else int(value)
+
+
+def _tile(text: str):
+    return text if text == "auto" else int(text)
+
+
+def _common_geometry(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tile", type=_tile, default=512, help="model window in source pixels (default 512)")
+    p.add_argument("--overlap", type=_overlap, default=64, help="pixels, or a fraction of tile (default 64)")
+    p.add_argument("--blend", default="cosine", choices=["crop", "linear", "cosine", "gaussian"])
+    p.add_argument("--scale", default=None, help="model scale: 2, 4 or 1/8 (default: declared or probed)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--chunks", type=int, default=1024, help="output chunk size (default 1024)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tilegraph", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run a model over an image, tile by tile")
+    p.add_argument("source")
+    p.add_argument("destination")
+    p.add_argument("--model", required=True, help="import path 'package.module:factory'")
+    p.add_argument("--weights", default=None, help="safetensors or torch checkpoint")
+    _common_geometry(p)
+    p.add_argument("--scheduler", default=None, help="scheduler address (default: embedded local cluster)")
+    p.add_argument("--inprocess", action="store_true", help="run without any cluster")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--output-dtype", default=None)
+    p.add_argument("--overwrite", action="store_true")
+
+    p = sub.add_parser("plan", help="print the plan of a run without running anything")
+    p.add_argument("source")
+    _common_geometry(p)
+    p.add_argument("--model", default=None, help="import path; measures its receptive field on the CPU")
+    p.add_argument("--model-stride", type=int, default=1)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("info", help="describe an image source")
+    p.add_argument("source")
+
+    p = sub.add_parser("demo", help="make a synthetic 16-bit photograph and run a built-in model on it")
+    p.add_argument("--output", default="tilegraph-demo-output", help="output directory")
+    p.add_argument("--height", type=int, default=6000)
+    p.add_argument("--width", type=int, default=8000)
+    p.add_argument("--tile", type=int, default=1024)
+    p.add_argument("--overlap", type=int, default=128)
+    p.add_argument("--blend", default="cosine", choices=["crop", "linear", "cosine", "gaussian"])
+    p.add_argument("--inprocess", action="store_true", help="run without a cluster")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``tilegraph`` command."""
+    args = _parser().parse_args(argv)
+    try:
+        return {"run": _run, "plan": _plan, "info": _info, "demo": _demo}[args.command](args)
+    except TilegraphError as exc:
+        print(f"tilegraph: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    from tilegraph.pipeline import run
+
+    client = "inprocess" if args.inprocess else args.scheduler
+    result = run(
+        args.source,
+        args.destination,
+        model=args.model,
+        weights=args.weights,
+        tile=args.tile,
+        overlap=args.overlap,
+        blend=args.blend,
+        scale=args.scale,
+        batch_size=args.batch_size,
+        out_chunks=args.chunks,
+        client=client,
+        precision=args.precision,
+        channels_last=args.channels_last,
+        output_dtype=args.output_dtype,
+        overwrite=args.overwrite,
+        progress=True,
+    )
+    print(json.dumps(result.summary(), indent=2))
+    return 0
+
+
+def _plan(args) -> int:
+    from tilegraph.plan import make_plan
+    from tilegraph.source import open_source
+
+    src = open_source(args.source)
+    extra = {}
+    stride = args.model_stride
+    scale = args.scale or 1
+    if args.model:
+        from tilegraph.infer.receptive_field import measure_receptive_field
+        from tilegraph.infer.runner import _build_from_path
+        from tilegraph.infer.spec import describe_model
+
+        spec = describe_model(args.model)
+        module = _build_from_path(spec)
+        stride = int(getattr(module, "stride", stride) or stride)
+        scale = args.scale or getattr(module, "scale", 1) or 1
+        rf = measure_receptive_field(module, channels=src.channels)
+        extra = {"receptive field radius": f"{rf.radius} px", "proposed halo": rf.halo, "proposed overlap": rf.overlap}
+    plan = make_plan(
+        src.shape,
+        tile=args.tile,
+        overlap=args.overlap,
+        channels=src.channels,
+        dtype=str(src.dtype),
+        layout=src.layout,
+        scale=scale,
+        model_stride=stride,
+        blend=args.blend,
+        batch_size=args.batch_size,
+        out_chunks=args.chunks,
+    )
+    if args.json:
+        print(json.dumps({"plan": plan.to_dict(), "summary": plan.summary(), **{k: str(v) for k, v in extra.items()}}))
+    else:
+        print(plan)
+        width = max(len(k) for k in plan.summary())
+        for k, v in extra.items():
+            print(f"{k.rjust(width)}  {v}")
+    return 0
+
+
+def _info(args) -> int:
+    from tilegraph.source import open_source
+
+    src = open_source(args.source)
+    info = src.describe()
+    meta = src.metadata
+    info["icc_profile_bytes"] = len(meta.icc_profile) if meta.icc_profile else 0
+    info["exif"] = bool(meta.exif)
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def _demo(args) -> int:
+    from tilegraph.demo import run_demo
+
+    run_demo(
+        args.output,
+        shape=(args.height, args.width),
+        tile=args.tile,
+        overlap=args.overlap,
+        blend=args.blend,
+        client="inprocess" if args.inprocess else None,
+    )
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

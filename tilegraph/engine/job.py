@@ -106,7 +106,7 @@ class Job:
         export_options: dict | None = None,
     ):
         self.source = source
-        self.destination = os.fspath(destination)
+        self.destination = os.fspath(destination).removeprefix("file://")
         self.spec = spec
         self.model_obj = model_obj
         self.executor = executor

@@ -55,7 +55,7 @@ class ZarrSource(Source):
     """
 
     def __init__(self, path, *, layout: str | None = None, level: int = 0, storage_options: dict | None = None):
-        self.path = str(path)
+        self.path = str(path).removeprefix("file://")
         self.level = int(level)
         self.storage_options = storage_options
         arr, axes = self._open()

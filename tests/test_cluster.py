@@ -1,0 +1,352 @@
+"""Cluster deployment: per-GPU workers, real ``dask scheduler``/``dask worker`` processes, the GPU
+self-check and cancellation on Ctrl-C.
+
+Runs on a CPU-only machine: GPU ids are fake (``gpus=["0", "1"]``), which is enough to check the
+pinning (each worker's ``CUDA_VISIBLE_DEVICES``) and the placement (``resources={"GPU": 1}``).
+Clusters are module-scoped to keep the file fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+distributed = pytest.importorskip("distributed")
+
+from distributed import Client, LocalCluster, get_task_stream  # noqa: E402
+
+import tilegraph  # noqa: E402
+from tilegraph.cluster.checks import check_gpu_restrictions  # noqa: E402
+from tilegraph.cluster.gpu import FUSION_ENV, gpu_cluster, gpu_spec, scheduler_command, worker_commands  # noqa: E402
+from tilegraph.cluster.local import connect  # noqa: E402
+from tilegraph.engine.executor import DaskExecutor  # noqa: E402
+from tilegraph.errors import ClusterError, ResourceRestrictionError  # noqa: E402
+from tilegraph.testing.models import SleepModel, numpy_box3, numpy_identity  # noqa: E402
+
+DASK = str(Path(sys.executable).with_name("dask"))
+JOB = dict(tile=64, overlap=16, progress=False)
+
+
+# --------------------------------------------------------------------------- helpers and fixtures
+
+
+def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+
+
+def _tg_keys_on_scheduler(dask_scheduler) -> list[str]:
+    return [str(k) for k in dask_scheduler.tasks if str(k).startswith("tg-")]
+
+
+def _tg_keys_on_worker(dask_worker) -> list[str]:
+    return [str(k) for k in dask_worker.state.tasks if str(k).startswith("tg-")]
+
+
+def _running_infer(dask_scheduler) -> int:
+    return sum(1 for k, ts in dask_scheduler.tasks.items() if str(k).startswith("tg-infer-") and ts.state == "processing")
+
+
+def _poll(fn, *, timeout: float, interval: float = 0.1):
+    """Call ``fn`` until it returns something falsy or ``timeout`` passes; returns the last value."""
+    deadline = time.monotonic() + timeout
+    value = fn()
+    while value and time.monotonic() < deadline:
+        time.sleep(interval)
+        value = fn()
+    return value
+
+
+def _split_env(command: str) -> tuple[dict[str, str], list[str]]:
+    """Split ``VAR=value ... argv`` (what :func:`worker_commands` returns) into env and argv."""
+    tokens = shlex.split(command)
+    env = {}
+    while tokens and re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", tokens[0]):
+        k, _, v = tokens.pop(0).partition("=")
+        env[k] = v
+    return env, tokens
+
+
+class _Processes:
+    """Subprocesses started by one fixture, each in its own session so its children stop with it."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.procs: list[tuple[subprocess.Popen, Path]] = []
+
+    def start(self, argv: list[str], env: dict[str, str], name: str) -> subprocess.Popen:
+        log = self.directory / f"{name}.log"
+        with open(log, "wb") as fh:
+            proc = subprocess.Popen(
+                argv, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
+        self.procs.append((proc, log))
+        return proc
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {log.name}\n{log.read_text()[-3000:]}" for _, log in self.procs)
+
+    def stop(self) -> None:
+        for proc, _ in reversed(self.procs):  # workers first, then the scheduler
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc, _ in self.procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def cli_cluster(tmp_path_factory):
+    """``dask scheduler`` plus two ``dask worker`` processes: ``gpu-0`` (GPU=1) and ``cpu-0`` (none)."""
+    directory = tmp_path_factory.mktemp("cli-cluster")
+    scheduler_file = directory / "scheduler.json"
+    base_env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    procs = _Processes(directory)
+    client = None
+    try:
+        scheduler = procs.start(
+            [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+             "--scheduler-file", str(scheduler_file)],
+            {**base_env, **FUSION_ENV},
+            "scheduler",
+        )
+        deadline = time.monotonic() + 60
+        address = None
+        while address is None:
+            if scheduler.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"dask scheduler did not start\n{procs.logs()}")
+            try:
+                address = json.loads(scheduler_file.read_text())["address"]
+            except (OSError, ValueError, KeyError):
+                time.sleep(0.1)
+        local = ["--host", "127.0.0.1", "--no-dashboard"]
+        (gpu_command,) = worker_commands(address, gpus=["0"], threads=2, executable=DASK, extra_args=local)
+        env, argv = _split_env(gpu_command)
+        procs.start(argv, {**base_env, **env}, "worker-gpu-0")
+        procs.start(
+            [DASK, "worker", address, "--name", "cpu-0", "--nthreads", "2", *local], {**base_env, **FUSION_ENV}, "worker-cpu-0"
+        )
+        client = Client(address, timeout="30s")
+        try:
+            client.wait_for_workers(2, timeout=90)
+        except TimeoutError:
+            pytest.fail(f"dask workers did not start\n{procs.logs()}")
+        yield address, client
+    finally:
+        if client is not None:
+            client.close()
+        procs.stop()
+
+
+@pytest.fixture(scope="module")
+def gpu_client():
+    """:func:`gpu_cluster` with two fake GPUs on this CPU machine."""
+    with gpu_cluster(gpus=["0", "1"], threads_per_worker=2) as cluster, Client(cluster) as client:
+        client.wait_for_workers(2, timeout=60)
+        yield client
+
+
+@pytest.fixture(scope="module")
+def local_cluster():
+    """A ``LocalCluster`` of two worker processes declaring no resources."""
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def local_client(local_cluster):
+    with Client(local_cluster) as client:
+        client.wait_for_workers(2, timeout=60)
+        yield client
+
+
+# --------------------------------------------------------------------------- (a) per-GPU helper
+
+
+def test_gpu_cluster_pins_one_gpu_per_worker(gpu_client):
+    visible = gpu_client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
+    fusion = gpu_client.run(lambda: os.environ.get("DASK_OPTIMIZATION__FUSE__ACTIVE"))
+    info = gpu_client.run(
+        lambda dask_worker: (dask_worker.name, dict(dask_worker.state.total_resources), dask_worker.state.nthreads)
+    )
+    assert sorted(visible.values()) == ["0", "1"]  # each worker sees a different, single GPU
+    assert set(fusion.values()) == {"False"}
+    for address, (name, resources, nthreads) in info.items():
+        assert name == f"gpu-{visible[address]}"
+        assert resources == {"GPU": 1}
+        assert nthreads >= 2  # reads, blends and writes run beside the model
+
+
+def test_worker_commands_and_spec_match_gpu_cluster():
+    commands = worker_commands("tcp://10.0.0.5:8786", gpus=[0, "1"], threads=4, memory_limit="16GB")
+    assert len(commands) == 2
+    for gpu, command in zip(["0", "1"], commands):
+        env, argv = _split_env(command)
+        assert env == {"CUDA_VISIBLE_DEVICES": gpu, **FUSION_ENV}
+        assert argv[:3] == ["dask", "worker", "tcp://10.0.0.5:8786"]
+        options = dict(zip(argv[3::2], argv[4::2]))
+        assert options == {"--name": f"gpu-{gpu}", "--nthreads": "4", "--resources": "GPU=1", "--memory-limit": "16GB"}
+    assert "dask-worker" not in " ".join(commands)
+    assert scheduler_command(port=8786).split()[:3] == ["DASK_OPTIMIZATION__FUSE__ACTIVE=False", "dask", "scheduler"]
+
+    spec = json.loads(gpu_spec(gpus=["0", "1"], threads=2))
+    assert set(spec) == {"gpu-0", "gpu-1"}
+    assert spec["gpu-1"]["cls"] == "distributed.Nanny"
+    assert spec["gpu-1"]["opts"]["env"]["CUDA_VISIBLE_DEVICES"] == "1"
+    assert spec["gpu-1"]["opts"]["resources"] == {"GPU": 1}
+    assert spec["gpu-1"]["opts"]["memory_limit"] == 0.5  # an equal share of the node's memory
+
+
+@pytest.mark.parametrize("kwargs", [dict(gpus=["0", "0"]), dict(gpus=["0,1"]), dict(gpus=[]), dict(gpus=["0"], threads=1)])
+def test_worker_commands_refuse_bad_settings(kwargs):
+    with pytest.raises(ClusterError):
+        worker_commands("tcp://10.0.0.5:8786", **kwargs)
+
+
+# --------------------------------------------------------------------------- (b) dask scheduler + dask worker
+
+
+def test_cli_cluster_model_tasks_run_only_on_the_gpu_worker(cli_cluster, tmp_path):
+    address, client = cli_cluster
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    gpu_workers = {a for a, w in workers.items() if (w.get("resources") or {}).get("GPU")}
+    assert {w["name"] for w in workers.values()} == {"gpu-0", "cpu-0"}
+    assert len(gpu_workers) == 1
+    assert set(client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"), workers=list(gpu_workers)).values()) == {"0"}
+
+    image = _image(256, 256)
+    with get_task_stream(client) as stream:
+        result = tilegraph.run(image, tmp_path / "o.zarr", model=numpy_identity, client=address, **JOB)
+    np.testing.assert_array_equal(result.output[...], image)
+
+    model_tasks = [t for t in stream.data if str(t["key"]).startswith(("tg-infer-", "tg-probe-"))]
+    n_batches = len(list(result.plan.batches()))
+    assert sum(str(t["key"]).startswith("tg-infer-") for t in model_tasks) == n_batches > 1
+    assert {t["worker"] for t in model_tasks} == gpu_workers
+    # The self-check in connect() ran through the same path and landed on the GPU worker as well.
+    checks = [t for t in stream.data if str(t["key"]).startswith("tg-check-gpu-")]
+    assert checks and {t["worker"] for t in checks} == gpu_workers
+    # connect() opened a Client for the address; run() must have closed it again.
+    others = _poll(
+        lambda: [c for c in client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.clients))
+                 if c not in ("fire-and-forget", client.id)],
+        timeout=10,
+    )
+    assert others == []
+
+
+def test_cli_cluster_self_check_reports_the_gpu_worker(cli_cluster):
+    _, client = cli_cluster
+    report = check_gpu_restrictions(client)
+    assert report["restrictions"] == {"GPU": 1}
+    assert report["worker_name"] == "gpu-0"
+    assert report["cuda_visible_devices"] == "0"
+    assert list(report["gpu_workers"].values()) == ["gpu-0"]
+    assert report["scheduler_fuse_active"] is False  # DASK_OPTIMIZATION__FUSE__ACTIVE reached the scheduler
+
+
+# --------------------------------------------------------------------------- (c) LocalCluster == in-process
+
+
+def test_local_cluster_output_equals_in_process(local_client, tmp_path):
+    image = _image(200, 232, seed=1)
+    kwargs = dict(model=numpy_box3, output_dtype="float32", blend="cosine", **JOB)
+    expected = tilegraph.run(image, tmp_path / "inprocess.zarr", client="inprocess", **kwargs)
+    got = tilegraph.run(image, tmp_path / "cluster.zarr", client=local_client, **kwargs)
+    assert got.plan.n_windows > 4
+    np.testing.assert_array_equal(got.output[...], expected.output[...])
+    assert local_client.status == "running"  # a client given by the caller is left open
+
+
+# --------------------------------------------------------------------------- (d) Ctrl-C cancels the job
+
+
+def test_keyboard_interrupt_cancels_the_job_on_the_cluster(local_cluster, local_client, tmp_path):
+    image = _image(512, 512, seed=2)
+    model = SleepModel(seconds_per_window=0.1)  # about 12 s of model time: far longer than the test waits
+    main = threading.main_thread().ident
+    lock = threading.Lock()
+    state = {"armed": True, "fired": False}
+
+    def interrupt_once_the_model_runs():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            running = local_client.run_on_scheduler(_running_infer)
+            with lock:
+                if not state["armed"]:
+                    return
+                if running:
+                    state["fired"] = True
+                    signal.pthread_kill(main, signal.SIGINT)  # what Ctrl-C delivers
+                    return
+            time.sleep(0.05)
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    caught = None
+    try:
+        with Client(local_cluster) as client:  # the job's own client: closing it would release everything
+            timer = threading.Thread(target=interrupt_once_the_model_runs, daemon=True)
+            try:
+                try:
+                    timer.start()
+                    tilegraph.run(image, tmp_path / "o.zarr", model=model, batch_size=2, client=client, **JOB)
+                finally:
+                    with lock:
+                        state["armed"] = False
+            except KeyboardInterrupt as exc:
+                caught = exc
+            timer.join(timeout=5)
+            # Checked while the job's client is still open: nothing of the job may remain.
+            left_on_scheduler = _poll(lambda: local_client.run_on_scheduler(_tg_keys_on_scheduler), timeout=15)
+            left_on_workers = _poll(
+                lambda: [k for keys in local_client.run(_tg_keys_on_worker).values() for k in keys], timeout=15
+            )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert state["fired"] and isinstance(caught, KeyboardInterrupt)
+    assert left_on_scheduler == []
+    assert left_on_workers == []
+
+
+# --------------------------------------------------------------------------- (e) start-up self-check
+
+
+def test_self_check_passes_on_gpu_workers(gpu_client):
+    report = check_gpu_restrictions(gpu_client)
+    assert report["restrictions"] == {"GPU": 1}
+    assert report["worker_name"] in ("gpu-0", "gpu-1")
+    assert report["cuda_visible_devices"] == report["worker_name"].removeprefix("gpu-")
+    assert sorted(report["gpu_workers"].values()) == ["gpu-0", "gpu-1"]
+
+
+def test_self_check_raises_without_gpu_workers(local_client):
+    with pytest.raises(ResourceRestrictionError, match="declares the GPU resource"):
+        check_gpu_restrictions(local_client)
+
+
+def test_connect_runs_the_self_check_and_catches_dropped_restrictions(gpu_client, monkeypatch):
+    executor = connect(gpu_client)
+    assert executor.model_resources == {"GPU": 1}
+
+    original = DaskExecutor.submit
+
+    def submit_dropping_resources(self, fn, *args, key, resources=None, deps=()):
+        return original(self, fn, *args, key=key, resources=None, deps=deps)
+
+    monkeypatch.setattr(DaskExecutor, "submit", submit_dropping_resources)  # a regression that loses them
+    with pytest.raises(ResourceRestrictionError, match="reached the scheduler with restrictions"):
+        connect(gpu_client)
+    assert gpu_client.status == "running"  # the caller's client is not closed by a failed check
