@@ -21,7 +21,14 @@ from tilegraph.errors import DestinationError, InputError, ModelOutputError, Sin
 from tilegraph.infer.spec import ModelSpec
 from tilegraph.plan import Plan, make_plan
 from tilegraph.plan.normalize import coerce_scale, lcm
-from tilegraph.sink.zarr_sink import create_output, exists, mark_complete, output_layout, remove_path, same_location
+from tilegraph.sink.zarr_sink import (
+    create_output,
+    exists,
+    mark_complete,
+    output_layout,
+    remove_path,
+    same_location,
+)
 from tilegraph.source import Source
 
 __all__ = ["Job", "RunResult", "EXPORT_SUFFIXES"]
@@ -203,9 +210,16 @@ class Job:
         den = coerce_scale(spec.scale).denominator if spec.scale else 8
         a = lcm(int(spec.stride or 1), den)
         size = a * math.ceil(64 / a)
-        payload = self.model_obj if spec.kind != "path" else None
+        # the model object is sent to each worker once, here, and reused by every task
+        self._payload_h = self.executor.share(self.model_obj) if spec.kind != "path" else None
         h = self.executor.submit(
-            probe_model, spec, payload, channels, size, key=f"tg-probe-{self.token}", resources=self.executor.model_resources
+            probe_model,
+            spec,
+            self._payload_h,
+            channels,
+            size,
+            key=f"tg-probe-{self.token}",
+            resources=self.executor.model_resources,
         )
         out = self.executor.wait([h])[0]
         out["in_size"] = size
@@ -296,7 +310,6 @@ class Job:
         """Submit one model task per batch of windows; returns their handles."""
         ex = self.executor
         self._ctx_h = ex.share(self.ctx)
-        self._payload_h = ex.share(self.model_obj) if self.spec.kind != "path" else None
         self.infer_handles = [
             ex.submit(
                 infer_batch,

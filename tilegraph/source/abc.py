@@ -92,7 +92,6 @@ class Source(ABC):
         """
         import zarr
 
-        from tilegraph.source.zarr_source import ZarrSource
 
         h, w = self.shape
         zarr.create_array(

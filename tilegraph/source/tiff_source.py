@@ -710,6 +710,15 @@ class TiffSource(Source):
         if not pages or any(p is None for p in pages):
             raise CorruptSourceError("the image series has missing pages", path=path)
         key = lvl.keyframe
+        missing = [name for code, name in ((256, "ImageWidth"), (257, "ImageLength")) if code not in key.tags]
+        if not any(code in key.tags for code in (273, 324)):
+            missing.append("StripOffsets/TileOffsets")
+        if missing:
+            raise CorruptSourceError(
+                f"the IFD lacks required tags ({', '.join(missing)})",
+                path=path,
+                hint="the file is damaged; export it again from the original",
+            )
         photometric = int(key.photometric)
         # refuse first what tilegraph does not support, before trusting sizes
         if photometric == 5:
@@ -725,6 +734,15 @@ class TiffSource(Source):
                 path=path,
                 hint="re-save the TIFF uncompressed or with LZW, Deflate or Zstd",
             )
+        bits, fmt = key.bitspersample, int(key.sampleformat)
+        ok = (fmt == 1 and bits in (8, 16)) or (fmt == 3 and bits in (16, 32))
+        if not ok:
+            kind = {1: "unsigned", 2: "signed", 3: "float", 6: "complex float", 5: "complex int"}.get(fmt, str(fmt))
+            raise UnsupportedSourceError(
+                f"{bits}-bit {kind} samples are not supported",
+                path=path,
+                hint="tilegraph reads 8- or 16-bit unsigned and 16- or 32-bit float samples; convert first",
+            )
         if photometric == 6 and compression != 7:
             raise UnsupportedSourceError("YCbCr TIFF without JPEG compression is not supported", path=path)
         if photometric not in _PHOTOMETRIC_OK and not (photometric == 6 and compression == 7):
@@ -739,15 +757,6 @@ class TiffSource(Source):
 
             if int(key.predictor) not in TIFF.UNPREDICTORS:
                 raise UnsupportedSourceError(f"TIFF predictor {int(key.predictor)} is not supported", path=path)
-        bits, fmt = key.bitspersample, int(key.sampleformat)
-        ok = (fmt == 1 and bits in (8, 16)) or (fmt == 3 and bits in (16, 32))
-        if not ok:
-            kind = {1: "unsigned", 2: "signed", 3: "float", 6: "complex float", 5: "complex int"}.get(fmt, str(fmt))
-            raise UnsupportedSourceError(
-                f"{bits}-bit {kind} samples are not supported",
-                path=path,
-                hint="tilegraph reads 8- or 16-bit unsigned and 16- or 32-bit float samples; convert first",
-            )
         if key.imagedepth != 1 or key.tiledepth != 1:
             raise UnsupportedSourceError("volumetric (tiled in depth) TIFF is not supported", path=path)
         rows, cols = int(key.imagelength), int(key.imagewidth)
