@@ -23,6 +23,7 @@ def run(
     client=None,
     scale=None,
     batch_size: int = 4,
+    batches_per_task: int = 4,
     out_chunks=1024,
     output_dtype=None,
     overwrite: bool = False,
@@ -64,6 +65,9 @@ def run(
         scheduler address or a ``distributed.Client`` uses that cluster.
     scale, in_channels, out_channels, model_stride, halo
         Override what the model declares (``scale`` is also measured with a probe and checked).
+    batch_size, batches_per_task
+        Windows per forward pass, and forward passes per model task (a task reads its next batch
+        while the current one runs).
     output_dtype
         Defaults to the source dtype; pass ``"float32"`` for latents.
     overwrite
@@ -116,6 +120,7 @@ def run(
             overlap=overlap,
             blend=blend,
             batch_size=batch_size,
+            batches_per_task=batches_per_task,
             out_chunks=out_chunks,
             output_dtype=output_dtype,
             overwrite=overwrite,

@@ -123,8 +123,17 @@ def _plan(args) -> int:
         module = _build_from_path(spec)
         stride = int(getattr(module, "stride", stride) or stride)
         scale = args.scale or getattr(module, "scale", 1) or 1
-        rf = measure_receptive_field(module, channels=src.channels)
-        extra = {"receptive field radius": f"{rf.radius} px", "proposed halo": rf.halo, "proposed overlap": rf.overlap}
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        rf = measure_receptive_field(module, channels=src.channels, device=device)
+        extra = {
+            "receptive field radius": f"{rf.radius} px (impulse probe in float64 on {device})",
+            "proposed halo": rf.halo,
+            "proposed overlap": rf.overlap,
+        }
+        if getattr(module, "halo", None) is not None:
+            extra["declared halo"] = module.halo
     plan = make_plan(
         src.shape,
         tile=args.tile,

@@ -16,7 +16,7 @@ from fractions import Fraction
 import numpy as np
 
 from tilegraph.engine.executor import Progress
-from tilegraph.engine.tasks import RunContext, blend_chunk, infer_batch, probe_model
+from tilegraph.engine.tasks import RunContext, blend_chunk, infer_windows, probe_model
 from tilegraph.errors import DestinationError, InputError, ModelOutputError, SinkError
 from tilegraph.infer.spec import ModelSpec
 from tilegraph.plan import Plan, make_plan
@@ -105,6 +105,7 @@ class Job:
         blend: str,
         batch_size: int,
         out_chunks,
+        batches_per_task: int = 4,
         output_dtype,
         overwrite: bool,
         pad_mode: str,
@@ -122,6 +123,7 @@ class Job:
             overlap=overlap,
             blend=blend,
             batch_size=batch_size,
+            batches_per_task=batches_per_task,
             out_chunks=out_chunks,
             output_dtype=output_dtype,
             pad_mode=pad_mode,
@@ -171,6 +173,7 @@ class Job:
             blend=self.options["blend"],
             pad_mode=self.options["pad_mode"],
             batch_size=self.options["batch_size"],
+            batches_per_task=self.options["batches_per_task"],
             halo=spec.halo,
         )
         self.timings["probe_s"] = time.perf_counter() - t0
@@ -186,7 +189,6 @@ class Job:
             tile_store=self.tile_store,
             output=self.output_path,
             model_channels=model_channels,
-            integer_input=np.dtype(src.dtype).kind == "u",
             out_layout=layout,
             run_token=self.token,
         )
@@ -312,14 +314,14 @@ class Job:
         self._ctx_h = ex.share(self.ctx)
         self.infer_handles = [
             ex.submit(
-                infer_batch,
+                infer_windows,
                 self._ctx_h,
-                batch,
+                group,
                 self._payload_h,
-                key=f"tg-infer-{self.token}-{b}",
+                key=f"tg-infer-{self.token}-{g}",
                 resources=ex.model_resources,
             )
-            for b, batch in enumerate(self.plan.batches())
+            for g, group in enumerate(self.plan.tasks())
         ]
         if hasattr(ex, "check_restrictions"):
             ex.check_restrictions(self.infer_handles)
@@ -331,9 +333,9 @@ class Job:
         """Submit one blend task per output chunk, depending on the batches that cover it."""
         plan, ex = self.plan, self.executor
         batch_of = {}
-        for b, batch in enumerate(plan.batches()):
-            for i in batch:
-                batch_of[i] = b
+        for g, group in enumerate(plan.tasks()):
+            for i in group:
+                batch_of[i] = g
         handles = []
         for cy in range(plan.chunk_grid[0]):
             for cx in range(plan.chunk_grid[1]):

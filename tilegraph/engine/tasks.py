@@ -9,6 +9,7 @@ through Dask is a small dict.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,12 +23,12 @@ from tilegraph.errors import (
     SinkError,
     TileStoreError,
 )
-from tilegraph.infer.runner import get_runner
+from tilegraph.infer.runner import BadOutput, get_runner
 from tilegraph.infer.spec import ModelSpec
 from tilegraph.plan import Plan
 from tilegraph.source import Source, read_padded
 
-__all__ = ["RunContext", "infer_batch", "blend_chunk", "probe_model"]
+__all__ = ["RunContext", "infer_windows", "blend_chunk", "probe_model"]
 
 
 @dataclass
@@ -40,67 +41,43 @@ class RunContext:
     tile_store: str
     output: str
     model_channels: int  # channels the model sees (the rest pass through, e.g. alpha)
-    integer_input: bool
     out_layout: str
     run_token: str
 
 
-def _window_input(ctx: RunContext, index: int) -> np.ndarray:
+def _read_raw(ctx: RunContext, index: int) -> np.ndarray:
+    """Window ``index`` as ``(h, w, C)`` in the source dtype (float inputs checked for NaN/Inf)."""
     plan, src = ctx.plan, ctx.source
     w = plan.window(index)
     block = read_padded(src, w.y0, w.y1, w.x0, w.x1, plan.pad_mode)
-    if ctx.integer_input:
-        x = block.astype(np.float32) / np.float32(np.iinfo(block.dtype).max)
-    else:
-        x = block.astype(np.float32, copy=False)
-        if not np.isfinite(x).all():
-            bad = int(np.count_nonzero(~np.isfinite(x)))
-            raise CorruptSourceError(
-                f"{bad} NaN or Inf values in the input region rows {w.y0}:{w.y1}, cols {w.x0}:{w.x1}",
-                path=src.path,
-                window=(w.row, w.col),
-                hint="replace non-finite values (e.g. numpy.nan_to_num) before tiling",
-            )
-    return np.moveaxis(x, -1, 0)  # (C, h, w)
+    if block.dtype.kind == "f" and not np.isfinite(block).all():
+        bad = int(np.count_nonzero(~np.isfinite(block)))
+        raise CorruptSourceError(
+            f"{bad} NaN or Inf values in the input region rows {w.y0}:{w.y1}, cols {w.x0}:{w.x1}",
+            path=src.path,
+            window=(w.row, w.col),
+            hint="replace non-finite values (e.g. numpy.nan_to_num) before tiling",
+        )
+    return block
 
 
-def _passthrough(plan: Plan, x: np.ndarray) -> np.ndarray:
-    """Resample pass-through channels (alpha) to the output scale: repeat up, average down."""
+def _passthrough(plan: Plan, raw: np.ndarray, channels: int) -> np.ndarray:
+    """Pass-through channels (alpha) of raw windows ``(N, h, w, C)`` as ``(N, c, H', W')`` floats.
+
+    Integers are scaled to [0, 1]; resampled to the output scale (repeat up, average down).
+    """
+    x = np.moveaxis(raw[..., channels:], -1, 1).astype(np.float32)
+    if raw.dtype.kind in "ui":
+        x *= np.float32(1.0 / np.iinfo(raw.dtype).max)
     s = plan.scale_fraction
     if s > 1:
         k = int(s)
-        return x.repeat(k, axis=1).repeat(k, axis=2)
+        return x.repeat(k, axis=2).repeat(k, axis=3)
     if s < 1:
         k = s.denominator
-        c, h, w = x.shape
-        return x.reshape(c, h // k, k, w // k, k).mean(axis=(2, 4))
+        n, c, h, w = x.shape
+        return x.reshape(n, c, h // k, k, w // k, k).mean(axis=(3, 5))
     return x
-
-
-def _check_output(ctx: RunContext, y, indices, expected) -> np.ndarray:
-    plan = ctx.plan
-    if not isinstance(y, np.ndarray) or y.dtype.kind != "f":
-        raise ModelOutputError(
-            f"model returned {getattr(y, 'dtype', type(y).__name__)}, expected a float array",
-            window=_rc(plan, indices[0]),
-            hint="return float32 (or float16/bfloat16) tensors",
-        )
-    if y.shape != expected:
-        raise ModelOutputError(
-            f"model returned shape {tuple(y.shape)} for a batch of windows {[_rc(plan, i) for i in indices]}, "
-            f"expected {expected} (scale {plan.scale}, {expected[1]} channels)",
-            window=_rc(plan, indices[0]),
-            hint="declare the model's scale/out_channels or fix its output size",
-        )
-    finite = np.isfinite(y).reshape(len(indices), -1).all(axis=1)
-    if not finite.all():
-        first = indices[int(np.argmin(finite))]
-        raise ModelOutputError(
-            "model returned NaN or Inf",
-            window=_rc(plan, first),
-            hint="check the model on this window; try precision='fp32' if it overflows in fp16",
-        )
-    return y
 
 
 def _rc(plan: Plan, index: int) -> tuple[int, int]:
@@ -108,19 +85,18 @@ def _rc(plan: Plan, index: int) -> tuple[int, int]:
     return w.row, w.col
 
 
-def infer_batch(ctx: RunContext, indices: list[int], model_payload=None, *deps) -> dict:
-    """Run the model on a batch of windows and write each output to the tile store."""
-    import zarr
-
-    t0 = time.perf_counter()
+def _run_model(ctx: RunContext, runner, raw: np.ndarray, indices: list[int], out_dtype) -> np.ndarray:
+    """Model output for one batch, checked against the contract, pass-through channels appended."""
     plan = ctx.plan
-    xs = [_window_input(ctx, i) for i in indices]
-    batch = np.stack(xs)
-    model_in = batch[:, : ctx.model_channels]
-    t1 = time.perf_counter()
-    runner = get_runner(ctx.spec, model_payload)
     try:
-        y = runner(np.ascontiguousarray(model_in))
+        y = runner.run_raw(raw, channels=ctx.model_channels, out_dtype=out_dtype)
+    except BadOutput as exc:
+        hint = (
+            "check the model on this window; try precision='fp32' if it overflows in fp16"
+            if exc.kind == "nonfinite"
+            else "return float32 (or float16/bfloat16) tensors"
+        )
+        raise ModelOutputError(exc.detail, window=_rc(plan, indices[exc.element]), hint=hint) from None
     except ModelError:
         raise
     except Exception as exc:
@@ -128,27 +104,67 @@ def infer_batch(ctx: RunContext, indices: list[int], model_payload=None, *deps) 
             raise
         raise ModelOutputError(f"model raised {exc!r}", window=_rc(plan, indices[0])) from exc
     oy, ox = plan.out_window_shape
-    n_model_out = plan.out_channels - (batch.shape[1] - ctx.model_channels)
-    y = _check_output(ctx, y, indices, (len(indices), n_model_out, oy, ox))
-    if batch.shape[1] > ctx.model_channels:
-        extra = np.stack([_passthrough(plan, b[ctx.model_channels :]) for b in batch])
-        y = np.concatenate([y, extra], axis=1)
-    t2 = time.perf_counter()
+    n_extra = raw.shape[3] - ctx.model_channels
+    expected = (len(indices), plan.out_channels - n_extra, oy, ox)
+    if tuple(y.shape) != expected:
+        raise ModelOutputError(
+            f"model returned shape {tuple(y.shape)} for a batch of windows {[_rc(plan, i) for i in indices]}, "
+            f"expected {expected} (scale {plan.scale}, {expected[1]} channels)",
+            window=_rc(plan, indices[0]),
+            hint="declare the model's scale/out_channels or fix its output size",
+        )
+    if n_extra:
+        y = np.concatenate([y, _passthrough(plan, raw, ctx.model_channels).astype(y.dtype)], axis=1)
+    return y
+
+
+def infer_windows(ctx: RunContext, indices: list[int], model_payload=None, *deps) -> dict:
+    """Run the model over a group of windows, batch by batch, and write each output to the tile store.
+
+    Reading the next batches (up to two ahead) and writing finished ones run on a small thread pool
+    that lives only for this task, while the current batch is on the model.
+    """
+    import zarr
+
+    plan = ctx.plan
+    runner = get_runner(ctx.spec, model_payload)
     store = zarr.open_array(ctx.tile_store, mode="r+")
     dtype = store.dtype
-    try:
-        for k, index in enumerate(indices):
-            store[index] = y[k].astype(dtype, copy=False)
-    except OSError as exc:
-        raise SinkError(f"cannot write the tile store: {exc.strerror or exc}", path=ctx.tile_store) from exc
-    t3 = time.perf_counter()
-    return {
-        "windows": len(indices),
-        "read_s": t1 - t0,
-        "model_s": t2 - t1,
-        "write_s": t3 - t2,
-        "device": runner.device,
-    }
+    b = plan.batch_size
+    batches = [indices[i : i + b] for i in range(0, len(indices), b)]
+    timing = {"read_s": 0.0, "model_s": 0.0, "write_s": 0.0}
+
+    def read(batch):
+        t = time.perf_counter()
+        raw = np.stack([_read_raw(ctx, i) for i in batch])
+        timing["read_s"] += time.perf_counter() - t
+        return raw
+
+    def write(batch, y):
+        t = time.perf_counter()
+        try:
+            for k, index in enumerate(batch):
+                store[index] = y[k]
+        except OSError as exc:
+            raise SinkError(f"cannot write the tile store: {exc.strerror or exc}", path=ctx.tile_store) from exc
+        timing["write_s"] += time.perf_counter() - t
+
+    with ThreadPoolExecutor(max_workers=3, thread_name_prefix="tilegraph-io") as pool:
+        reads = [pool.submit(read, batches[k]) for k in range(min(2, len(batches)))]
+        writes = []
+        for k, batch in enumerate(batches):
+            raw = reads[k].result()
+            if k + 2 < len(batches):
+                reads.append(pool.submit(read, batches[k + 2]))
+            t = time.perf_counter()
+            y = _run_model(ctx, runner, raw, batch, dtype)
+            timing["model_s"] += time.perf_counter() - t
+            if len(writes) >= 2:
+                writes[-2].result()  # bound the outputs waiting to be written
+            writes.append(pool.submit(write, batch, y))
+        for w in writes:
+            w.result()
+    return {"windows": len(indices), **timing, "device": runner.device}
 
 
 def probe_model(spec: ModelSpec, model_payload, channels: int, size: int) -> dict:
@@ -156,10 +172,10 @@ def probe_model(spec: ModelSpec, model_payload, channels: int, size: int) -> dic
     runner = get_runner(spec, model_payload)
     x = np.full((1, channels, size, size), 0.5, dtype=np.float32)
     try:
-        y = runner(x)
+        y = runner.forward_nchw(x)
+    except ModelError:
+        raise
     except Exception as exc:
-        if isinstance(exc, ModelError):
-            raise
         raise ModelOutputError(f"model raised {exc!r} on a {size}x{size} probe input") from exc
     shape = tuple(getattr(y, "shape", ()))
     if len(shape) != 4 or shape[0] != 1:

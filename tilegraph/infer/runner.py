@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import sys
 import threading
 from collections.abc import Callable
 
@@ -55,27 +56,92 @@ class BatchRunner:
             self.fn = module
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """Model output for a float32 ``(N, C, H, W)`` batch, as a numpy array (float32 if floating)."""
+        y = self.forward_nchw(np.ascontiguousarray(batch))
+        return _to_numpy(y, None)
+
+    def forward_nchw(self, batch: np.ndarray):
+        """Run on a float32 NCHW numpy batch; returns the raw model output (tensor or array)."""
         if not self.is_torch:
             return np.asarray(self.fn(batch))
         import torch
 
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(batch))
+            x = torch.from_numpy(batch)
             if self.device != "cpu":
                 x = x.pin_memory().to(self.device, non_blocking=True)
-            if self.spec.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            amp = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.spec.precision)
-            if amp is not None:
-                with torch.autocast(device_type=x.device.type, dtype=amp):
-                    y = self.fn(x)
-            else:
-                y = self.fn(x)
-            if not isinstance(y, torch.Tensor):
-                return np.asarray(y)
-            if not y.is_floating_point():
-                return y.cpu().numpy()
-            return y.float().cpu().numpy()
+            return self._forward(x)
+
+    def run_raw(self, raw: np.ndarray, *, channels: int, out_dtype) -> np.ndarray:
+        """Run on raw windows ``(N, H, W, C)`` in the source dtype; returns ``(N, C', H', W')`` numpy.
+
+        The dtype conversion (integers to [0, 1]) happens on the model's device, after the copy, so
+        only source bytes cross the bus; the output is cast to ``out_dtype`` on the device too.
+
+        Raises
+        ------
+        BadOutput
+            Carries the problem (``"dtype"`` or ``"nonfinite"`` with the bad batch element).
+        """
+        integer_max = float(np.iinfo(raw.dtype).max) if raw.dtype.kind in "ui" else None
+        if not self.is_torch:
+            x = np.moveaxis(raw[..., :channels], -1, 1).astype(np.float32)
+            if integer_max is not None:
+                x *= np.float32(1.0 / integer_max)
+            return _to_numpy(np.asarray(self.fn(np.ascontiguousarray(x))), out_dtype)
+        import torch
+
+        with torch.inference_mode():
+            t = torch.from_numpy(np.ascontiguousarray(raw))
+            if self.device != "cpu":
+                t = t.pin_memory().to(self.device, non_blocking=True)
+            x = t[..., :channels].permute(0, 3, 1, 2).float()  # NHWC storage = channels_last
+            if integer_max is not None:
+                x.mul_(1.0 / integer_max)
+            if not self.spec.channels_last:
+                x = x.contiguous()
+            y = self._forward(x)
+            return _to_numpy(y, out_dtype)
+
+    def _forward(self, x):
+        import torch
+
+        if self.spec.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        amp = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.spec.precision)
+        if amp is not None:
+            with torch.autocast(device_type=x.device.type, dtype=amp):
+                return self.fn(x)
+        return self.fn(x)
+
+
+class BadOutput(Exception):
+    """The model output broke the contract (raised inside :meth:`BatchRunner.run_raw`)."""
+
+    def __init__(self, kind: str, detail: str, element: int = 0):
+        super().__init__(detail)
+        self.kind, self.detail, self.element = kind, detail, element
+
+
+def _to_numpy(y, out_dtype) -> np.ndarray:
+    """Check dtype and finiteness (on the device for tensors) and return numpy in ``out_dtype``."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(y, torch.Tensor):
+        if not y.is_floating_point():
+            raise BadOutput("dtype", f"model returned a {y.dtype} tensor, expected floats")
+        finite = torch.isfinite(y.reshape(y.shape[0], -1)).all(dim=1) if y.ndim >= 1 and y.numel() else None
+        if finite is not None and not bool(finite.all()):
+            raise BadOutput("nonfinite", "model returned NaN or Inf", int((~finite).nonzero()[0, 0]))
+        target = torch.float32 if out_dtype is None else getattr(torch, np.dtype(out_dtype).name)
+        return y.to(target).cpu().numpy()
+    y = np.asarray(y)
+    if y.dtype.kind != "f":
+        raise BadOutput("dtype", f"model returned {y.dtype}, expected floats")
+    if y.ndim >= 1 and y.size:
+        finite = np.isfinite(y.reshape(y.shape[0], -1)).all(axis=1)
+        if not finite.all():
+            raise BadOutput("nonfinite", "model returned NaN or Inf", int(np.argmin(finite)))
+    return y.astype(np.float32 if out_dtype is None else out_dtype, copy=False)
 
 
 def _build_from_path(spec: ModelSpec):

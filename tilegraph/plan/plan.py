@@ -64,6 +64,7 @@ class Plan:
     blend: str = "cosine"
     pad_mode: str = "reflect"
     batch_size: int = 4
+    batches_per_task: int = 4
     halo: int | None = None
     extra: dict = field(default_factory=dict)
 
@@ -141,6 +142,15 @@ class Plan:
         """Window indices grouped into batches in raster order."""
         n, b = self.n_windows, self.batch_size
         return [list(range(i, min(n, i + b))) for i in range(0, n, b)]
+
+    def tasks(self) -> list[list[int]]:
+        """Window indices grouped per model task (``batches_per_task`` batches each), raster order.
+
+        A task reads its next batch while the current one runs on the model, so larger groups keep
+        the device busier; smaller groups spread better over many workers.
+        """
+        n, k = self.n_windows, self.batch_size * self.batches_per_task
+        return [list(range(i, min(n, i + k))) for i in range(0, n, k)]
 
     def chunk_box(self, cy: int, cx: int) -> tuple[int, int, int, int]:
         """Output box ``(y0, y1, x0, x1)`` of chunk ``(cy, cx)``."""
@@ -227,7 +237,7 @@ class Plan:
             "overlap": f"{self.overlap[0]} x {self.overlap[1]}",
             "stride": f"{self.y.stride} x {self.x.stride}",
             "windows": f"{self.grid[0]} x {self.grid[1]} = {self.n_windows}",
-            "batches": f"{len(self.batches())} of up to {self.batch_size}",
+            "batches": f"{len(self.batches())} of up to {self.batch_size}, {len(self.tasks())} model tasks",
             "blend": self.blend,
             "padding": f"{self.padded_shape[0]} x {self.padded_shape[1]} ({self.pad_mode})",
             "cost factor (T/S)^2": f"{self.cost_factor:.3f}",
@@ -268,6 +278,7 @@ def make_plan(
     blend: str = "cosine",
     pad_mode: str = "reflect",
     batch_size: int = 4,
+    batches_per_task: int = 4,
     halo: int | None = None,
 ) -> Plan:
     """Validate user geometry once and build a :class:`Plan`.
@@ -304,8 +315,8 @@ def make_plan(
         raise PlanError(f"dtype {dtype} not supported; use one of {SUPPORTED_DTYPES}")
     if model_stride <= 0 or int(model_stride) != model_stride:
         raise PlanError(f"model_stride must be a positive int, got {model_stride!r}")
-    if batch_size <= 0:
-        raise PlanError(f"batch_size must be positive, got {batch_size!r}")
+    if batch_size <= 0 or batches_per_task <= 0:
+        raise PlanError(f"batch_size and batches_per_task must be positive, got {batch_size!r}, {batches_per_task!r}")
     if pad_mode not in PAD_MODES:
         raise PlanError(f"pad_mode {pad_mode!r} not supported; use one of {PAD_MODES}")
     frac = coerce_scale(scale)
@@ -346,6 +357,7 @@ def make_plan(
         blend=coerce_blend(blend),
         pad_mode=pad_mode,
         batch_size=int(batch_size),
+        batches_per_task=int(batches_per_task),
         halo=halo,
     )
 
