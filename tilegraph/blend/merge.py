@@ -6,7 +6,7 @@ summed weights, so the result does not depend on task order or placement.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import numpy as np
 

@@ -73,14 +73,25 @@ def connect(client):
     dask.config.set(DASK_CONFIG)
     if client is None:
         cluster = embedded_cluster()
-        return DaskExecutor(Client(cluster), own_cluster=True)
-    if isinstance(client, str):
+        executor = DaskExecutor(Client(cluster), own_cluster=True)
+    elif isinstance(client, str):
         try:
-            return DaskExecutor(Client(client, timeout="30s"), own_cluster=False)
+            # own_cluster=True: close() closes this Client we opened (it has no cluster object to close).
+            executor = DaskExecutor(Client(client, timeout="30s"), own_cluster=True)
         except OSError as exc:
             raise ClusterError(
                 f"cannot reach the scheduler at {client}: {exc}", hint="start it with `dask scheduler`"
             ) from exc
-    if isinstance(client, Client):
-        return DaskExecutor(client, own_cluster=False)
-    raise ClusterError(f"client must be None, 'inprocess', an address or a distributed.Client, got {client!r}")
+    elif isinstance(client, Client):
+        executor = DaskExecutor(client, own_cluster=False)
+    else:
+        raise ClusterError(f"client must be None, 'inprocess', an address or a distributed.Client, got {client!r}")
+    if executor.model_resources == {"GPU": 1}:  # start-up self-check: GPU restrictions reach the scheduler
+        from tilegraph.cluster.checks import check_gpu_restrictions
+
+        try:
+            check_gpu_restrictions(executor.client)
+        except BaseException:
+            executor.close()
+            raise
+    return executor

@@ -311,6 +311,7 @@ class Job:
     def infer(self) -> list:
         """Submit one model task per batch of windows; returns their handles."""
         ex = self.executor
+        self._t_infer = time.perf_counter()
         self._ctx_h = ex.share(self.ctx)
         self.infer_handles = [
             ex.submit(
@@ -325,7 +326,6 @@ class Job:
         ]
         if hasattr(ex, "check_restrictions"):
             ex.check_restrictions(self.infer_handles)
-        self._t_infer = time.perf_counter()
         return self.infer_handles
 
     # ----------------------------------------------------------------- step 3

@@ -300,14 +300,30 @@ def _local(plan: Plan, index: int, box: Box) -> tuple[slice, slice]:
     return slice(y0 - oy0, y1 - oy0), slice(x0 - ox0, x1 - ox0)
 
 
-def _lowpass_region(out, rows: slice, cols: slice, sigma: float) -> np.ndarray:
-    """Low-passed ``out[:, rows, cols]`` (float64), filtered with context from inside the window."""
+def _allowed(plan: Plan, index: int, margin: int) -> Box:
+    """Window-local box that statistics may read: the window inside the image, shrunk by ``margin``."""
+    w = plan.window(index)
+    oy0, ox0 = plan.y.out_start(w.row), plan.x.out_start(w.col)
+    hh, ww = plan.out_window_shape
+    y1 = min(hh, plan.out_shape[0] - oy0)
+    x1 = min(ww, plan.out_shape[1] - ox0)
+    r0, r1 = _shrink(0, y1, margin)
+    c0, c1 = _shrink(0, x1, margin)
+    return r0, r1, c0, c1
+
+
+def _lowpass_region(out, rows: slice, cols: slice, sigma: float, allowed: Box) -> np.ndarray:
+    """Low-passed ``out[:, rows, cols]`` (float64), filtered with context from the ``allowed`` box only.
+
+    The window's outer ``margin`` pixels (and anything past the image) never influence a statistic, not even
+    through the filter's support; the filter extends the allowed box by its nearest values.
+    """
     if sigma <= 0:
         return np.asarray(out[:, rows, cols], dtype=np.float64)
     ctx = int(math.ceil(3 * sigma))
-    hh, ww = out.shape[-2:]
-    r0, r1 = max(0, rows.start - ctx), min(hh, rows.stop + ctx)
-    c0, c1 = max(0, cols.start - ctx), min(ww, cols.stop + ctx)
+    a0, a1, b0, b1 = allowed
+    r0, r1 = max(a0, rows.start - ctx), min(a1, rows.stop + ctx)
+    c0, c1 = max(b0, cols.start - ctx), min(b1, cols.stop + ctx)
     block = np.asarray(out[:, r0:r1, c0:c1], dtype=np.float64)
     block = gaussian_filter(block, sigma=(0, sigma, sigma), mode="nearest")
     return block[:, rows.start - r0 : rows.stop - r0, cols.start - c0 : cols.stop - c0]
@@ -351,7 +367,8 @@ def pair_stats(
     sigma
         Gaussian low-pass in output pixels (0 disables it).
     margin
-        Output pixels dropped on every side of the band (default: a quarter of the output overlap).
+        Output pixels dropped on every side of the band, and at the windows' edges for the filter's context
+        (default: a quarter of the output overlap).
 
     Returns
     -------
@@ -360,13 +377,14 @@ def pair_stats(
     """
     _check_out(plan, a_out, "a_out")
     _check_out(plan, b_out, "b_out")
+    margin = _auto_margin(plan, margin)
     box = overlap_box(plan, a_index, b_index, margin=margin)
     axis = "x" if plan.window(a_index).row == plan.window(b_index).row else "y"
     if box[1] <= box[0] or box[3] <= box[2]:
         z = np.zeros(a_out.shape[0])
         return PairStats(a_index, b_index, axis, 0, z, z.copy(), z.copy(), z.copy(), z.copy(), box)
-    u = _lowpass_region(a_out, *_local(plan, a_index, box), sigma)
-    v = _lowpass_region(b_out, *_local(plan, b_index, box), sigma)
+    u = _lowpass_region(a_out, *_local(plan, a_index, box), sigma, _allowed(plan, a_index, margin))
+    v = _lowpass_region(b_out, *_local(plan, b_index, box), sigma, _allowed(plan, b_index, margin))
     n, su, suu = _moments(u)
     _, sv, svv = _moments(v)
     c = u.shape[0]
@@ -381,7 +399,7 @@ def reference_stats(
     reference,
     *,
     sigma: float = 2.0,
-    margin: int = 0,
+    margin: int | None = None,
 ) -> TileStats:
     """Moments of a window's output and of the reference over the window's core.
 
@@ -401,7 +419,8 @@ def reference_stats(
         thumbnail ``f`` times smaller: ``sigma`` about ``f``) so that detail the reference cannot have does
         not count.
     margin
-        Output pixels dropped on every side of the core.
+        Output pixels dropped on every side of the core, and at the window's edges for the filter's
+        context (default: a quarter of the output overlap).
 
     Returns
     -------
@@ -411,10 +430,12 @@ def reference_stats(
     _check_out(plan, reference, "reference")
     if reference.shape[0] != out.shape[0]:
         raise ValueError(f"reference has {reference.shape[0]} channels, the output {out.shape[0]}")
+    margin = _auto_margin(plan, margin)
     box = core_box(plan, index, margin=margin)
     rows, cols = _local(plan, index, box)
-    t = _lowpass_region(out, rows, cols, sigma)
-    r = _lowpass_region(reference, rows, cols, sigma)
+    allowed = _allowed(plan, index, margin)
+    t = _lowpass_region(out, rows, cols, sigma, allowed)
+    r = _lowpass_region(reference, rows, cols, sigma, allowed)
     n, st, stt = _moments(t)
     _, sr, srr = _moments(r)
     c = t.shape[0]
@@ -468,13 +489,16 @@ def window_stats(
     ref_sigma
         Low-pass for the anchor (default ``sigma``).
     margin
-        Output pixels dropped on every side of each overlap band.
+        Output pixels dropped on every side of each overlap band and of the core, and at the window's
+        edges for the filter's context (default: a quarter of the output overlap).
 
     Returns
     -------
     WindowStats
     """
     _check_out(plan, out, "out")
+    margin = _auto_margin(plan, margin)
+    allowed = _allowed(plan, index, margin)
     sides = {}
     for nb, a, b in _neighbours(plan, index):
         box = overlap_box(plan, a, b, margin=margin)
@@ -482,10 +506,12 @@ def window_stats(
             z = np.zeros(out.shape[0])
             sides[nb] = (0, z, z.copy(), box)
             continue
-        sides[nb] = (*_moments(_lowpass_region(out, *_local(plan, index, box), sigma)), box)
+        sides[nb] = (*_moments(_lowpass_region(out, *_local(plan, index, box), sigma, allowed)), box)
     ref = None
     if reference is not None:
-        ref = reference_stats(plan, index, out, reference, sigma=sigma if ref_sigma is None else ref_sigma)
+        ref = reference_stats(
+            plan, index, out, reference, sigma=sigma if ref_sigma is None else ref_sigma, margin=margin
+        )
     return WindowStats(index, sides, ref)
 
 

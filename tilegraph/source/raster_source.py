@@ -76,7 +76,9 @@ def png_chunks(data: bytes, *, path: str | None = None) -> list[tuple[bytes, int
         Bad signature, a chunk running past the end (truncated), a CRC mismatch, no IHDR first or no IEND.
     """
     if not data.startswith(_PNG_MAGIC):
-        raise CorruptSourceError("not a PNG file (bad signature)", path=path, hint="check the file and its extension")
+        raise CorruptSourceError(
+            "not a PNG file (bad signature)", path=path, hint="check the file and its extension"
+        )
     pos, out = 8, []
     n = len(data)
     while True:
@@ -95,7 +97,11 @@ def png_chunks(data: bytes, *, path: str | None = None) -> list[tuple[bytes, int
                 hint="the file was cut short; copy or export it again",
             )
         if not re.fullmatch(rb"[A-Za-z]{4}", ctype):
-            raise CorruptSourceError(f"PNG chunk type {ctype!r} at byte {pos} is invalid", path=path)
+            raise CorruptSourceError(
+                f"PNG chunk type {ctype!r} at byte {pos} is invalid",
+                path=path,
+                hint="the file is damaged or truncated; copy or export it again from the original",
+            )
         (crc,) = struct.unpack(">I", data[end : end + 4])
         if zlib.crc32(data[pos + 4 : end]) & 0xFFFFFFFF != crc:
             raise CorruptSourceError(
@@ -104,7 +110,11 @@ def png_chunks(data: bytes, *, path: str | None = None) -> list[tuple[bytes, int
                 hint="the file is damaged; copy or export it again",
             )
         if not out and ctype != b"IHDR":
-            raise CorruptSourceError("PNG does not start with an IHDR chunk", path=path)
+            raise CorruptSourceError(
+                "PNG does not start with an IHDR chunk",
+                path=path,
+                hint="the file is damaged or truncated; copy or export it again from the original",
+            )
         out.append((ctype, start, end))
         pos = end + 4
         if ctype == b"IEND":
@@ -116,9 +126,17 @@ def _inflate_limited(data: bytes, *, path: str | None, what: str) -> bytes:
     try:
         out = d.decompress(data, _MAX_META)
     except zlib.error as exc:
-        raise CorruptSourceError(f"PNG {what} cannot be decompressed ({exc})", path=path) from exc
+        raise CorruptSourceError(
+            f"PNG {what} cannot be decompressed ({exc})",
+            path=path,
+            hint="the file is damaged or truncated; copy or export it again from the original",
+        ) from exc
     if d.unconsumed_tail:
-        raise CorruptSourceError(f"PNG {what} decompresses to more than {_MAX_META} bytes", path=path)
+        raise CorruptSourceError(
+            f"PNG {what} decompresses to more than {_MAX_META} bytes",
+            path=path,
+            hint="the file is damaged or truncated; copy or export it again from the original",
+        )
     return out
 
 
@@ -126,16 +144,32 @@ def _png_header(data: bytes, path: str) -> dict[str, Any]:
     chunks = png_chunks(data, path=path)
     ctype, s, e = chunks[0]
     if e - s != 13:
-        raise CorruptSourceError("PNG IHDR chunk has the wrong length", path=path)
+        raise CorruptSourceError(
+            "PNG IHDR chunk has the wrong length",
+            path=path,
+            hint="the file is damaged or truncated; copy or export it again from the original",
+        )
     width, height, depth, color, comp, filt, interlace = struct.unpack(">IIBBBBB", data[s:e])
     if width == 0 or height == 0:
-        raise CorruptSourceError(f"PNG header gives a zero image size ({width} x {height})", path=path)
+        raise CorruptSourceError(
+            f"PNG header gives a zero image size ({width} x {height})",
+            path=path,
+            hint="the file is damaged or truncated; copy or export it again from the original",
+        )
     valid = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
     if color not in valid or depth not in valid[color] or comp or filt or interlace > 1:
-        raise CorruptSourceError(f"PNG header is invalid (colour type {color}, bit depth {depth})", path=path)
+        raise CorruptSourceError(
+            f"PNG header is invalid (colour type {color}, bit depth {depth})",
+            path=path,
+            hint="the file is damaged or truncated; copy or export it again from the original",
+        )
     types = [c for c, _, _ in chunks]
     if b"IDAT" not in types:
-        raise CorruptSourceError("PNG has no image data (no IDAT chunk)", path=path)
+        raise CorruptSourceError(
+            "PNG has no image data (no IDAT chunk)",
+            path=path,
+            hint="the file is damaged or truncated; copy or export it again from the original",
+        )
     trns = b"tRNS" in types
     channels = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}[color] + (1 if trns and color in (0, 2, 3) else 0)
     info: dict[str, Any] = {
@@ -154,7 +188,11 @@ def _png_header(data: bytes, path: str) -> dict[str, Any]:
         if ctype == b"iCCP":
             name, _, rest = body.partition(b"\x00")
             if not rest:
-                raise CorruptSourceError("PNG iCCP chunk is malformed", path=path)
+                raise CorruptSourceError(
+                    "PNG iCCP chunk is malformed",
+                    path=path,
+                    hint="the file is damaged or truncated; copy or export it again from the original",
+                )
             icc = _inflate_limited(rest[1:], path=path, what="ICC profile")
             extra["icc_name"] = name.decode("latin-1")
         elif ctype == b"eXIf":
@@ -199,7 +237,11 @@ def jpeg_segments(data: bytes, *, path: str | None = None) -> list[tuple[int, in
         Bad SOI, a segment running past the end, or no EOI (a truncated file or scan).
     """
     if not data.startswith(b"\xff\xd8"):
-        raise CorruptSourceError("not a JPEG file (no SOI marker)", path=path)
+        raise CorruptSourceError(
+            "not a JPEG file (no SOI marker)",
+            path=path,
+            hint="the file is damaged or truncated; copy or export it again from the original",
+        )
     pos, n, out = 2, len(data), []
     truncated = CorruptSourceError(
         "JPEG is truncated (no EOI marker: the file or its scan was cut short)",
@@ -212,7 +254,11 @@ def jpeg_segments(data: bytes, *, path: str | None = None) -> list[tuple[int, in
         if pos + 2 > n:
             raise truncated
         if data[pos] != 0xFF:
-            raise CorruptSourceError(f"JPEG marker expected at byte {pos}, found {data[pos]:#04x}", path=path)
+            raise CorruptSourceError(
+                f"JPEG marker expected at byte {pos}, found {data[pos]:#04x}",
+                path=path,
+                hint="the file is damaged or truncated; copy or export it again from the original",
+            )
         marker = data[pos + 1]
         if marker == 0xD9:
             return out
@@ -238,7 +284,11 @@ def _jpeg_header(data: bytes, path: str) -> dict[str, Any]:
     segments = jpeg_segments(data, path=path)
     sof = [(m, s, e) for m, s, e in segments if 0xC0 <= m <= 0xCF and m not in (0xC4, 0xC8, 0xCC)]
     if not sof:
-        raise CorruptSourceError("JPEG has no frame header (SOF)", path=path)
+        raise CorruptSourceError(
+            "JPEG has no frame header (SOF)",
+            path=path,
+            hint="the file is damaged or truncated; copy or export it again from the original",
+        )
     marker, s, e = sof[0]
     if marker in _SOF_REFUSED or marker not in _SOF_OK:
         raise UnsupportedSourceError(
@@ -247,13 +297,23 @@ def _jpeg_header(data: bytes, path: str) -> dict[str, Any]:
             hint="convert to a baseline or progressive JPEG, or to TIFF/PNG",
         )
     if e - s < 6:
-        raise CorruptSourceError("JPEG frame header is too short", path=path)
+        raise CorruptSourceError(
+            "JPEG frame header is too short",
+            path=path,
+            hint="the file is damaged or truncated; copy or export it again from the original",
+        )
     precision, height, width, ncomp = struct.unpack(">BHHB", data[s : s + 6])
     if height == 0 or width == 0:
-        raise CorruptSourceError(f"JPEG header gives a zero image size ({width} x {height})", path=path)
+        raise CorruptSourceError(
+            f"JPEG header gives a zero image size ({width} x {height})",
+            path=path,
+            hint="the file is damaged or truncated; copy or export it again from the original",
+        )
     if precision != 8:
         raise UnsupportedSourceError(
-            f"{precision}-bit JPEG is not supported", path=path, hint="convert to 8-bit JPEG, 16-bit TIFF or PNG"
+            f"{precision}-bit JPEG is not supported",
+            path=path,
+            hint="convert to 8-bit JPEG, 16-bit TIFF or PNG",
         )
     if ncomp == 4:
         raise UnsupportedSourceError(
@@ -262,7 +322,11 @@ def _jpeg_header(data: bytes, path: str) -> dict[str, Any]:
             hint="convert to RGB with its ICC profile first (e.g. in Photoshop or with ImageMagick -profile)",
         )
     if ncomp not in (1, 3):
-        raise UnsupportedSourceError(f"JPEG with {ncomp} components is not supported", path=path)
+        raise UnsupportedSourceError(
+            f"JPEG with {ncomp} components is not supported",
+            path=path,
+            hint="convert the image to an 8- or 16-bit gray or RGB(A) TIFF or PNG first",
+        )
     icc_parts: dict[int, bytes] = {}
     exif = xmp = resolution = None
     extra: dict[str, Any] = {"jpeg_process": _SOF_OK[marker]}
@@ -325,7 +389,11 @@ class _RasterSource(Source):
         if not os.path.exists(self.path):
             raise SourceNotFoundError("no such file", path=self.path, hint="check the path")
         if os.path.isdir(self.path):
-            raise UnsupportedSourceError(f"is a directory, not a {self.format_name} file", path=self.path)
+            raise UnsupportedSourceError(
+                f"is a directory, not a {self.format_name} file",
+                path=self.path,
+                hint="point at an image file",
+            )
         st = os.stat(self.path)
         self._stat = (st.st_mtime_ns, st.st_size)
         if st.st_size == 0:
@@ -379,9 +447,17 @@ class _RasterSource(Source):
             with open(self.path, "rb") as f:
                 return f.read()
         except FileNotFoundError:
-            raise SourceNotFoundError("the file disappeared", path=self.path) from None
+            raise SourceNotFoundError(
+                "the file disappeared",
+                path=self.path,
+                hint="check the path; inputs must stay in place during a run",
+            ) from None
         except OSError as exc:
-            raise CorruptSourceError(f"cannot read the file ({exc.strerror})", path=self.path) from exc
+            raise CorruptSourceError(
+                f"cannot read the file ({exc.strerror})",
+                path=self.path,
+                hint="the file is damaged or truncated; copy or export it again from the original",
+            ) from exc
 
     def _parse(self, data: bytes) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -406,10 +482,16 @@ class _RasterSource(Source):
         """
         st = os.stat(self.path) if os.path.exists(self.path) else None
         if st is None:
-            raise SourceNotFoundError("the file disappeared after it was opened", path=self.path)
+            raise SourceNotFoundError(
+                "the file disappeared after it was opened",
+                path=self.path,
+                hint="check the path; inputs must stay in place during a run",
+            )
         if (st.st_mtime_ns, st.st_size) != self._stat:
             raise CorruptSourceError(
-                "the file changed after it was opened", path=self.path, hint="do not modify inputs during a run"
+                "the file changed after it was opened",
+                path=self.path,
+                hint="do not modify inputs during a run",
             )
         need = self.shape[0] * self.shape[1] * self.channels * self.dtype.itemsize
         try:
@@ -463,7 +545,11 @@ class _RasterSource(Source):
     def _read(self, y0, y1, x0, x1, *, use_cache: bool) -> np.ndarray:
         h, w = self.shape
         if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
-            raise InputError(f"region rows {y0}:{y1}, cols {x0}:{x1} is outside the image {h} x {w}", path=self.path)
+            raise InputError(
+                f"region rows {y0}:{y1}, cols {x0}:{x1} is outside the image {h} x {w}",
+                path=self.path,
+                hint="read a region inside the image; padding is the caller's business",
+            )
         image = self._cached() if use_cache else self.decode()
         return np.array(image[y0:y1, x0:x1], copy=True)
 

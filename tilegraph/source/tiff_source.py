@@ -141,7 +141,9 @@ def resolve_max_pixels(max_pixels: int | None = None) -> int:
                 f"{_ENV_MAX_PIXELS}={env!r} is not a number", hint="set it to a pixel count such as 4e9"
             ) from None
     if int(max_pixels) <= 0:
-        raise InputError(f"max_pixels must be positive, got {max_pixels}", hint="pass a pixel count such as 4e9")
+        raise InputError(
+            f"max_pixels must be positive, got {max_pixels}", hint="pass a pixel count such as 4e9"
+        )
     return int(max_pixels)
 
 
@@ -203,7 +205,24 @@ def orient(image: np.ndarray, orientation: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 # EXIF codec: TIFF-structured blocks (JPEG APP1 "Exif" payload, PNG eXIf chunk)
 
-_TYPE_SIZE = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8, 18: 8}
+_TYPE_SIZE = {
+    1: 1,
+    2: 1,
+    3: 2,
+    4: 4,
+    5: 8,
+    6: 1,
+    7: 1,
+    8: 2,
+    9: 4,
+    10: 8,
+    11: 4,
+    12: 8,
+    13: 4,
+    16: 8,
+    17: 8,
+    18: 8,
+}
 _SWAP_UNIT = {3: 2, 4: 4, 5: 4, 8: 2, 9: 4, 10: 4, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8, 18: 8}
 #: tags whose value is the offset of a sub-IFD: EXIF, GPS, Interoperability
 POINTER_TAGS = {34665: "exif", 34853: "gps", 40965: "interop"}
@@ -614,11 +633,17 @@ class TiffSource(Source):
         if not os.path.exists(self.path):
             raise SourceNotFoundError("no such file", path=self.path, hint="check the path")
         if os.path.isdir(self.path):
-            raise UnsupportedSourceError("is a directory, not a TIFF file", path=self.path)
+            raise UnsupportedSourceError(
+                "is a directory, not a TIFF file",
+                path=self.path,
+                hint="point at an image file",
+            )
         self._stat = _stat_key(self.path)
         if self._stat[1] == 0:
             raise CorruptSourceError("file is empty (0 bytes)", path=self.path, hint="re-export the image")
         geo = self._geometry()
+        # again here: the geometry may come from this process's cache, resolved under another limit
+        check_pixel_limit(*geo["shape"], path=self.path, max_pixels=self.max_pixels)
         self.shape = geo["shape"]
         self.channels = geo["channels"]
         self.dtype = geo["dtype"]
@@ -654,10 +679,16 @@ class TiffSource(Source):
         try:
             stat = _stat_key(self.path)
         except FileNotFoundError:
-            raise SourceNotFoundError("the file disappeared after it was opened", path=self.path) from None
+            raise SourceNotFoundError(
+                "the file disappeared after it was opened",
+                path=self.path,
+                hint="check the path; inputs must stay in place during a run",
+            ) from None
         if stat != self._stat:
             raise CorruptSourceError(
-                "the file changed after it was opened", path=self.path, hint="do not modify inputs during a run"
+                "the file changed after it was opened",
+                path=self.path,
+                hint="do not modify inputs during a run",
             )
         try:
             return _open_cached(self.path, stat)
@@ -692,10 +723,16 @@ class TiffSource(Source):
         """Learn everything needed to read from the header, and refuse what tilegraph cannot read."""
         tif, path = ot.tif, self.path
         if not tif.pages or len(tif.series) == 0:
-            raise CorruptSourceError("the TIFF has no readable image (no IFD)", path=path)
+            raise CorruptSourceError(
+                "the TIFF has no readable image (no IFD)",
+                path=path,
+                hint="the file is damaged or truncated; copy or export it again from the original",
+            )
         if self.series >= len(tif.series):
             raise UnsupportedSourceError(
-                f"series {self.series} requested, the file has {len(tif.series)}", path=path, hint="pass series=0"
+                f"series {self.series} requested, the file has {len(tif.series)}",
+                path=path,
+                hint="pass series=0",
             )
         series = tif.series[self.series]
         levels = series.levels
@@ -708,7 +745,11 @@ class TiffSource(Source):
         lvl = levels[self.level]
         pages = list(lvl.pages)
         if not pages or any(p is None for p in pages):
-            raise CorruptSourceError("the image series has missing pages", path=path)
+            raise CorruptSourceError(
+                "the image series has missing pages",
+                path=path,
+                hint="the file is damaged or truncated; copy or export it again from the original",
+            )
         key = lvl.keyframe
         missing = [name for code, name in ((256, "ImageWidth"), (257, "ImageLength")) if code not in key.tags]
         if not any(code in key.tags for code in (273, 324)):
@@ -737,14 +778,20 @@ class TiffSource(Source):
         bits, fmt = key.bitspersample, int(key.sampleformat)
         ok = (fmt == 1 and bits in (8, 16)) or (fmt == 3 and bits in (16, 32))
         if not ok:
-            kind = {1: "unsigned", 2: "signed", 3: "float", 6: "complex float", 5: "complex int"}.get(fmt, str(fmt))
+            kind = {1: "unsigned", 2: "signed", 3: "float", 6: "complex float", 5: "complex int"}.get(
+                fmt, str(fmt)
+            )
             raise UnsupportedSourceError(
                 f"{bits}-bit {kind} samples are not supported",
                 path=path,
                 hint="tilegraph reads 8- or 16-bit unsigned and 16- or 32-bit float samples; convert first",
             )
         if photometric == 6 and compression != 7:
-            raise UnsupportedSourceError("YCbCr TIFF without JPEG compression is not supported", path=path)
+            raise UnsupportedSourceError(
+                "YCbCr TIFF without JPEG compression is not supported",
+                path=path,
+                hint="convert the image to an 8- or 16-bit gray or RGB(A) TIFF or PNG first",
+            )
         if photometric not in _PHOTOMETRIC_OK and not (photometric == 6 and compression == 7):
             name = _PHOTOMETRIC_NAMES.get(photometric, str(photometric))
             raise UnsupportedSourceError(
@@ -756,12 +803,24 @@ class TiffSource(Source):
             from tifffile import TIFF
 
             if int(key.predictor) not in TIFF.UNPREDICTORS:
-                raise UnsupportedSourceError(f"TIFF predictor {int(key.predictor)} is not supported", path=path)
+                raise UnsupportedSourceError(
+                    f"TIFF predictor {int(key.predictor)} is not supported",
+                    path=path,
+                    hint="convert the image to an 8- or 16-bit gray or RGB(A) TIFF or PNG first",
+                )
         if key.imagedepth != 1 or key.tiledepth != 1:
-            raise UnsupportedSourceError("volumetric (tiled in depth) TIFF is not supported", path=path)
+            raise UnsupportedSourceError(
+                "volumetric (tiled in depth) TIFF is not supported",
+                path=path,
+                hint="convert the image to an 8- or 16-bit gray or RGB(A) TIFF or PNG first",
+            )
         rows, cols = int(key.imagelength), int(key.imagewidth)
         if rows <= 0 or cols <= 0:
-            raise CorruptSourceError(f"the header gives a zero image size ({cols} x {rows})", path=path)
+            raise CorruptSourceError(
+                f"the header gives a zero image size ({cols} x {rows})",
+                path=path,
+                hint="the file is damaged or truncated; copy or export it again from the original",
+            )
         check_pixel_limit(rows, cols, path=path, max_pixels=self.max_pixels)
 
         # axes: Y, X and at most one channel axis (samples in the page, or pages along C)
@@ -783,7 +842,11 @@ class TiffSource(Source):
             )
         channel_pages = len(pages) if extra else 1
         if extra and len(pages) != next(iter(extra.values())):
-            raise UnsupportedSourceError(f"unexpected page layout for axes {axes}", path=path)
+            raise UnsupportedSourceError(
+                f"unexpected page layout for axes {axes}",
+                path=path,
+                hint="save the channels as samples of one page, or pass series=",
+            )
         channels = spp * channel_pages
         if channels > 4:
             raise UnsupportedSourceError(
@@ -871,7 +934,11 @@ class TiffSource(Source):
     def _read(self, y0: int, y1: int, x0: int, x1: int, *, use_cache: bool) -> np.ndarray:
         h, w = self.shape
         if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
-            raise InputError(f"region rows {y0}:{y1}, cols {x0}:{x1} is outside the image {h} x {w}", path=self.path)
+            raise InputError(
+                f"region rows {y0}:{y1}, cols {x0}:{x1} is outside the image {h} x {w}",
+                path=self.path,
+                hint="read a region inside the image; padding is the caller's business",
+            )
         if use_cache and self.storage == "single" and self.cache_dir is not None:
             out = self._read_cached(y0, y1, x0, x1)
         else:
@@ -1158,7 +1225,11 @@ class _StageRows:
 
         read = getattr(self.source, "_read", None)
         w = self.source.shape[1]
-        block = read(self.r0, self.r1, 0, w, use_cache=False) if read else self.source.read(self.r0, self.r1, 0, w)
+        block = (
+            read(self.r0, self.r1, 0, w, use_cache=False)
+            if read
+            else self.source.read(self.r0, self.r1, 0, w)
+        )
         zarr.open_array(self.path, mode="r+")[self.r0 : self.r1] = block
         return int(block.nbytes)
 

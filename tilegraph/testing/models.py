@@ -89,7 +89,7 @@ def _finish(module: nn.Module) -> nn.Module:
 
 def _soft(y: torch.Tensor) -> torch.Tensor:
     """Mild, strictly increasing nonlinearity that keeps 0 and 1 fixed (no dead zone)."""
-    return y + 0.05 * torch.sin(math.pi * y)
+    return y + 0.03 * torch.sin(math.pi * y)
 
 
 def _near_identity_conv(
@@ -99,24 +99,25 @@ def _near_identity_conv(
     *,
     dilation: int = 1,
     source: list[int] | None = None,
-    noise: float = 0.03,
+    noise: float = 0.02,
 ) -> nn.Conv2d:
     """A 3x3 convolution close to a smoothing of input channel ``source[o]`` for each output ``o``.
 
     Every tap of every channel gets a small random perturbation (so the support is the full 3x3 square
-    and no path cancels), then each output channel's weights are shifted to sum to exactly 1: constant
-    images stay (almost) constant and outputs stay near the input range.
+    and no path cancels), then the 9 taps from each input channel are shifted to sum to exactly 1 (the
+    source channel) or 0 (the others): a constant image maps to itself plus a small bias, and outputs
+    stay near the input range.
     """
     conv = nn.Conv2d(cin, cout, 3, padding=dilation, dilation=dilation)
     smooth = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16.0
     w = noise * torch.randn(cout, cin, 3, 3, generator=gen)
+    w -= w.mean(dim=(2, 3), keepdim=True)
     src = source if source is not None else [o % cin for o in range(cout)]
     for o in range(cout):
         w[o, src[o]] += smooth
-    w += (1.0 - w.sum(dim=(1, 2, 3), keepdim=True)) / (cin * 9)
     with torch.no_grad():
         conv.weight.copy_(w)
-        conv.bias.copy_(0.005 * torch.randn(cout, generator=gen))
+        conv.bias.copy_(0.002 * torch.randn(cout, generator=gen))
     return conv
 
 
