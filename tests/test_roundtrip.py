@@ -69,3 +69,13 @@ def test_clipping_counted_and_recorded(tmp_path):
     assert res.clipped == 40 * 40 * 3
     assert res.output.attrs["tilegraph"]["clipped"] == 40 * 40 * 3
     assert np.asarray(res.output[:]).max() == 255
+
+
+def test_sharded_output_written_once_per_shard(tmp_path):
+    image = np.random.default_rng(5).integers(0, 255, (150, 230, 3), dtype=np.uint8)
+    res = tilegraph.run(image, tmp_path / "s.zarr", model=numpy_identity, tile=64, overlap=16, client="inprocess",
+                        out_chunks=32, out_shards=96)
+    assert res.output.chunks == (32, 32, 3)
+    assert res.output.shards == (96, 96, 3)
+    assert res.plan.out_chunks == (96, 96)  # the write unit is the shard
+    np.testing.assert_array_equal(np.asarray(res.output[:]), image)

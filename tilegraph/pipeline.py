@@ -25,6 +25,7 @@ def run(
     batch_size: int = 4,
     batches_per_task: int = 4,
     out_chunks=1024,
+    out_shards=None,
     output_dtype=None,
     overwrite: bool = False,
     pad_mode: str = "reflect",
@@ -68,6 +69,9 @@ def run(
     batch_size, batches_per_task
         Windows per forward pass, and forward passes per model task (a task reads its next batch
         while the current one runs).
+    out_chunks, out_shards
+        Output Zarr chunk extent (independent of the window grid) and, optionally, shard extent (a
+        multiple of the chunks). Each output chunk, or each shard when sharded, is written by one task.
     output_dtype
         Defaults to the source dtype; pass ``"float32"`` for latents.
     overwrite
@@ -122,6 +126,7 @@ def run(
             batch_size=batch_size,
             batches_per_task=batches_per_task,
             out_chunks=out_chunks,
+            out_shards=out_shards,
             output_dtype=output_dtype,
             overwrite=overwrite,
             pad_mode=pad_mode,

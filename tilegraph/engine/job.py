@@ -106,6 +106,7 @@ class Job:
         batch_size: int,
         out_chunks,
         batches_per_task: int = 4,
+        out_shards=None,
         output_dtype,
         overwrite: bool,
         pad_mode: str,
@@ -125,6 +126,7 @@ class Job:
             batch_size=batch_size,
             batches_per_task=batches_per_task,
             out_chunks=out_chunks,
+            out_shards=out_shards,
             output_dtype=output_dtype,
             pad_mode=pad_mode,
         )
@@ -169,7 +171,7 @@ class Job:
             model_stride=int(spec.stride or 1),
             out_channels=out_model + passthrough,
             out_dtype=out_dtype,
-            out_chunks=self.options["out_chunks"],
+            out_chunks=self.options["out_shards"] or self.options["out_chunks"],
             blend=self.options["blend"],
             pad_mode=self.options["pad_mode"],
             batch_size=self.options["batch_size"],
@@ -300,7 +302,8 @@ class Job:
             shape=plan.out_shape,
             channels=plan.out_channels,
             dtype=plan.out_dtype,
-            chunks=plan.out_chunks,
+            chunks=_pair(self.options["out_chunks"]),
+            shards=plan.out_chunks if self.options["out_shards"] else None,
             layout=output_layout(self.source.layout, plan.out_channels),
             attrs=attrs,
             source_path=self.source.path,
@@ -450,3 +453,7 @@ def _weights_sha(spec: ModelSpec) -> str | None:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _pair(v) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))

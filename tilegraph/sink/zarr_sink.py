@@ -74,6 +74,7 @@ def create_output(
     dtype,
     chunks: tuple[int, int],
     layout: str,
+    shards: tuple[int, int] | None = None,
     attrs: dict,
     source_path: str | None = None,
     overwrite: bool = False,
@@ -97,18 +98,26 @@ def create_output(
             raise DestinationError("destination exists", path=path, hint="pass overwrite=True or choose a new path")
         remove_path(path)
     h, w = shape
-    cy, cx = chunks
-    if layout == "YX":
-        full, chunk = (h, w), (cy, cx)
-    elif layout == "CYX":
-        full, chunk = (channels, h, w), (channels, cy, cx)
-    else:
-        full, chunk = (h, w, channels), (cy, cx, channels)
+    if shards is not None and (shards[0] % chunks[0] or shards[1] % chunks[1]):
+        raise DestinationError(
+            f"shards {shards} must be a multiple of chunks {chunks}", path=path, hint="pick shards = k * chunks"
+        )
+
+    def full_dims(cy, cx):
+        if layout == "YX":
+            return (cy, cx)
+        if layout == "CYX":
+            return (channels, cy, cx)
+        return (cy, cx, channels)
+
+    full, chunk = full_dims(h, w), full_dims(*chunks)
+    shard = None if shards is None else full_dims(*shards)
     try:
         arr = zarr.create_array(
             store=path,
             shape=full,
-            chunks=tuple(min(c, s) for c, s in zip(chunk, full, strict=True)),
+            chunks=chunk if shard else tuple(min(c, s) for c, s in zip(chunk, full, strict=True)),
+            shards=shard,
             dtype=np.dtype(dtype),
             fill_value=0,
             compressors=compressors,

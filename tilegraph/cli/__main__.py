@@ -1,0 +1,7 @@
+"""``python -m tilegraph.cli``."""
+
+import sys
+
+from tilegraph.cli import main
+
+sys.exit(main())
