@@ -66,3 +66,16 @@ def test_results_independent_of_order(tmp_path):
         job.blend()
         outs.append(np.asarray(job.finish().output[:]))
     assert all(np.array_equal(outs[0], o) for o in outs[1:])
+
+
+def test_deleted_window_detected_in_integer_crop_store(tmp_path):
+    """crop with an integer output keeps the store in the output dtype; a lost window is still caught."""
+    image = np.random.default_rng(0).integers(0, 255, (100, 100, 3), dtype=np.uint8)
+    job = _job(tmp_path, image, blend="crop")
+    plan = job.prepare()
+    assert plan.tile_store_dtype == "uint8"
+    job.infer()
+    shutil.rmtree(os.path.join(job.tile_store, "c", "5"))
+    with pytest.raises(MissingWindowError) as info:
+        job.blend()
+    assert info.value.window == (plan.window(5).row, plan.window(5).col)

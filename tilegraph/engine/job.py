@@ -273,7 +273,7 @@ class Job:
                 shape=(plan.n_windows, plan.out_channels, oy, ox),
                 chunks=(1, plan.out_channels, oy, ox),
                 dtype=plan.tile_store_dtype,
-                fill_value=np.nan,
+                fill_value=np.nan if np.dtype(plan.tile_store_dtype).kind == "f" else 0,
                 compressors=None,
                 overwrite=True,
             )
@@ -369,7 +369,7 @@ class Job:
         stats = ex.wait(self.infer_handles + self.blend_handles, progress=self.progress, label="tiles")
         infer_stats = stats[: len(self.infer_handles)]
         blend_stats = stats[len(self.infer_handles) :]
-        clipped = int(sum(s["clipped"] for s in blend_stats))
+        clipped = int(sum(s["clipped"] for s in blend_stats) + sum(s["clipped"] for s in infer_stats))
         plan = self.plan
         t_end = time.perf_counter()
         self.timings["run_s"] = t_end - getattr(self, "_t_infer", t_end)

@@ -89,7 +89,7 @@ def _run_model(ctx: RunContext, runner, raw: np.ndarray, indices: list[int], out
     """Model output for one batch, checked against the contract, pass-through channels appended."""
     plan = ctx.plan
     try:
-        y = runner.run_raw(raw, channels=ctx.model_channels, out_dtype=out_dtype)
+        y, clipped = runner.run_raw(raw, channels=ctx.model_channels, out_dtype=out_dtype)
     except BadOutput as exc:
         hint = (
             "check the model on this window; try precision='fp32' if it overflows in fp16"
@@ -114,8 +114,11 @@ def _run_model(ctx: RunContext, runner, raw: np.ndarray, indices: list[int], out
             hint="declare the model's scale/out_channels or fix its output size",
         )
     if n_extra:
-        y = np.concatenate([y, _passthrough(plan, raw, ctx.model_channels).astype(y.dtype)], axis=1)
-    return y
+        extra = _passthrough(plan, raw, ctx.model_channels)
+        if y.dtype.kind == "u":
+            extra = np.rint(extra * np.float32(np.iinfo(y.dtype).max))
+        y = np.concatenate([y, extra.astype(y.dtype)], axis=1)
+    return y, clipped
 
 
 def infer_windows(ctx: RunContext, indices: list[int], model_payload=None, *deps) -> dict:
@@ -132,7 +135,7 @@ def infer_windows(ctx: RunContext, indices: list[int], model_payload=None, *deps
     dtype = store.dtype
     b = plan.batch_size
     batches = [indices[i : i + b] for i in range(0, len(indices), b)]
-    timing = {"read_s": 0.0, "model_s": 0.0, "write_s": 0.0}
+    timing = {"read_s": 0.0, "model_s": 0.0, "write_s": 0.0, "clipped": 0}
 
     def read(batch):
         t = time.perf_counter()
@@ -157,8 +160,9 @@ def infer_windows(ctx: RunContext, indices: list[int], model_payload=None, *deps
             if k + 2 < len(batches):
                 reads.append(pool.submit(read, batches[k + 2]))
             t = time.perf_counter()
-            y = _run_model(ctx, runner, raw, batch, dtype)
+            y, clipped = _run_model(ctx, runner, raw, batch, dtype)
             timing["model_s"] += time.perf_counter() - t
+            timing["clipped"] += clipped
             if len(writes) >= 2:
                 writes[-2].result()  # bound the outputs waiting to be written
             writes.append(pool.submit(write, batch, y))
@@ -196,20 +200,28 @@ def blend_chunk(ctx: RunContext, box: tuple[int, int, int, int], chunk_index, co
     except Exception as exc:
         raise TileStoreError(f"cannot open the tile store: {exc}", path=ctx.tile_store) from exc
 
+    floats = store.dtype.kind == "f"
+
+    def missing(index: int):
+        return MissingWindowError(
+            f"window {index} was never written to the tile store (or was lost)",
+            window=_rc(plan, index),
+            path=ctx.tile_store,
+            hint="rerun the job; if it recurs, check the storage every worker writes to",
+        )
+
     def read(index: int, rows: slice, cols: slice) -> np.ndarray:
+        if not floats and not _chunk_exists(store, index):  # integer store: no NaN fill to tell
+            raise missing(index)
         region = np.asarray(store[index, :, rows, cols], dtype=np.float32)
-        if np.isnan(region).any():
-            raise MissingWindowError(
-                f"window {index} was never written to the tile store (or was lost)",
-                window=_rc(plan, index),
-                path=ctx.tile_store,
-                hint="rerun the job; if it recurs, check the storage every worker writes to",
-            )
+        if floats and np.isnan(region).any():
+            raise missing(index)
         return region
 
     transform = corrections.transform if corrections is not None else None
     block = blend_box(plan, *box, read, transform=transform)
-    out, clipped = to_output_dtype(block, plan.out_dtype)
+    # an integer store already holds output values (crop): no second scaling, nothing to clip
+    out, clipped = to_output_dtype(block, plan.out_dtype, integer_scaled=floats)
     y0, y1, x0, x1 = box
     target = zarr.open_array(ctx.output, mode="r+")
     layout = ctx.out_layout
@@ -223,3 +235,12 @@ def blend_chunk(ctx: RunContext, box: tuple[int, int, int, int], chunk_index, co
     except OSError as exc:
         raise SinkError(f"cannot write output chunk {chunk_index}: {exc.strerror or exc}", path=ctx.output) from exc
     return {"clipped": clipped, "seconds": time.perf_counter() - t0}
+
+
+def _chunk_exists(store, index: int) -> bool:
+    """Was window ``index``'s chunk ever written to the tile store?"""
+    from zarr.core.sync import sync
+
+    key = store.metadata.encode_chunk_key((index,) + (0,) * (store.ndim - 1))
+    prefix = f"{store.path}/" if store.path else ""
+    return bool(sync(store.store.exists(prefix + key)))

@@ -72,11 +72,13 @@ class BatchRunner:
                 x = x.pin_memory().to(self.device, non_blocking=True)
             return self._forward(x)
 
-    def run_raw(self, raw: np.ndarray, *, channels: int, out_dtype) -> np.ndarray:
-        """Run on raw windows ``(N, H, W, C)`` in the source dtype; returns ``(N, C', H', W')`` numpy.
+    def run_raw(self, raw: np.ndarray, *, channels: int, out_dtype) -> tuple[np.ndarray, int]:
+        """Run on raw windows ``(N, H, W, C)`` in the source dtype; returns ``(N, C', H', W')`` and clips.
 
         The dtype conversion (integers to [0, 1]) happens on the model's device, after the copy, so
-        only source bytes cross the bus; the output is cast to ``out_dtype`` on the device too.
+        only source bytes cross the bus; the output is cast to ``out_dtype`` on the device too. For
+        an integer ``out_dtype`` the output is scaled by its maximum, rounded and clipped there, and
+        the number of clipped values is returned (0 otherwise).
 
         Raises
         ------
@@ -88,7 +90,7 @@ class BatchRunner:
             x = np.moveaxis(raw[..., :channels], -1, 1).astype(np.float32)
             if integer_max is not None:
                 x *= np.float32(1.0 / integer_max)
-            return _to_numpy(np.asarray(self.fn(np.ascontiguousarray(x))), out_dtype)
+            return _to_numpy(np.asarray(self.fn(np.ascontiguousarray(x))), out_dtype, with_clips=True)
         import torch
 
         with torch.inference_mode():
@@ -101,7 +103,7 @@ class BatchRunner:
             if not self.spec.channels_last:
                 x = x.contiguous()
             y = self._forward(x)
-            return _to_numpy(y, out_dtype)
+            return _to_numpy(y, out_dtype, with_clips=True)
 
     def _forward(self, x):
         import torch
@@ -123,8 +125,13 @@ class BadOutput(Exception):
         self.kind, self.detail, self.element = kind, detail, element
 
 
-def _to_numpy(y, out_dtype) -> np.ndarray:
-    """Check dtype and finiteness (on the device for tensors) and return numpy in ``out_dtype``."""
+def _to_numpy(y, out_dtype, *, with_clips: bool = False):
+    """Check dtype and finiteness (on the device for tensors) and return numpy in ``out_dtype``.
+
+    Integer ``out_dtype``: ``round(y * max)`` clipped to the dtype's range; with ``with_clips`` the
+    result is ``(array, clipped count)``.
+    """
+    target = np.dtype(np.float32 if out_dtype is None else out_dtype)
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(y, torch.Tensor):
         if not y.is_floating_point():
@@ -132,8 +139,16 @@ def _to_numpy(y, out_dtype) -> np.ndarray:
         finite = torch.isfinite(y.reshape(y.shape[0], -1)).all(dim=1) if y.ndim >= 1 and y.numel() else None
         if finite is not None and not bool(finite.all()):
             raise BadOutput("nonfinite", "model returned NaN or Inf", int((~finite).nonzero()[0, 0]))
-        target = torch.float32 if out_dtype is None else getattr(torch, np.dtype(out_dtype).name)
-        return y.to(target).cpu().numpy()
+        clipped = 0
+        if target.kind == "u":
+            top = float(np.iinfo(target).max)
+            y = torch.round(y.float() * top)
+            clipped = int(torch.count_nonzero((y < 0) | (y > top)))
+            y = y.clamp_(0, top).to(torch.int32 if target.itemsize > 1 else torch.uint8)
+            out = y.cpu().numpy().astype(target, copy=False)
+        else:
+            out = y.to(getattr(torch, target.name)).cpu().numpy()
+        return (out, clipped) if with_clips else out
     y = np.asarray(y)
     if y.dtype.kind != "f":
         raise BadOutput("dtype", f"model returned {y.dtype}, expected floats")
@@ -141,7 +156,15 @@ def _to_numpy(y, out_dtype) -> np.ndarray:
         finite = np.isfinite(y.reshape(y.shape[0], -1)).all(axis=1)
         if not finite.all():
             raise BadOutput("nonfinite", "model returned NaN or Inf", int(np.argmin(finite)))
-    return y.astype(np.float32 if out_dtype is None else out_dtype, copy=False)
+    clipped = 0
+    if target.kind == "u":
+        top = float(np.iinfo(target).max)
+        r = np.rint(y.astype(np.float32) * np.float32(top))
+        clipped = int(np.count_nonzero((r < 0) | (r > top)))
+        out = np.clip(r, 0, top).astype(target)
+    else:
+        out = y.astype(target, copy=False)
+    return (out, clipped) if with_clips else out
 
 
 def _build_from_path(spec: ModelSpec):

@@ -179,7 +179,14 @@ class Plan:
 
     @property
     def tile_store_dtype(self) -> str:
-        """float16 when the output is 8-bit (exact enough for 1/255 steps), float32 otherwise."""
+        """dtype of the per-window store.
+
+        ``crop`` never mixes windows, so rounding each window to an integer output dtype when it is
+        produced gives the very values the final write would: the store then holds the output dtype.
+        Weighted blends keep float32, or float16 for 8-bit outputs (exact for 1/255 steps).
+        """
+        if self.blend == "crop" and self.out_dtype in ("uint8", "uint16"):
+            return self.out_dtype
         return "float16" if self.out_dtype == "uint8" else "float32"
 
     def estimates(self) -> dict:
