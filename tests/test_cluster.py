@@ -32,13 +32,35 @@ from tilegraph.cluster.gpu import FUSION_ENV, gpu_cluster, gpu_spec, scheduler_c
 from tilegraph.cluster.local import connect  # noqa: E402
 from tilegraph.engine.executor import DaskExecutor  # noqa: E402
 from tilegraph.errors import ClusterError, ResourceRestrictionError  # noqa: E402
-from tilegraph.testing.models import SleepModel, numpy_box3, numpy_identity  # noqa: E402
 
 DASK = str(Path(sys.executable).with_name("dask"))
 JOB = dict(tile=64, overlap=16, progress=False)
 
 
 # --------------------------------------------------------------------------- helpers and fixtures
+
+
+def _numpy_models():
+    """Plain numpy models, defined in a function so that cloudpickle ships them by value.
+
+    Workers then import neither this test module nor torch (``tilegraph.testing.models`` imports
+    torch, which costs seconds in every fresh worker process on a small machine).
+    """
+
+    def identity(batch):
+        return np.array(batch, copy=True)
+
+    def window_dependent(batch):  # depends on the whole window: any placement difference would show
+        return (np.sqrt(batch) + batch.mean(axis=(2, 3), keepdims=True)).astype(np.float32)
+
+    def slow_identity(batch):  # simulated GPU time, no CPU work
+        time.sleep(0.1 * len(batch))
+        return np.array(batch, copy=True)
+
+    return identity, window_dependent, slow_identity
+
+
+IDENTITY, WINDOW_DEPENDENT, SLOW_IDENTITY = _numpy_models()
 
 
 def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -54,7 +76,11 @@ def _tg_keys_on_worker(dask_worker) -> list[str]:
 
 
 def _running_infer(dask_scheduler) -> int:
-    return sum(1 for k, ts in dask_scheduler.tasks.items() if str(k).startswith("tg-infer-") and ts.state == "processing")
+    return sum(
+        1
+        for k, ts in dask_scheduler.tasks.items()
+        if str(k).startswith("tg-infer-") and ts.state == "processing"
+    )
 
 
 def _poll(fn, *, timeout: float, interval: float = 0.1):
@@ -88,7 +114,12 @@ class _Processes:
         log = self.directory / f"{name}.log"
         with open(log, "wb") as fh:
             proc = subprocess.Popen(
-                argv, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+                argv,
+                env=env,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         self.procs.append((proc, log))
         return proc
@@ -118,8 +149,17 @@ def cli_cluster(tmp_path_factory):
     client = None
     try:
         scheduler = procs.start(
-            [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-             "--scheduler-file", str(scheduler_file)],
+            [
+                DASK,
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--no-dashboard",
+                "--scheduler-file",
+                str(scheduler_file),
+            ],
             {**base_env, **FUSION_ENV},
             "scheduler",
         )
@@ -137,7 +177,9 @@ def cli_cluster(tmp_path_factory):
         env, argv = _split_env(gpu_command)
         procs.start(argv, {**base_env, **env}, "worker-gpu-0")
         procs.start(
-            [DASK, "worker", address, "--name", "cpu-0", "--nthreads", "2", *local], {**base_env, **FUSION_ENV}, "worker-cpu-0"
+            [DASK, "worker", address, "--name", "cpu-0", "--nthreads", "2", *local],
+            {**base_env, **FUSION_ENV},
+            "worker-cpu-0",
         )
         client = Client(address, timeout="30s")
         try:
@@ -180,7 +222,11 @@ def test_gpu_cluster_pins_one_gpu_per_worker(gpu_client):
     visible = gpu_client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
     fusion = gpu_client.run(lambda: os.environ.get("DASK_OPTIMIZATION__FUSE__ACTIVE"))
     info = gpu_client.run(
-        lambda dask_worker: (dask_worker.name, dict(dask_worker.state.total_resources), dask_worker.state.nthreads)
+        lambda dask_worker: (
+            dask_worker.name,
+            dict(dask_worker.state.total_resources),
+            dask_worker.state.nthreads,
+        )
     )
     assert sorted(visible.values()) == ["0", "1"]  # each worker sees a different, single GPU
     assert set(fusion.values()) == {"False"}
@@ -193,14 +239,23 @@ def test_gpu_cluster_pins_one_gpu_per_worker(gpu_client):
 def test_worker_commands_and_spec_match_gpu_cluster():
     commands = worker_commands("tcp://10.0.0.5:8786", gpus=[0, "1"], threads=4, memory_limit="16GB")
     assert len(commands) == 2
-    for gpu, command in zip(["0", "1"], commands):
+    for gpu, command in zip(["0", "1"], commands, strict=True):
         env, argv = _split_env(command)
         assert env == {"CUDA_VISIBLE_DEVICES": gpu, **FUSION_ENV}
         assert argv[:3] == ["dask", "worker", "tcp://10.0.0.5:8786"]
-        options = dict(zip(argv[3::2], argv[4::2]))
-        assert options == {"--name": f"gpu-{gpu}", "--nthreads": "4", "--resources": "GPU=1", "--memory-limit": "16GB"}
+        options = dict(zip(argv[3::2], argv[4::2], strict=True))
+        assert options == {
+            "--name": f"gpu-{gpu}",
+            "--nthreads": "4",
+            "--resources": "GPU=1",
+            "--memory-limit": "16GB",
+        }
     assert "dask-worker" not in " ".join(commands)
-    assert scheduler_command(port=8786).split()[:3] == ["DASK_OPTIMIZATION__FUSE__ACTIVE=False", "dask", "scheduler"]
+    assert scheduler_command(port=8786).split()[:3] == [
+        "DASK_OPTIMIZATION__FUSE__ACTIVE=False",
+        "dask",
+        "scheduler",
+    ]
 
     spec = json.loads(gpu_spec(gpus=["0", "1"], threads=2))
     assert set(spec) == {"gpu-0", "gpu-1"}
@@ -210,7 +265,9 @@ def test_worker_commands_and_spec_match_gpu_cluster():
     assert spec["gpu-1"]["opts"]["memory_limit"] == 0.5  # an equal share of the node's memory
 
 
-@pytest.mark.parametrize("kwargs", [dict(gpus=["0", "0"]), dict(gpus=["0,1"]), dict(gpus=[]), dict(gpus=["0"], threads=1)])
+@pytest.mark.parametrize(
+    "kwargs", [dict(gpus=["0", "0"]), dict(gpus=["0,1"]), dict(gpus=[]), dict(gpus=["0"], threads=1)]
+)
 def test_worker_commands_refuse_bad_settings(kwargs):
     with pytest.raises(ClusterError):
         worker_commands("tcp://10.0.0.5:8786", **kwargs)
@@ -225,24 +282,37 @@ def test_cli_cluster_model_tasks_run_only_on_the_gpu_worker(cli_cluster, tmp_pat
     gpu_workers = {a for a, w in workers.items() if (w.get("resources") or {}).get("GPU")}
     assert {w["name"] for w in workers.values()} == {"gpu-0", "cpu-0"}
     assert len(gpu_workers) == 1
-    assert set(client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"), workers=list(gpu_workers)).values()) == {"0"}
+    assert set(
+        client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"), workers=list(gpu_workers)).values()
+    ) == {"0"}
 
     image = _image(256, 256)
     with get_task_stream(client) as stream:
-        result = tilegraph.run(image, tmp_path / "o.zarr", model=numpy_identity, client=address, **JOB)
+        result = tilegraph.run(
+            image,
+            tmp_path / "o.zarr",
+            model=IDENTITY,
+            batch_size=2,
+            batches_per_task=1,
+            client=address,
+            **JOB,
+        )
     np.testing.assert_array_equal(result.output[...], image)
 
     model_tasks = [t for t in stream.data if str(t["key"]).startswith(("tg-infer-", "tg-probe-"))]
-    n_batches = len(list(result.plan.batches()))
-    assert sum(str(t["key"]).startswith("tg-infer-") for t in model_tasks) == n_batches > 1
+    n_tasks = len(result.plan.tasks())
+    assert sum(str(t["key"]).startswith("tg-infer-") for t in model_tasks) == n_tasks > 1
     assert {t["worker"] for t in model_tasks} == gpu_workers
     # The self-check in connect() ran through the same path and landed on the GPU worker as well.
     checks = [t for t in stream.data if str(t["key"]).startswith("tg-check-gpu-")]
     assert checks and {t["worker"] for t in checks} == gpu_workers
     # connect() opened a Client for the address; run() must have closed it again.
     others = _poll(
-        lambda: [c for c in client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.clients))
-                 if c not in ("fire-and-forget", client.id)],
+        lambda: [
+            c
+            for c in client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.clients))
+            if c not in ("fire-and-forget", client.id)
+        ],
         timeout=10,
     )
     assert others == []
@@ -263,7 +333,7 @@ def test_cli_cluster_self_check_reports_the_gpu_worker(cli_cluster):
 
 def test_local_cluster_output_equals_in_process(local_client, tmp_path):
     image = _image(200, 232, seed=1)
-    kwargs = dict(model=numpy_box3, output_dtype="float32", blend="cosine", **JOB)
+    kwargs = dict(model=WINDOW_DEPENDENT, output_dtype="float32", blend="cosine", **JOB)
     expected = tilegraph.run(image, tmp_path / "inprocess.zarr", client="inprocess", **kwargs)
     got = tilegraph.run(image, tmp_path / "cluster.zarr", client=local_client, **kwargs)
     assert got.plan.n_windows > 4
@@ -276,7 +346,7 @@ def test_local_cluster_output_equals_in_process(local_client, tmp_path):
 
 def test_keyboard_interrupt_cancels_the_job_on_the_cluster(local_cluster, local_client, tmp_path):
     image = _image(512, 512, seed=2)
-    model = SleepModel(seconds_per_window=0.1)  # about 12 s of model time: far longer than the test waits
+    model = SLOW_IDENTITY  # 0.1 s per window, 121 windows: about 6 s on two workers, far longer than we wait
     main = threading.main_thread().ident
     lock = threading.Lock()
     state = {"armed": True, "fired": False}
@@ -302,7 +372,15 @@ def test_keyboard_interrupt_cancels_the_job_on_the_cluster(local_cluster, local_
             try:
                 try:
                     timer.start()
-                    tilegraph.run(image, tmp_path / "o.zarr", model=model, batch_size=2, client=client, **JOB)
+                    tilegraph.run(
+                        image,
+                        tmp_path / "o.zarr",
+                        model=model,
+                        batch_size=2,
+                        batches_per_task=1,
+                        client=client,
+                        **JOB,
+                    )
                 finally:
                     with lock:
                         state["armed"] = False
@@ -310,9 +388,12 @@ def test_keyboard_interrupt_cancels_the_job_on_the_cluster(local_cluster, local_
                 caught = exc
             timer.join(timeout=5)
             # Checked while the job's client is still open: nothing of the job may remain.
-            left_on_scheduler = _poll(lambda: local_client.run_on_scheduler(_tg_keys_on_scheduler), timeout=15)
+            left_on_scheduler = _poll(
+                lambda: local_client.run_on_scheduler(_tg_keys_on_scheduler), timeout=15
+            )
             left_on_workers = _poll(
-                lambda: [k for keys in local_client.run(_tg_keys_on_worker).values() for k in keys], timeout=15
+                lambda: [k for keys in local_client.run(_tg_keys_on_worker).values() for k in keys],
+                timeout=15,
             )
     finally:
         signal.signal(signal.SIGINT, previous)

@@ -84,8 +84,17 @@ class DaskExecutor:
         if not self.model_resources or not handles:
             return
         keys = [h.key for h in handles[:4]]
-        seen = self.client.run_on_scheduler(_restrictions_on_scheduler, keys=keys)
+        seen: dict = {}
+        deadline = time.monotonic() + 30
+        while len(seen) < len(keys) and time.monotonic() < deadline:  # submissions arrive asynchronously
+            seen = self.client.run_on_scheduler(_restrictions_on_scheduler, keys=keys)
+            if len(seen) < len(keys):
+                time.sleep(0.05)
         want = self.model_resources
+        if not seen:
+            raise ResourceRestrictionError(
+                "model tasks did not reach the scheduler within 30 s", hint="check the scheduler connection"
+            )
         missing = [k for k in keys if k in seen and seen[k] != want]
         if missing:
             raise ResourceRestrictionError(

@@ -17,7 +17,7 @@ import numpy as np
 
 from tilegraph.engine.executor import Progress
 from tilegraph.engine.tasks import RunContext, blend_chunk, infer_windows, probe_model
-from tilegraph.errors import DestinationError, InputError, ModelOutputError, SinkError
+from tilegraph.errors import DestinationError, InputError, ModelError, ModelOutputError, SinkError
 from tilegraph.infer.spec import ModelSpec
 from tilegraph.plan import Plan, make_plan
 from tilegraph.plan.normalize import coerce_scale, lcm
@@ -157,7 +157,8 @@ class Job:
         out_model = probe["out_channels"]
         if spec.out_channels is not None and spec.out_channels != out_model:
             raise ModelOutputError(
-                f"model declares out_channels={spec.out_channels} but returned {out_model} channels on a probe input"
+                f"model declares out_channels={spec.out_channels} but returned {out_model} channels on a probe input",
+                path=src.path,
             )
         out_dtype = str(np.dtype(self.options["output_dtype"] or src.dtype))
         self.plan = make_plan(
@@ -225,7 +226,14 @@ class Job:
             key=f"tg-probe-{self.token}",
             resources=self.executor.model_resources,
         )
-        out = self.executor.wait([h])[0]
+        try:
+            out = self.executor.wait([h])[0]
+        except ModelError as exc:  # name the job's source: no window exists yet
+            raise type(exc)(
+                f"{exc.message} (model probe on a {size}x{size} grey input, before tiling)",
+                path=self.source.path,
+                hint=exc.hint or "run the model by hand on a small batch (N, C, H, W) and check its output",
+            ) from exc
         out["in_size"] = size
         return out
 
@@ -233,13 +241,16 @@ class Job:
         size = probe["in_size"]
         oh, ow = probe["out_size"]
         if oh != ow:
-            raise ModelOutputError(f"model returned a non-square {oh}x{ow} output for a {size}x{size} input")
+            raise ModelOutputError(
+                f"model returned a non-square {oh}x{ow} output for a {size}x{size} input", path=self.source.path
+            )
         measured = Fraction(oh, size)
         if self.spec.scale is not None:
             declared = coerce_scale(self.spec.scale)
             if declared != measured:
                 raise ModelOutputError(
                     f"model declares scale {declared} but maps {size} px to {oh} px ({measured})",
+                    path=self.source.path,
                     hint="fix the model's scale attribute or the scale= argument",
                 )
         return coerce_scale(measured)

@@ -8,6 +8,7 @@ through Dask is a small dict.
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -137,10 +138,13 @@ def infer_windows(ctx: RunContext, indices: list[int], model_payload=None, *deps
     batches = [indices[i : i + b] for i in range(0, len(indices), b)]
     timing = {"read_s": 0.0, "model_s": 0.0, "write_s": 0.0, "clipped": 0}
 
+    lock = threading.Lock()  # reads and writes run on pool threads and update the same timings
+
     def read(batch):
         t = time.perf_counter()
         raw = np.stack([_read_raw(ctx, i) for i in batch])
-        timing["read_s"] += time.perf_counter() - t
+        with lock:
+            timing["read_s"] += time.perf_counter() - t
         return raw
 
     def write(batch, y):
@@ -150,7 +154,8 @@ def infer_windows(ctx: RunContext, indices: list[int], model_payload=None, *deps
                 store[index] = y[k]
         except OSError as exc:
             raise SinkError(f"cannot write the tile store: {exc.strerror or exc}", path=ctx.tile_store) from exc
-        timing["write_s"] += time.perf_counter() - t
+        with lock:
+            timing["write_s"] += time.perf_counter() - t
 
     with ThreadPoolExecutor(max_workers=3, thread_name_prefix="tilegraph-io") as pool:
         reads = [pool.submit(read, batches[k]) for k in range(min(2, len(batches)))]

@@ -55,7 +55,9 @@ def detect_format(path: str) -> str:
     if os.path.getsize(path) == 0:
         from tilegraph.errors import CorruptSourceError
 
-        raise CorruptSourceError("file is empty (0 bytes)", path=path)
+        raise CorruptSourceError(
+            "file is empty (0 bytes)", path=path, hint="the copy or download was probably interrupted; copy it again"
+        )
     with open(path, "rb") as f:
         head = f.read(16)
     for magic, fmt in _MAGIC:

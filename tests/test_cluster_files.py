@@ -1,0 +1,102 @@
+"""The deployment files under ``cluster/``: valid YAML and shell, and no removed console scripts."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+yaml = pytest.importorskip("yaml")
+
+ROOT = Path(__file__).resolve().parents[1] / "cluster"
+SBATCH = ROOT / "slurm" / "tilegraph-gpu.sbatch"
+K8S = ROOT / "kubernetes" / "daskcluster.yaml"
+REMOVED = ("dask-scheduler", "dask-worker")  # console scripts removed in distributed 2026.6
+
+
+def _containers(pod_spec: dict) -> list[dict]:
+    return pod_spec["spec"]["containers"]
+
+
+def _command(container: dict) -> list[str]:
+    return [str(a) for a in container.get("command", []) + container.get("args", [])]
+
+
+@pytest.fixture(scope="module")
+def k8s_documents() -> list[dict]:
+    return [d for d in yaml.safe_load_all(K8S.read_text()) if d]
+
+
+def test_daskcluster_overrides_the_removed_commands(k8s_documents):
+    (cluster,) = [d for d in k8s_documents if d["kind"] == "DaskCluster"]
+    assert cluster["apiVersion"] == "kubernetes.dask.org/v1"
+
+    (scheduler,) = _containers(cluster["spec"]["scheduler"])
+    scheduler_cmd = _command(scheduler)
+    assert scheduler_cmd[:2] == ["dask", "scheduler"]
+    env = {e["name"]: e["value"] for e in scheduler.get("env", [])}
+    assert env.get("DASK_OPTIMIZATION__FUSE__ACTIVE") == "False"  # fusion runs on the scheduler
+    assert "nvidia.com/gpu" not in str(scheduler.get("resources", {}))
+
+    (worker,) = _containers(cluster["spec"]["worker"])
+    worker_cmd = _command(worker)
+    assert worker_cmd[:2] == ["dask", "worker"]
+    assert worker_cmd[worker_cmd.index("--resources") + 1] == "GPU=1"
+    assert int(worker_cmd[worker_cmd.index("--nthreads") + 1]) >= 2
+    assert str(worker["resources"]["limits"]["nvidia.com/gpu"]) == "1"
+
+
+def test_no_yaml_command_uses_a_removed_script(k8s_documents):
+    commands = []
+    for doc in k8s_documents:
+        spec = doc["spec"]
+        for part in ("scheduler", "worker"):
+            if part in spec:
+                commands += [_command(c) for c in _containers(spec[part])]
+    assert len(commands) == 3  # scheduler, GPU workers, optional CPU workers
+    for command in commands:
+        assert command and command[0] == "dask"
+        assert not set(command) & set(REMOVED)
+
+
+def test_cpu_worker_group_declares_no_gpu(k8s_documents):
+    (group,) = [d for d in k8s_documents if d["kind"] == "DaskWorkerGroup"]
+    (cluster,) = [d for d in k8s_documents if d["kind"] == "DaskCluster"]
+    assert group["spec"]["cluster"] == cluster["metadata"]["name"]
+    (worker,) = _containers(group["spec"]["worker"])
+    assert "--resources" not in _command(worker)
+    assert "nvidia.com/gpu" not in str(worker.get("resources", {}))
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_sbatch_script_is_valid_bash():
+    result = subprocess.run(["bash", "-n", str(SBATCH)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+
+
+def test_sbatch_script_pins_one_gpu_per_worker_with_the_dask_cli():
+    text = SBATCH.read_text()
+    code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))  # no comments
+    assert "#SBATCH --gres=gpu:" in text
+    assert "srun" in code
+    assert "export CUDA_VISIBLE_DEVICES=$gpu" in code
+    assert '"$DASK" scheduler' in code and '"$DASK" worker' in code
+    assert "--resources GPU=1" in code
+    assert "DASK_OPTIMIZATION__FUSE__ACTIVE=False" in code
+    for removed in REMOVED:
+        assert removed not in code
+
+
+def test_readme_names_the_files_and_the_pitfalls():
+    text = (ROOT / "README.md").read_text()
+    for needle in (
+        "slurm/tilegraph-gpu.sbatch",
+        "kubernetes/daskcluster.yaml",
+        "DASK_OPTIMIZATION__FUSE__ACTIVE=False",
+        "dask-scheduler",
+        "--resources GPU=1",
+        "CUDA_VISIBLE_DEVICES",
+    ):
+        assert needle in text
