@@ -217,16 +217,16 @@ class Job:
         size = a * math.ceil(64 / a)
         # the model object is sent to each worker once, here, and reused by every task
         self._payload_h = self.executor.share(self.model_obj) if spec.kind != "path" else None
-        h = self.executor.submit(
-            probe_model,
-            spec,
-            self._payload_h,
-            channels,
-            size,
-            key=f"tg-probe-{self.token}",
-            resources=self.executor.model_resources,
-        )
         try:
+            h = self.executor.submit(
+                probe_model,
+                spec,
+                self._payload_h,
+                channels,
+                size,
+                key=f"tg-probe-{self.token}",
+                resources=self.executor.model_resources,
+            )
             out = self.executor.wait([h])[0]
         except ModelError as exc:  # name the job's source: no window exists yet
             raise type(exc)(
