@@ -17,7 +17,8 @@ context a person needs to act: the file (``path``), the window (``window``) and 
     │   └── DestinationError       the destination is refused (exists, equals the source, ...)
     ├── ModelError                 the model cannot be loaded or broke its contract
     │   ├── ModelLoadError
-    │   └── ModelOutputError       wrong shape / dtype / NaN / Inf, or the model raised
+    │   ├── ModelOutputError       wrong shape / dtype / NaN / Inf, or the model raised
+    │   └── OutOfMemoryError       one window alone does not fit in the device's memory
     ├── TileStoreError             a window missing or unreadable in the tile store
     │   └── MissingWindowError
     ├── SinkError                  writing the output failed (disk full, permission, ...)
@@ -41,6 +42,7 @@ __all__ = [
     "ModelError",
     "ModelLoadError",
     "ModelOutputError",
+    "OutOfMemoryError",
     "TileStoreError",
     "MissingWindowError",
     "SinkError",
@@ -143,6 +145,15 @@ class ModelLoadError(ModelError):
 
 class ModelOutputError(ModelError):
     """The model returned the wrong shape or dtype, NaN or Inf, or raised."""
+
+
+class OutOfMemoryError(ModelError):
+    """A single window runs out of memory on the model's device, even alone in its batch.
+
+    Raised by :func:`tilegraph.infer.oom.run_splitting` once splitting the batch cannot help, and by
+    :func:`tilegraph.infer.autotile.choose_tile` when even the smallest candidate window does not fit.
+    The remedy is a smaller ``tile`` (or ``tile="auto"``), a lower precision, or a less busy device.
+    """
 
 
 class TileStoreError(TilegraphError):

@@ -58,7 +58,9 @@ def run(
         A ``torch.nn.Module``, an import path ``"package.module:factory"`` (with ``weights=``), or a
         numpy callable on ``(N, C, H, W)`` float32 batches.
     tile, overlap
-        Window and overlap in source pixels (overlap may be a fraction of ``tile``).
+        Window and overlap in source pixels (overlap may be a fraction of ``tile``). ``tile="auto"``
+        probes the real model on a worker's device and picks the largest window and batch that fit
+        its memory with a margin (recorded in ``result.extra["autotile"]`` and the output's metadata).
     blend
         ``"crop"``, ``"linear"``, ``"cosine"`` (default) or ``"gaussian"``.
     client

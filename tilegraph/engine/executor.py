@@ -43,6 +43,10 @@ class InProcessExecutor:
         args = tuple(a.value if isinstance(a, Done) else a for a in args)
         return Done(fn(*args), key)
 
+    def map(self, fn: Callable, *iterables, keys: Sequence[str], resources: dict | None = None) -> list:
+        """Submit ``fn`` over zipped arguments (one task per key)."""
+        return [self.submit(fn, *args, key=k) for k, *args in zip(keys, *iterables, strict=True)]
+
     def wait(self, handles: Sequence, *, progress=None, label: str = "") -> list:
         if progress is not None:
             progress.update(label, len(handles), len(handles))
@@ -78,6 +82,14 @@ class DaskExecutor:
 
     def submit(self, fn: Callable, *args, key: str, resources: dict | None = None, deps: Sequence = ()):
         return self.client.submit(fn, *args, *deps, key=key, resources=resources, pure=False, retries=1)
+
+    def map(self, fn: Callable, *iterables, keys: Sequence[str], resources: dict | None = None) -> list:
+        """Submit many tasks in one message (``Client.map``); futures in list arguments are dependencies."""
+        if not keys:
+            return []
+        return self.client.map(
+            fn, *iterables, key=list(keys), resources=resources, pure=False, retries=1, batch_size=None
+        )
 
     def check_restrictions(self, handles: Sequence) -> None:
         """Raise :class:`ResourceRestrictionError` if model tasks reached the scheduler unrestricted."""

@@ -144,6 +144,7 @@ class Job:
         self.blend_handles: list = []
         self.plan: Plan | None = None
         self.ctx: RunContext | None = None
+        self.autotile = None
 
     # ----------------------------------------------------------------- step 1
     def prepare(self) -> Plan:
@@ -161,9 +162,13 @@ class Job:
                 path=src.path,
             )
         out_dtype = str(np.dtype(self.options["output_dtype"] or src.dtype))
+        tile, batch_size = self.options["tile"], self.options["batch_size"]
+        if tile == "auto":
+            self.autotile = self._autotile(model_channels, scale)
+            tile, batch_size = self.autotile.tile, self.autotile.batch
         self.plan = make_plan(
             src.shape,
-            tile=self.options["tile"],
+            tile=tile,
             overlap=self.options["overlap"],
             channels=src.channels,
             dtype=str(src.dtype),
@@ -175,7 +180,7 @@ class Job:
             out_chunks=self.options["out_shards"] or self.options["out_chunks"],
             blend=self.options["blend"],
             pad_mode=self.options["pad_mode"],
-            batch_size=self.options["batch_size"],
+            batch_size=batch_size,
             batches_per_task=self.options["batches_per_task"],
             halo=spec.halo,
         )
@@ -229,6 +234,8 @@ class Job:
             )
             out = self.executor.wait([h])[0]
         except ModelError as exc:  # name the job's source: no window exists yet
+            if exc.path is not None or exc.window is not None:
+                raise
             raise type(exc)(
                 f"{exc.message} (model probe on a {size}x{size} grey input, before tiling)",
                 path=self.source.path,
@@ -236,6 +243,33 @@ class Job:
             ) from exc
         out["in_size"] = size
         return out
+
+    def _autotile(self, channels: int, scale: Fraction):
+        """``tile="auto"``: probe the real model on a worker's device for the largest window and batch.
+
+        The probe runs as a model task (same resources, same process as the model tasks), before any
+        other work, and its choice and measured peak go into the output's metadata.
+        """
+        spec, src = self.spec, self.source
+        align = lcm(int(spec.stride or 1), scale.denominator)
+        overlap = self.options["overlap"]
+        options = dict(
+            channels=channels,
+            dtype=str(src.dtype),
+            align=align,
+            max_tile=max(src.shape),
+            min_tile=(int(overlap) if isinstance(overlap, int) else 0) + align,
+            max_batch=16,
+        )
+        h = self.executor.submit(
+            _probe_tile_task,
+            spec,
+            self._payload_h,
+            options,
+            key=f"tg-autotile-{self.token}",
+            resources=self.executor.model_resources,
+        )
+        return self.executor.wait([h])[0]
 
     def _scale(self, probe: dict) -> Fraction:
         size = probe["in_size"]
@@ -304,6 +338,7 @@ class Job:
                 "compile": self.spec.compile,
             },
             "plan": plan.to_dict(),
+            "autotile": self.autotile.to_dict() if self.autotile is not None else None,
             "source": {"path": self.source.path, "shape": list(self.source.shape), "dtype": str(self.source.dtype)},
         }
         if meta.icc_profile:
@@ -327,17 +362,15 @@ class Job:
         ex = self.executor
         self._t_infer = time.perf_counter()
         self._ctx_h = ex.share(self.ctx)
-        self.infer_handles = [
-            ex.submit(
-                infer_windows,
-                self._ctx_h,
-                group,
-                self._payload_h,
-                key=f"tg-infer-{self.token}-{g}",
-                resources=ex.model_resources,
-            )
-            for g, group in enumerate(self.plan.tasks())
-        ]
+        groups = self.plan.tasks()
+        self.infer_handles = ex.map(
+            infer_windows,
+            [self._ctx_h] * len(groups),
+            groups,
+            [self._payload_h] * len(groups),
+            keys=[f"tg-infer-{self.token}-{g}" for g in range(len(groups))],
+            resources=ex.model_resources,
+        )
         if hasattr(ex, "check_restrictions"):
             ex.check_restrictions(self.infer_handles)
         return self.infer_handles
@@ -350,22 +383,18 @@ class Job:
         for g, group in enumerate(plan.tasks()):
             for i in group:
                 batch_of[i] = g
-        handles = []
+        boxes, indices, deps, keys = [], [], [], []
         for cy in range(plan.chunk_grid[0]):
             for cx in range(plan.chunk_grid[1]):
                 box = plan.chunk_box(cy, cx)
-                deps = sorted({batch_of[i] for i in plan.windows_for_box(*box)})
-                handles.append(
-                    ex.submit(
-                        blend_chunk,
-                        self._ctx_h,
-                        box,
-                        (cy, cx),
-                        corrections,
-                        key=f"tg-blend-{self.token}-{cy}-{cx}",
-                        deps=[self.infer_handles[d] for d in deps] if self.infer_handles else [],
-                    )
-                )
+                boxes.append(box)
+                indices.append((cy, cx))
+                groups = sorted({batch_of[i] for i in plan.windows_for_box(*box)})
+                deps.append([self.infer_handles[g] for g in groups] if self.infer_handles else [])
+                keys.append(f"tg-blend-{self.token}-{cy}-{cx}")
+        n = len(boxes)
+        corr_h = ex.share(corrections) if corrections is not None else None  # sent once, not with each task
+        handles = ex.map(blend_chunk, [self._ctx_h] * n, boxes, indices, [corr_h] * n, deps, keys=keys)
         self.blend_handles = handles
         return handles
 
@@ -392,7 +421,7 @@ class Job:
         self.timings["total_s"] = self.timings["prepare_s"] + self.timings["run_s"]
         mp = plan.shape[0] * plan.shape[1] / 1e6
         self.timings["megapixels_per_s"] = mp / max(self.timings["total_s"], 1e-9)
-        final = {"clipped": clipped, "timings": {k: round(v, 4) for k, v in self.timings.items()}, "devices": devices}
+        final = {"oom_splits": int(sum(s.get("oom_splits", 0) for s in infer_stats)), "clipped": clipped, "timings": {k: round(v, 4) for k, v in self.timings.items()}, "devices": devices}
         mark_complete(self.output_path, final)
         output: object
         path = self.output_path
@@ -416,6 +445,10 @@ class Job:
             timings=dict(self.timings),
             clipped=clipped,
             model={"name": self.spec.name, "devices": devices},
+            extra={
+                "autotile": self.autotile.to_dict() if self.autotile is not None else None,
+                "oom_splits": int(sum(s.get("oom_splits", 0) for s in infer_stats)),
+            },
         )
 
     def _export(self, final: dict) -> str:
@@ -468,3 +501,10 @@ def _weights_sha(spec: ModelSpec) -> str | None:
 
 def _pair(v) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _probe_tile_task(spec, payload, options: dict):
+    """Task: :func:`tilegraph.infer.autotile.probe_tile` with its options in one dict."""
+    from tilegraph.infer.autotile import probe_tile
+
+    return probe_tile(spec, payload, **options)

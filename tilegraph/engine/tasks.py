@@ -24,6 +24,7 @@ from tilegraph.errors import (
     SinkError,
     TileStoreError,
 )
+from tilegraph.infer.oom import run_splitting
 from tilegraph.infer.runner import BadOutput, get_runner
 from tilegraph.infer.spec import ModelSpec
 from tilegraph.plan import Plan
@@ -86,11 +87,26 @@ def _rc(plan: Plan, index: int) -> tuple[int, int]:
     return w.row, w.col
 
 
-def _run_model(ctx: RunContext, runner, raw: np.ndarray, indices: list[int], out_dtype) -> np.ndarray:
-    """Model output for one batch, checked against the contract, pass-through channels appended."""
+def _run_model(ctx: RunContext, runner, raw: np.ndarray, indices: list[int], out_dtype, state: dict):
+    """Model output for one batch, checked against the contract, pass-through channels appended.
+
+    An out-of-memory error splits the batch in halves and retries (``state`` remembers the batch that
+    fitted for the next batches); a single window that does not fit raises
+    :class:`~tilegraph.errors.OutOfMemoryError` naming it.
+    """
     plan = ctx.plan
     try:
-        y, clipped = runner.run_raw(raw, channels=ctx.model_channels, out_dtype=out_dtype)
+        res = run_splitting(
+            lambda part: runner.run_raw(part, channels=ctx.model_channels, out_dtype=out_dtype),
+            raw,
+            max_batch=state.get("batch"),
+            windows=[_rc(plan, i) for i in indices],
+            device=runner.device,
+        )
+        y, clipped = res.output
+        if res.splits:
+            state["batch"] = res.batch
+            state["splits"] = state.get("splits", 0) + res.splits
     except BadOutput as exc:
         hint = (
             "check the model on this window; try precision='fp32' if it overflows in fp16"
@@ -101,8 +117,6 @@ def _run_model(ctx: RunContext, runner, raw: np.ndarray, indices: list[int], out
     except ModelError:
         raise
     except Exception as exc:
-        if type(exc).__name__ == "OutOfMemoryError":
-            raise
         raise ModelOutputError(f"model raised {exc!r}", window=_rc(plan, indices[0])) from exc
     oy, ox = plan.out_window_shape
     n_extra = raw.shape[3] - ctx.model_channels
@@ -137,6 +151,7 @@ def infer_windows(ctx: RunContext, indices: list[int], model_payload=None, *deps
     b = plan.batch_size
     batches = [indices[i : i + b] for i in range(0, len(indices), b)]
     timing = {"read_s": 0.0, "model_s": 0.0, "write_s": 0.0, "clipped": 0}
+    state: dict = {}  # out-of-memory splitting: the batch size that fitted
 
     lock = threading.Lock()  # reads and writes run on pool threads and update the same timings
 
@@ -165,7 +180,7 @@ def infer_windows(ctx: RunContext, indices: list[int], model_payload=None, *deps
             if k + 2 < len(batches):
                 reads.append(pool.submit(read, batches[k + 2]))
             t = time.perf_counter()
-            y, clipped = _run_model(ctx, runner, raw, batch, dtype)
+            y, clipped = _run_model(ctx, runner, raw, batch, dtype, state)
             timing["model_s"] += time.perf_counter() - t
             timing["clipped"] += clipped
             if len(writes) >= 2:
@@ -173,7 +188,7 @@ def infer_windows(ctx: RunContext, indices: list[int], model_payload=None, *deps
             writes.append(pool.submit(write, batch, y))
         for w in writes:
             w.result()
-    return {"windows": len(indices), **timing, "device": runner.device}
+    return {"windows": len(indices), **timing, "oom_splits": state.get("splits", 0), "device": runner.device}
 
 
 def probe_model(spec: ModelSpec, model_payload, channels: int, size: int) -> dict:
