@@ -44,6 +44,9 @@ def run(
     scratch: str | None = None,
     progress: bool | None = None,
     keep_tile_store: bool = False,
+    reconcile: str | None = None,
+    reconcile_options: dict | None = None,
+    qa: bool | str = False,
 ) -> RunResult:
     """Run ``model`` over ``source`` tile by tile and write a seam-free output to ``destination``.
 
@@ -84,6 +87,17 @@ def run(
         Show progress (default: on when stderr is a terminal or in Jupyter).
     keep_tile_store
         Keep the intermediate per-window store (for debugging).
+    reconcile
+        Colour reconciliation across windows: ``None`` (default), ``"offset"`` or ``"gain-offset"``.
+        Each model task gathers small statistics of every overlap and of each window against the
+        input; one global least-squares solve (robust, anchored to the input) gives a per-window,
+        per-channel correction applied before blending.
+    reconcile_options
+        ``{"reference": "input" | None, "strength": 1.0, "field": False, "sigma": 2.0}``; ``field``
+        interpolates the corrections smoothly between window centres.
+    qa
+        Measure seams on the output and write a report (``report.json``, ``report.html``) to
+        ``<destination>.qa`` (or to the folder given).
 
     Returns
     -------
@@ -135,11 +149,14 @@ def run(
             scratch=scratch,
             progress=progress,
             export_options=export_options,
+            reconcile=reconcile,
+            reconcile_options=reconcile_options,
+            qa=qa,
         )
         job.prepare()
         try:
             job.infer()
-            job.blend()
+            job.blend(job.solve_corrections() if reconcile else None)
             return job.finish(keep_tile_store=keep_tile_store)
         except BaseException:
             job.abort()

@@ -113,6 +113,9 @@ class Job:
         scratch: str | None,
         progress: bool,
         export_options: dict | None = None,
+        reconcile: str | None = None,
+        reconcile_options: dict | None = None,
+        qa: bool | str = False,
     ):
         self.source = source
         self.destination = os.fspath(destination).removeprefix("file://")
@@ -131,6 +134,14 @@ class Job:
             pad_mode=pad_mode,
         )
         self.overwrite = overwrite
+        self.reconcile = reconcile
+        self.reconcile_options = {"reference": "input", "strength": 1.0, "field": False, "sigma": 2.0}
+        unknown = set(reconcile_options or {}) - set(self.reconcile_options)
+        if unknown:
+            raise InputError(f"unknown reconcile options {sorted(unknown)}; use {sorted(self.reconcile_options)}")
+        self.reconcile_options.update(reconcile_options or {})
+        self.qa = qa
+        self.corrections = None
         self.progress = Progress(enabled=progress)
         self.export = self.destination.lower().endswith(EXPORT_SUFFIXES)
         self.export_options = export_options or {}
@@ -183,7 +194,15 @@ class Job:
             batch_size=batch_size,
             batches_per_task=self.options["batches_per_task"],
             halo=spec.halo,
+            reconcile=self.reconcile,
         )
+        if self.reconcile and self.reconcile_options["reference"] == "input" and out_model != model_channels:
+            raise InputError(
+                f"reconcile reference 'input' needs the model to keep the channel count ({model_channels} in, "
+                f"{out_model} out)",
+                path=src.path,
+                hint="pass reconcile_options={'reference': None} to reconcile tiles only against each other",
+            )
         self.timings["probe_s"] = time.perf_counter() - t0
         t1 = time.perf_counter()
         source = self._stage(src)
@@ -199,6 +218,11 @@ class Job:
             model_channels=model_channels,
             out_layout=layout,
             run_token=self.token,
+            reconcile=(
+                {"reference": self.reconcile_options["reference"], "sigma": self.reconcile_options["sigma"]}
+                if self.reconcile
+                else None
+            ),
         )
         self.timings["prepare_s"] = time.perf_counter() - t0
         return self.plan
@@ -398,6 +422,33 @@ class Job:
         self.blend_handles = handles
         return handles
 
+    def solve_corrections(self):
+        """Wait for every model task, gather the window statistics and solve the global correction.
+
+        Statistics are a few hundred bytes per window; the solve runs here, on the client.
+        """
+        from tilegraph.reconcile.solve import solve_global
+        from tilegraph.reconcile.stats import pairs_from_windows
+
+        t0 = time.perf_counter()
+        results = self.wait_infer()
+        windows = [w for r in results for w in r["stats"]]
+        pairs = pairs_from_windows(self.plan, windows)
+        refs = [w.ref for w in windows if w.ref is not None]
+        corrections = solve_global(
+            self.plan,
+            pairs,
+            refs,
+            mode=self.reconcile,
+            strength=float(self.reconcile_options["strength"]),
+            channels=self.plan.out_channels,
+        )
+        if self.reconcile_options["field"]:
+            corrections = corrections.as_field(self.plan)
+        self.corrections = corrections
+        self.timings["reconcile_s"] = time.perf_counter() - t0
+        return corrections
+
     def wait_infer(self) -> list:
         """Wait for every model task (with progress)."""
         return self.executor.wait(self.infer_handles, progress=self.progress, label="infer")
@@ -421,8 +472,12 @@ class Job:
         self.timings["total_s"] = self.timings["prepare_s"] + self.timings["run_s"]
         mp = plan.shape[0] * plan.shape[1] / 1e6
         self.timings["megapixels_per_s"] = mp / max(self.timings["total_s"], 1e-9)
-        final = {"oom_splits": int(sum(s.get("oom_splits", 0) for s in infer_stats)), "clipped": clipped, "timings": {k: round(v, 4) for k, v in self.timings.items()}, "devices": devices}
+        if self.corrections is not None:
+            self.timings.setdefault("reconcile_s", 0.0)
+        final = {"oom_splits": int(sum(s.get("oom_splits", 0) for s in infer_stats)), "clipped": clipped,
+                 "reconcile": self._reconcile_summary(), "timings": {k: round(v, 4) for k, v in self.timings.items()}, "devices": devices}
         mark_complete(self.output_path, final)
+        report = self._quality() if self.qa else None
         output: object
         path = self.output_path
         if self.export:
@@ -445,11 +500,47 @@ class Job:
             timings=dict(self.timings),
             clipped=clipped,
             model={"name": self.spec.name, "devices": devices},
+            report=report,
             extra={
                 "autotile": self.autotile.to_dict() if self.autotile is not None else None,
                 "oom_splits": int(sum(s.get("oom_splits", 0) for s in infer_stats)),
             },
         )
+
+    def _reconcile_summary(self) -> dict | None:
+        c = self.corrections
+        if c is None:
+            return None
+        base = getattr(c, "corrections", c)  # a smooth field wraps the per-window table
+        return {
+            "mode": self.reconcile,
+            "options": dict(self.reconcile_options),
+            "max_abs_gain_minus_1": float(np.max(np.abs(base.gain - 1.0))),
+            "max_abs_offset": float(np.max(np.abs(base.offset))),
+            "solve": _plain(getattr(base, "info", None) or {}),
+        }
+
+    def _quality(self) -> dict:
+        """Seam metrics of the finished output and the QA report (JSON + HTML) beside the destination."""
+        import zarr
+
+        from tilegraph.quality.metrics import seam_metrics
+        from tilegraph.quality.report import summary_html, write_report
+        from tilegraph.source.view import SourceView
+
+        t0 = time.perf_counter()
+        out = zarr.open_array(self.output_path, mode="r")
+        image = out if self.ctx.out_layout != "CYX" else np.moveaxis(out[:], 0, -1)
+        reference = SourceView(self.source) if self.source.channels == self.plan.out_channels else None
+        metrics = seam_metrics(image, self.plan, reference=reference)
+        out_dir = self.qa if isinstance(self.qa, str) else f"{self.destination.rstrip('/')}.qa"
+        paths = write_report(metrics, image, self.plan, out_dir, title=f"tilegraph QA: {self.destination}")
+        self.timings["qa_s"] = time.perf_counter() - t0
+        return {
+            "metrics": metrics,
+            "paths": {k: str(v) for k, v in paths.items()},
+            "summary_html": summary_html(metrics),
+        }
 
     def _export(self, final: dict) -> str:
         from tilegraph.engine.export import export_task
@@ -508,3 +599,17 @@ def _probe_tile_task(spec, payload, options: dict):
     from tilegraph.infer.autotile import probe_tile
 
     return probe_tile(spec, payload, **options)
+
+
+def _plain(d: dict) -> dict:
+    """JSON-able copy of a small diagnostics dict."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, np.generic):
+            v = v.item()
+        elif isinstance(v, np.ndarray):
+            v = v.tolist() if v.size <= 64 else f"array{v.shape}"
+        elif isinstance(v, dict):
+            v = _plain(v)
+        out[str(k)] = v
+    return out

@@ -45,6 +45,7 @@ class RunContext:
     model_channels: int  # channels the model sees (the rest pass through, e.g. alpha)
     out_layout: str
     run_token: str
+    reconcile: dict | None = None  # statistics to gather per window for colour reconciliation
 
 
 def _read_raw(ctx: RunContext, index: int) -> np.ndarray:
@@ -152,6 +153,7 @@ def infer_windows(ctx: RunContext, indices: list[int], model_payload=None, *deps
     batches = [indices[i : i + b] for i in range(0, len(indices), b)]
     timing = {"read_s": 0.0, "model_s": 0.0, "write_s": 0.0, "clipped": 0}
     state: dict = {}  # out-of-memory splitting: the batch size that fitted
+    stats: list = []  # colour statistics per window (small), when reconciling
 
     lock = threading.Lock()  # reads and writes run on pool threads and update the same timings
 
@@ -183,12 +185,35 @@ def infer_windows(ctx: RunContext, indices: list[int], model_payload=None, *deps
             y, clipped = _run_model(ctx, runner, raw, batch, dtype, state)
             timing["model_s"] += time.perf_counter() - t
             timing["clipped"] += clipped
+            if ctx.reconcile is not None:
+                stats.extend(_window_stats(ctx, raw, batch, y))
             if len(writes) >= 2:
                 writes[-2].result()  # bound the outputs waiting to be written
             writes.append(pool.submit(write, batch, y))
         for w in writes:
             w.result()
-    return {"windows": len(indices), **timing, "oom_splits": state.get("splits", 0), "device": runner.device}
+    return {
+        "windows": len(indices),
+        **timing,
+        "oom_splits": state.get("splits", 0),
+        "device": runner.device,
+        "stats": stats,
+    }
+
+
+def _window_stats(ctx: RunContext, raw: np.ndarray, batch: list[int], y: np.ndarray) -> list:
+    """Colour statistics of each window's output (and of the input as reference), computed in place."""
+    from tilegraph.reconcile.stats import window_stats
+
+    plan, opts = ctx.plan, ctx.reconcile
+    reference = None
+    if opts.get("reference") == "input":
+        reference = _passthrough(plan, raw, 0)  # the whole input at the output scale, in [0, 1]
+    out = []
+    for k, index in enumerate(batch):
+        ref = None if reference is None else reference[k]
+        out.append(window_stats(plan, index, y[k].astype(np.float32), ref, sigma=opts.get("sigma", 2.0)))
+    return out
 
 
 def probe_model(spec: ModelSpec, model_payload, channels: int, size: int) -> dict:

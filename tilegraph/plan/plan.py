@@ -66,6 +66,7 @@ class Plan:
     batch_size: int = 4
     batches_per_task: int = 4
     halo: int | None = None
+    reconcile: str | None = None
     extra: dict = field(default_factory=dict)
 
     # ----------------------------------------------------------------- derived geometry
@@ -185,7 +186,7 @@ class Plan:
         produced gives the very values the final write would: the store then holds the output dtype.
         Weighted blends keep float32, or float16 for 8-bit outputs (exact for 1/255 steps).
         """
-        if self.blend == "crop" and self.out_dtype in ("uint8", "uint16"):
+        if self.blend == "crop" and self.out_dtype in ("uint8", "uint16") and self.reconcile is None:
             return self.out_dtype
         return "float16" if self.out_dtype == "uint8" else "float32"
 
@@ -245,7 +246,7 @@ class Plan:
             "stride": f"{self.y.stride} x {self.x.stride}",
             "windows": f"{self.grid[0]} x {self.grid[1]} = {self.n_windows}",
             "batches": f"{len(self.batches())} of up to {self.batch_size}, {len(self.tasks())} model tasks",
-            "blend": self.blend,
+            "blend": self.blend + (f", reconcile {self.reconcile}" if self.reconcile else ""),
             "padding": f"{self.padded_shape[0]} x {self.padded_shape[1]} ({self.pad_mode})",
             "cost factor (T/S)^2": f"{self.cost_factor:.3f}",
             "window work / image": f"{self.window_work:.3f}",
@@ -287,6 +288,7 @@ def make_plan(
     batch_size: int = 4,
     batches_per_task: int = 4,
     halo: int | None = None,
+    reconcile: str | None = None,
 ) -> Plan:
     """Validate user geometry once and build a :class:`Plan`.
 
@@ -366,9 +368,16 @@ def make_plan(
         batch_size=int(batch_size),
         batches_per_task=int(batches_per_task),
         halo=halo,
+        reconcile=_check_reconcile(reconcile),
     )
 
 
 def plan_overlap_needed(halo: int) -> int:
     """Overlap that gives each side ``halo`` pixels of context under ``crop``."""
     return 2 * int(math.ceil(halo))
+
+
+def _check_reconcile(value: str | None) -> str | None:
+    if value not in (None, "offset", "gain-offset"):
+        raise PlanError(f"reconcile must be None, 'offset' or 'gain-offset', got {value!r}")
+    return value
