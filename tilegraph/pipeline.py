@@ -153,8 +153,8 @@ def run(
             reconcile_options=reconcile_options,
             qa=qa,
         )
-        job.prepare()
         try:
+            job.prepare()
             job.infer()
             job.blend(job.solve_corrections() if reconcile else None)
             return job.finish(keep_tile_store=keep_tile_store)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["export_task"]
+__all__ = ["export_task", "validate_task"]
 
 _EXPORTERS = {
     (".tif", ".tiff", ".btf"): "tilegraph.sink.tiff_sink:export",
@@ -21,3 +21,11 @@ def export_task(zarr_path: str, destination: str, metadata, provenance: dict, op
             fn = getattr(importlib.import_module(module), name)
             return fn(zarr_path, destination, metadata=metadata, provenance=provenance, **options)
     raise ValueError(f"no exporter for {destination}")
+
+
+def validate_task(destination: str, *, shape, dtype, metadata, options: dict) -> None:
+    """Raise :class:`~tilegraph.errors.DestinationError` now if the export would be refused later."""
+    from tilegraph.sink.tiff_sink import validate_export
+
+    keep = {k: v for k, v in options.items() if k in ("compression", "tile", "bigtiff", "quality")}
+    validate_export(destination, shape=shape, dtype=dtype, metadata=metadata, **keep)

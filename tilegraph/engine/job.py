@@ -30,6 +30,7 @@ from tilegraph.sink.zarr_sink import (
     same_location,
 )
 from tilegraph.source import Source
+from tilegraph.source.attrs import metadata_to_attrs
 
 __all__ = ["Job", "RunResult", "EXPORT_SUFFIXES"]
 
@@ -204,6 +205,8 @@ class Job:
                 hint="pass reconcile_options={'reference': None} to reconcile tiles only against each other",
             )
         self.timings["probe_s"] = time.perf_counter() - t0
+        if self.export:
+            self._validate_export()
         t1 = time.perf_counter()
         source = self._stage(src)
         self.timings["stage_s"] = time.perf_counter() - t1
@@ -365,8 +368,7 @@ class Job:
             "autotile": self.autotile.to_dict() if self.autotile is not None else None,
             "source": {"path": self.source.path, "shape": list(self.source.shape), "dtype": str(self.source.dtype)},
         }
-        if meta.icc_profile:
-            attrs["icc_profile_hex"] = meta.icc_profile.hex()
+        self._provenance = attrs
         create_output(
             self.output_path,
             shape=plan.out_shape,
@@ -376,6 +378,7 @@ class Job:
             shards=plan.out_chunks if self.options["out_shards"] else None,
             layout=output_layout(self.source.layout, plan.out_channels),
             attrs=attrs,
+            extra_attrs=metadata_to_attrs(meta),
             source_path=self.source.path,
             overwrite=self.overwrite or self.export,
         )
@@ -542,25 +545,42 @@ class Job:
             "summary_html": summary_html(metrics),
         }
 
+    def _validate_export(self) -> None:
+        """Refuse an impossible export (16-bit JPEG, missing folder, ...) before any inference."""
+        from tilegraph.engine.export import validate_task
+
+        plan = self.plan
+        validate_task(
+            self.destination,
+            shape=(*plan.out_shape, plan.out_channels),
+            dtype=plan.out_dtype,
+            metadata=self.source.metadata,
+            options=self.export_options,
+        )
+
     def _export(self, final: dict) -> str:
         from tilegraph.engine.export import export_task
 
-        if exists(self.destination) and self.overwrite:
-            remove_path(self.destination)
+        provenance = {**self._provenance, **final}  # version, model, plan, timings, clipped, ...
         h = self.executor.submit(
             export_task,
             self.output_path,
             self.destination,
             self.source.metadata,
-            final,
+            provenance,
             self.export_options,
             key=f"tg-export-{self.token}",
         )
         return self.executor.wait([h], progress=self.progress, label="export")[0]
 
     def abort(self) -> None:
-        """Cancel everything still running (the output stays marked incomplete)."""
+        """Cancel everything still running and remove the scratch space (the output stays marked incomplete)."""
         self.executor.cancel(self.infer_handles + self.blend_handles)
+        try:
+            if exists(self.scratch):
+                remove_path(self.scratch)
+        except OSError:  # best effort: never hide the error that caused the abort
+            pass
 
 
 def _model_channels(src: Source, spec: ModelSpec) -> tuple[int, int]:

@@ -76,6 +76,7 @@ def create_output(
     layout: str,
     shards: tuple[int, int] | None = None,
     attrs: dict,
+    extra_attrs: dict | None = None,
     source_path: str | None = None,
     overwrite: bool = False,
     compressors="auto",
@@ -121,7 +122,7 @@ def create_output(
             dtype=np.dtype(dtype),
             fill_value=0,
             compressors=compressors,
-            attributes={"tilegraph": {**attrs, "complete": False, "layout": layout}},
+            attributes={**(extra_attrs or {}), "tilegraph": {**attrs, "complete": False, "layout": layout}},
         )
     except OSError as exc:
         raise SinkError(f"cannot create the output: {exc.strerror or exc}", path=path) from exc

@@ -566,7 +566,7 @@ class _RasterSource(Source):
         """
         import zarr
 
-        from tilegraph.sink.tiff_sink import metadata_to_attrs
+        from tilegraph.source.attrs import metadata_to_attrs
         from tilegraph.source.zarr_source import ZarrSource
 
         h, w = self.shape

@@ -1082,7 +1082,7 @@ class TiffSource(Source):
         """
         import zarr
 
-        from tilegraph.sink.tiff_sink import metadata_to_attrs
+        from tilegraph.source.attrs import metadata_to_attrs
 
         h, w = self.shape
         band_rows, chunk_cols = max(1, int(band_rows)), max(1, int(chunk_cols))

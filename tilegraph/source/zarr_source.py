@@ -130,11 +130,12 @@ class ZarrSource(Source):
 
     @property
     def metadata(self) -> SourceMetadata:
+        from tilegraph.source.attrs import attrs_to_metadata
+
         attrs = dict(getattr(self.array, "attrs", {}) or {})
-        icc = attrs.get("icc_profile_hex")
-        return SourceMetadata(
-            icc_profile=bytes.fromhex(icc) if icc else None, extra={"format": "zarr", "attrs_keys": sorted(attrs)}
-        )
+        meta = attrs_to_metadata(attrs)
+        meta.extra = {**meta.extra, "format": "zarr"}
+        return meta
 
     def read(self, y0, y1, x0, x1):
         block = np.asarray(self.array[region_index(self.layout, y0, y1, x0, x1)])
