@@ -332,8 +332,10 @@ def _lowpass_region(out, rows: slice, cols: slice, sigma: float, allowed: Box) -
 def _check_out(plan: Plan, out, name: str) -> None:
     shape = tuple(out.shape)
     if len(shape) != 3 or shape[1:] != plan.out_window_shape:
-        raise ValueError(f"{name} must be a window output (C, {plan.out_window_shape[0]}, "
-                         f"{plan.out_window_shape[1]}), got shape {shape}")
+        raise ValueError(
+            f"{name} must be a window output (C, {plan.out_window_shape[0]}, "
+            f"{plan.out_window_shape[1]}), got shape {shape}"
+        )
 
 
 def _moments(v: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
