@@ -110,8 +110,10 @@ def gpu_cluster(
     memory_limit: str | float | int | None = "auto",
     scheduler_port: int = 0,
     dashboard_address: str | None = ":0",
+    cpu_workers: int = 0,
+    cpu_threads: int = 4,
 ):
-    """Start a local cluster with one worker process per GPU.
+    """Start a local cluster with one worker process per GPU (and optional CPU-only workers).
 
     Parameters
     ----------
@@ -127,6 +129,9 @@ def gpu_cluster(
         machine's memory, ``0`` for none). ``"auto"`` or ``None``: an equal share, ``1 / len(gpus)``.
     scheduler_port
         Port of the scheduler (``0``: a free one). The scheduler listens on 127.0.0.1.
+    cpu_workers, cpu_threads
+        Extra worker processes without a GPU (``CUDA_VISIBLE_DEVICES=""``, no ``GPU`` resource) for
+        blending and writing, so storage codecs run in several processes beside the GPU workers.
     dashboard_address
         Address of the dashboard (``":0"``: a free port; ``None``: no dashboard).
 
@@ -157,7 +162,7 @@ def gpu_cluster(
 
     ids = _gpu_ids(gpus)
     nthreads = _threads(threads_per_worker, len(ids))
-    limit = _memory_limit(memory_limit, len(ids))
+    limit = _memory_limit(memory_limit, len(ids) + max(0, int(cpu_workers)))
     # The scheduler runs in this process: it optimises graphs with this process's config.
     dask.config.set(DASK_CONFIG)
     scheduler = {
@@ -182,6 +187,18 @@ def gpu_cluster(
         }
         for g in ids
     }
+    for i in range(max(0, int(cpu_workers))):
+        workers[f"cpu-{i}"] = {
+            "cls": Nanny,
+            "options": {
+                "name": f"cpu-{i}",
+                "host": "127.0.0.1",
+                "nthreads": int(cpu_threads),
+                "memory_limit": limit,
+                "env": {**FUSION_ENV, "CUDA_VISIBLE_DEVICES": ""},
+                "dashboard_address": ":0",
+            },
+        }
     return SpecCluster(workers=workers, scheduler=scheduler, name="tilegraph-gpu")
 
 

@@ -31,7 +31,8 @@ def embedded_cluster(*, n_workers: int | None = None, threads_per_worker: int | 
     """Start a ``LocalCluster`` of worker processes suited to this machine.
 
     With GPUs: one worker per GPU, pinned through ``CUDA_VISIBLE_DEVICES`` and declaring
-    ``GPU=1`` (see :func:`tilegraph.cluster.gpu.gpu_cluster`). Without: ``n_workers`` processes
+    ``GPU=1`` (see :func:`tilegraph.cluster.gpu.gpu_cluster`), plus CPU-only workers of 4 threads on
+    the remaining cores for blending and writing. Without: ``n_workers`` processes
     (default 1) declaring ``MODEL=1``, so one model task runs per worker with all its cores while
     reads, blends and writes use the other threads.
     """
@@ -43,7 +44,16 @@ def embedded_cluster(*, n_workers: int | None = None, threads_per_worker: int | 
     if gpus and n_workers is None:
         from tilegraph.cluster.gpu import gpu_cluster
 
-        return gpu_cluster(gpus=gpus, threads_per_worker=threads_per_worker, memory_limit=memory_limit)
+        cores = os.cpu_count() or 1
+        per_gpu = threads_per_worker or 4
+        spare = max(0, cores - per_gpu * len(gpus))
+        return gpu_cluster(
+            gpus=gpus,
+            threads_per_worker=per_gpu,
+            memory_limit=memory_limit,
+            cpu_workers=spare // 4,
+            cpu_threads=4,
+        )
     cores = os.cpu_count() or 1
     n = n_workers or 1
     return LocalCluster(

@@ -140,8 +140,9 @@ def _run_model(ctx: RunContext, runner, raw: np.ndarray, indices: list[int], out
 def infer_windows(ctx: RunContext, indices: list[int], model_payload=None, *deps) -> dict:
     """Run the model over a group of windows, batch by batch, and write each output to the tile store.
 
-    Reading the next batches (up to two ahead) and writing finished ones run on a small thread pool
-    that lives only for this task, while the current batch is on the model.
+    Reading the next batches (up to two ahead) and writing finished ones run on small thread pools
+    that live only for this task (windows of a batch are read and written in parallel), while the
+    current batch is on the model.
     """
     import zarr
 
@@ -159,22 +160,30 @@ def infer_windows(ctx: RunContext, indices: list[int], model_payload=None, *deps
 
     def read(batch):
         t = time.perf_counter()
-        raw = np.stack([_read_raw(ctx, i) for i in batch])
+        raw = np.stack(list(window_pool.map(lambda i: _read_raw(ctx, i), batch)))
         with lock:
             timing["read_s"] += time.perf_counter() - t
         return raw
 
     def write(batch, y):
         t = time.perf_counter()
+
+        def put(k):
+            store[batch[k]] = y[k]
+
         try:
-            for k, index in enumerate(batch):
-                store[index] = y[k]
+            list(window_pool.map(put, range(len(batch))))
         except OSError as exc:
             raise SinkError(f"cannot write the tile store: {exc.strerror or exc}", path=ctx.tile_store) from exc
         with lock:
             timing["write_s"] += time.perf_counter() - t
 
-    with ThreadPoolExecutor(max_workers=3, thread_name_prefix="tilegraph-io") as pool:
+    # two pools living only for this task: batch-level read/write jobs, and the per-window reads and
+    # writes they fan out to (separate, so a batch job never waits on its own pool)
+    with (
+        ThreadPoolExecutor(max_workers=3, thread_name_prefix="tilegraph-io") as pool,
+        ThreadPoolExecutor(max_workers=max(2, min(8, b)), thread_name_prefix="tilegraph-window") as window_pool,
+    ):
         reads = [pool.submit(read, batches[k]) for k in range(min(2, len(batches)))]
         writes = []
         for k, batch in enumerate(batches):

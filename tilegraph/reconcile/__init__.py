@@ -1,1 +1,24 @@
-"""reconcile stage."""
+"""Reconcile: colour consistency across windows (APT): overlap statistics, one global solve.
+
+* :mod:`tilegraph.reconcile.stats`: small per-window and per-pair sufficient statistics;
+* :mod:`tilegraph.reconcile.solve`: :func:`solve_global` (robust sparse least squares, anchored) and the
+  sequential APT baseline :func:`solve_sequential`;
+* :mod:`tilegraph.reconcile.apply`: :class:`Corrections` applied per window before blending, or as a
+  smooth field between window centres.
+"""
+
+from tilegraph.reconcile.apply import Corrections, FieldCorrections
+from tilegraph.reconcile.solve import solve_global, solve_sequential
+from tilegraph.reconcile.stats import PairStats, TileStats, WindowStats, pairs_from_windows, window_stats
+
+__all__ = [
+    "Corrections",
+    "FieldCorrections",
+    "PairStats",
+    "TileStats",
+    "WindowStats",
+    "pairs_from_windows",
+    "solve_global",
+    "solve_sequential",
+    "window_stats",
+]

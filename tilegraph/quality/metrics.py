@@ -1,0 +1,786 @@
+"""Seam and colour metrics over the plan's real seam lines, computed block by block (pure numpy/scipy).
+
+The image is any array-like ``(H, W, C)`` or ``(H, W)`` that slices lazily (numpy, Zarr, ...); it is read
+in blocks whose borders sit half-way between seams, so every seam's neighbourhood is inside one block and
+only small per-seam sums are kept between blocks. All values are in DN, 1/255 of full scale whatever the
+dtype (uint8 x1, uint16 /257, floats x255). Luminance for the seam metrics is Rec. 709 luma of the first
+three channels (the channel itself for one channel, the channel mean otherwise); colour metrics treat the
+data as sRGB (D65) and compare block means in linear light, as CIELAB, with CIEDE2000.
+
+Seam lines (``algorithms.md`` §6) are the plan's cut lines ``plan.x.cut(c)`` / ``plan.y.cut(r)`` (for
+weighted blends these are the overlap-band centres), split into segments, one per neighbouring window pair.
+For each segment, with ``p(u)`` the luminance profile across the seam averaged along it:
+
+* **step**: the jump of the profile at the seam once the local gradient is removed: one line with a
+  common slope and an intercept per side is fitted outside ``c +- e`` (``e = m`` for ``crop``, half the
+  overlap band for weighted blends, so a ramp's whole jump counts), with one pass of outlier rejection so a
+  thin content line beside the seam does not count; ``z`` is the step over its standard error, which the
+  texture left after averaging along the seam sets: texture averages out, a coherent step does not.
+  ``near_step`` is the plain version (median of ``m`` pixels after the seam minus the ``m`` before, less
+  the fitted gradient);
+* **gradient ratio** (SGR): mean ``|dL|`` across the seam over the same at interior offsets;
+* **texture ratio** (TCR): standard deviation of ``L - G_3 * L`` within 3 px of the seam over interiors.
+
+Image-wide: the power of the absolute luminance-gradient profile (steps of either sign add up) at the tile
+period and its harmonics against neighbouring frequencies (dB); ΔE2000 of block means against a reference (mean, p95, max, and between
+neighbouring tiles); PSNR of the tiled result against whole-image inference in seam bands and interiors.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.ndimage import gaussian_filter
+
+from tilegraph.plan.grid import AxisGrid
+from tilegraph.plan.plan import Plan
+
+__all__ = [
+    "seam_metrics",
+    "difference_metrics",
+    "seam_lines",
+    "to_dn",
+    "read_dn",
+    "luminance",
+    "srgb_to_lab",
+    "delta_e2000",
+    "solar_curve",
+]
+
+LUMA = np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
+HP_SIGMA = 3.0
+HP_HALO = 10
+
+
+# --------------------------------------------------------------------------- units and colour
+def to_dn(block) -> np.ndarray:
+    """Values in DN (1/255 of full scale) as float32: uint8 x1, uint16 /257, other integers by their max, floats x255."""
+    arr = np.asarray(block)
+    if arr.dtype.kind in "ui":
+        top = np.iinfo(arr.dtype).max
+        return arr.astype(np.float32) * np.float32(255.0 / top)
+    if arr.dtype.kind == "f":
+        return arr.astype(np.float32) * np.float32(255.0)
+    raise TypeError(f"unsupported dtype {arr.dtype}")
+
+
+def read_dn(image, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """``image[y0:y1, x0:x1]`` in DN as float32 ``(h, w, C)`` (a 2-D image gets one channel)."""
+    block = to_dn(image[y0:y1, x0:x1])
+    return block[..., None] if block.ndim == 2 else block
+
+
+def luminance(dn: np.ndarray) -> np.ndarray:
+    """Luma ``(h, w)`` of a DN block ``(h, w, C)``: Rec. 709 weights on RGB, else the channel mean."""
+    c = dn.shape[-1]
+    if c == 3 or c == 4:
+        return dn[..., :3] @ LUMA
+    if c == 1:
+        return dn[..., 0]
+    return dn.mean(axis=-1)
+
+
+def _srgb_to_linear(v: np.ndarray) -> np.ndarray:
+    return np.where(v <= 0.04045, v / 12.92, ((np.maximum(v, 0.04045) + 0.055) / 1.055) ** 2.4)
+
+
+_RGB_TO_XYZ = np.array(
+    [[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]]
+)
+_WHITE_D65 = np.array([0.95047, 1.0, 1.08883])
+
+
+def _linear_to_lab(lin: np.ndarray) -> np.ndarray:
+    """Linear sRGB ``(..., 3)`` (or ``(..., 1)`` grey) to CIELAB (D65)."""
+    lin = np.asarray(lin, dtype=np.float64)
+    if lin.shape[-1] == 1:
+        lin = np.repeat(lin, 3, axis=-1)
+    xyz = lin @ _RGB_TO_XYZ.T / _WHITE_D65
+    eps, kappa = 216 / 24389, 24389 / 27
+    f = np.where(xyz > eps, np.cbrt(np.maximum(xyz, eps)), (kappa * xyz + 16) / 116)
+    lab = np.empty_like(f)
+    lab[..., 0] = 116 * f[..., 1] - 16
+    lab[..., 1] = 500 * (f[..., 0] - f[..., 1])
+    lab[..., 2] = 200 * (f[..., 1] - f[..., 2])
+    return lab
+
+
+def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """sRGB in ``[0, 1]`` ``(..., 3)`` to CIELAB (D65), float64."""
+    return _linear_to_lab(_srgb_to_linear(np.asarray(rgb, dtype=np.float64)))
+
+
+def delta_e2000(lab1: np.ndarray, lab2: np.ndarray) -> np.ndarray:
+    """CIEDE2000 colour difference (kL = kC = kH = 1) of CIELAB arrays ``(..., 3)``.
+
+    Follows Sharma, Wu and Dalal (2005), including their notes on hue angles at zero chroma.
+    """
+    lab1, lab2 = np.asarray(lab1, dtype=np.float64), np.asarray(lab2, dtype=np.float64)
+    l1, a1, b1 = lab1[..., 0], lab1[..., 1], lab1[..., 2]
+    l2, a2, b2 = lab2[..., 0], lab2[..., 1], lab2[..., 2]
+    cbar = 0.5 * (np.hypot(a1, b1) + np.hypot(a2, b2))
+    g = 0.5 * (1 - np.sqrt(cbar**7 / (cbar**7 + 25.0**7)))
+    a1p, a2p = (1 + g) * a1, (1 + g) * a2
+    c1p, c2p = np.hypot(a1p, b1), np.hypot(a2p, b2)
+    h1p = np.degrees(np.arctan2(b1, a1p)) % 360
+    h2p = np.degrees(np.arctan2(b2, a2p)) % 360
+    zero = (c1p * c2p) == 0
+    dlp, dcp = l2 - l1, c2p - c1p
+    dh = h2p - h1p
+    dh = np.where(dh > 180, dh - 360, np.where(dh < -180, dh + 360, dh))
+    dh = np.where(zero, 0.0, dh)
+    dhp = 2 * np.sqrt(c1p * c2p) * np.sin(np.radians(dh) / 2)
+    lbp, cbp = 0.5 * (l1 + l2), 0.5 * (c1p + c2p)
+    hsum = h1p + h2p
+    hbp = np.where(np.abs(h1p - h2p) > 180, np.where(hsum < 360, hsum + 360, hsum - 360), hsum) / 2
+    hbp = np.where(zero, hsum, hbp)
+    t = (
+        1
+        - 0.17 * np.cos(np.radians(hbp - 30))
+        + 0.24 * np.cos(np.radians(2 * hbp))
+        + 0.32 * np.cos(np.radians(3 * hbp + 6))
+        - 0.20 * np.cos(np.radians(4 * hbp - 63))
+    )
+    dtheta = 30 * np.exp(-(((hbp - 275) / 25) ** 2))
+    rc = 2 * np.sqrt(cbp**7 / (cbp**7 + 25.0**7))
+    sl = 1 + 0.015 * (lbp - 50) ** 2 / np.sqrt(20 + (lbp - 50) ** 2)
+    sc = 1 + 0.045 * cbp
+    sh = 1 + 0.015 * cbp * t
+    rt = -np.sin(np.radians(2 * dtheta)) * rc
+    return np.sqrt((dlp / sl) ** 2 + (dcp / sc) ** 2 + (dhp / sh) ** 2 + rt * (dcp / sc) * (dhp / sh))
+
+
+def solar_curve(v: np.ndarray, *, cycles: float = 3.0) -> np.ndarray:
+    """Retoucher's solar curve ``1/2 - 1/2 cos(2 pi n v)`` on ``[0, 1]`` (slope up to ``pi n``)."""
+    return 0.5 - 0.5 * np.cos(2 * np.pi * cycles * np.asarray(v, dtype=np.float64))
+
+
+# --------------------------------------------------------------------------- geometry
+@dataclass(frozen=True)
+class _Segment:
+    axis: str  # "x": vertical seam line at column pos; "y": horizontal line at row pos
+    line: int  # seam index along the axis (between windows line and line + 1)
+    pos: int
+    lo: int  # extent along the seam
+    hi: int
+    a: int
+    b: int
+
+
+def seam_lines(plan: Plan) -> list[dict]:
+    """Every seam segment of the plan, one per neighbouring window pair, as plain dicts.
+
+    Keys: ``axis`` (``"x"``: a vertical line at column ``pos``; ``"y"``: a horizontal line at row ``pos``),
+    ``line`` (seam index), ``pos``, ``lo``/``hi`` (extent along the line) and the window indices ``a``/``b``.
+    """
+    return [s.__dict__.copy() for s in _segments(plan)]
+
+
+def _segments(plan: Plan) -> list[_Segment]:
+    rows, cols = plan.grid
+    h, w = plan.out_shape
+    out = []
+    for c in range(cols - 1):
+        x = plan.x.cut(c)
+        if 0 < x < w:
+            for r in range(rows):
+                lo, hi = plan.y.keep(r)
+                if hi > lo:
+                    out.append(_Segment("x", c, x, lo, hi, r * cols + c, r * cols + c + 1))
+    for r in range(rows - 1):
+        y = plan.y.cut(r)
+        if 0 < y < h:
+            for c in range(cols):
+                lo, hi = plan.x.keep(c)
+                if hi > lo:
+                    out.append(_Segment("y", r, y, lo, hi, r * cols + c, (r + 1) * cols + c))
+    return out
+
+
+def _keep_centres(axis: AxisGrid) -> list[int]:
+    return [(lo + hi) // 2 for lo, hi in (axis.keep(i) for i in range(axis.count))]
+
+
+def _radius(axis: AxisGrid, cap: int) -> int:
+    """Largest half-width around every seam that stays between the neighbouring keep centres."""
+    centres = _keep_centres(axis)
+    best = cap
+    for i in range(axis.count - 1):
+        c = axis.cut(i)
+        if 0 < c < axis.out_size:
+            best = min(best, c - centres[i], centres[i + 1] - c)
+    return max(0, best)
+
+
+def _block_edges(axis: AxisGrid, chunk: int) -> list[int]:
+    """Block borders at keep centres (never within a seam's neighbourhood), about ``chunk`` apart."""
+    edges = [0]
+    for m in _keep_centres(axis):
+        if m - edges[-1] >= chunk and m < axis.out_size:
+            edges.append(m)
+    if edges[-1] != axis.out_size:
+        edges.append(axis.out_size)
+    return edges
+
+
+def _colour_edges(axis: AxisGrid, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Colour-block borders (each window's keep interval split into parts of about ``block``) and owners."""
+    edges, owner = [], []
+    for i in range(axis.count):
+        lo, hi = axis.keep(i)
+        if hi <= lo:
+            continue
+        k = max(1, round((hi - lo) / block))
+        cuts = np.linspace(lo, hi, k + 1).round().astype(int)
+        for j in range(k):
+            edges.append(int(cuts[j]))
+            owner.append(i)
+    edges.append(axis.out_size)
+    return np.asarray(edges), np.asarray(owner)
+
+
+# --------------------------------------------------------------------------- accumulators
+class _SeamAcc:
+    """Per-segment sums of the profile across the seam, of |gradient| and of high-pass moments."""
+
+    def __init__(self, n_seg: int, radius: int):
+        r2 = 2 * radius
+        self.n = np.zeros(n_seg)
+        self.prof = np.zeros((n_seg, r2))
+        self.gabs = np.zeros((n_seg, r2 - 1))
+        self.hps = np.zeros((n_seg, r2))
+        self.hpq = np.zeros((n_seg, r2))
+
+    def add(self, s: int, strip: np.ndarray, hp: np.ndarray) -> None:
+        """``strip``/``hp``: ``(along, 2R)`` luminance / high-pass, seam between columns R-1 and R."""
+        strip = strip.astype(np.float64)
+        hp = hp.astype(np.float64)
+        self.n[s] += strip.shape[0]
+        self.prof[s] += strip.sum(0)
+        self.gabs[s] += np.abs(np.diff(strip, axis=1)).sum(0)
+        self.hps[s] += hp.sum(0)
+        self.hpq[s] += (hp * hp).sum(0)
+
+
+def _step_fit(
+    p: np.ndarray, u: np.ndarray, left: np.ndarray, right: np.ndarray
+) -> tuple[float, float, float]:
+    """Fit ``p(u) = a_side + beta u`` (one slope, an intercept per side) on the two masks.
+
+    Returns ``(jump, standard error of the jump, beta)``; the jump is ``a_right - a_left``, the step at
+    ``u = 0`` once the local gradient is removed. Columns far (3 robust sigmas) from a robust first fit
+    (median slope of neighbouring columns, median intercepts) are left out of the least-squares fit, so a
+    thin content line parallel to the seam does not count as a step.
+    """
+    masks = [left.copy(), right.copy()]
+    if any(mk.sum() < 2 for mk in masks):
+        return 0.0, math.inf, 0.0
+    diffs = np.concatenate([np.diff(p[mk]) / np.diff(u[mk]) for mk in masks])
+    beta = float(np.median(diffs))
+    res = [p[mk] - np.median(p[mk] - beta * u[mk]) - beta * u[mk] for mk in masks]
+    for _ in range(3):
+        allres = np.concatenate(res)
+        mad = 1.4826 * float(np.median(np.abs(allres - np.median(allres))))
+        changed = False
+        for mask, r in zip(masks, res, strict=True):
+            keep = np.abs(r) <= 3 * mad + 1e-9
+            if not keep.all() and keep.sum() >= 2:
+                mask[np.flatnonzero(mask)[~keep]] = False
+                changed = True
+        ub = [u[mk].mean() for mk in masks]
+        pb = [p[mk].mean() for mk in masks]
+        sxx = sum(float(((u[mk] - a) ** 2).sum()) for mk, a in zip(masks, ub, strict=True))
+        sxy = sum(float(((u[mk] - a) * (p[mk] - b)).sum()) for mk, a, b in zip(masks, ub, pb, strict=True))
+        beta = sxy / sxx if sxx > 0 else 0.0
+        res = [p[mk] - b - beta * (u[mk] - a) for mk, a, b in zip(masks, ub, pb, strict=True)]
+        if not changed:
+            break
+    jump = (pb[1] - beta * ub[1]) - (pb[0] - beta * ub[0])
+    allres = np.concatenate(res)
+    var = float((allres**2).sum()) / max(1, len(allres) - 3)
+    # texture left in the profile is correlated across neighbouring columns: inflate by (1 + rho) / (1 - rho)
+    lag = sum(float((r[1:] * r[:-1]).sum()) for r in res)
+    rho = min(0.9, max(0.0, lag / max(float((allres**2).sum()), 1e-30)))
+    var *= (1 + rho) / (1 - rho)
+    nl, nr = masks[0].sum(), masks[1].sum()
+    se = math.sqrt(var * (1 / nl + 1 / nr + ((ub[1] - ub[0]) ** 2 / sxx if sxx > 0 else 0.0)))
+    return float(jump), se, float(beta)
+
+
+# --------------------------------------------------------------------------- main entry
+def seam_metrics(
+    image,
+    plan: Plan,
+    *,
+    reference=None,
+    whole=None,
+    m: int = 3,
+    radius: int = 32,
+    block: int | None = None,
+    chunk: int = 1024,
+    top_k: int = 8,
+    remove_global_colour: bool = False,
+    grid_limit: int = 50_000,
+) -> dict:
+    """Seam, texture, periodicity, colour-drift and fidelity metrics of a stitched output.
+
+    Parameters
+    ----------
+    image
+        The stitched output ``(H, W, C)`` or ``(H, W)`` with ``(H, W) == plan.out_shape``; numpy, Zarr or any
+        array-like that slices lazily (read block by block, never whole).
+    plan
+        The plan that produced it (seam positions, blend mode, overlap).
+    reference
+        Optional reference ``(h, w, C)`` of the same scene at any resolution (e.g. the input, or the model
+        run on a thumbnail) for the colour drift; its pixels are assigned to blocks by their centres.
+    whole
+        Optional whole-image inference result, same shape as ``image``, for the fidelity PSNR.
+    m
+        Pixels per side for the step (2-4).
+    radius
+        Half-width of the profile across each seam (capped so neighbourhoods stay between keep centres).
+    block
+        Colour block size in output pixels (default: half the output stride, clipped to 8-128).
+    chunk
+        Approximate read block size in output pixels.
+    top_k
+        Number of worst segments and seam lines listed.
+    remove_global_colour
+        Subtract the global mean Lab offset before ΔE (for tasks that legitimately change colour).
+    grid_limit
+        Per-segment step grids are included when there are at most this many segments.
+
+    Returns
+    -------
+    dict
+        Plain data (JSON-able); see the module notes. Keys: ``units``, ``geometry``, ``seams``,
+        ``gradient_ratio``, ``texture_ratio``, ``period``, ``colour`` (or ``None``), ``fidelity`` (or ``None``).
+    """
+    h, w = plan.out_shape
+    if tuple(image.shape[:2]) != (h, w):
+        raise ValueError(f"image is {tuple(image.shape[:2])}, the plan's output {h} x {w}")
+    if whole is not None and tuple(whole.shape) != tuple(image.shape):
+        raise ValueError(f"whole has shape {tuple(whole.shape)}, image {tuple(image.shape)}")
+    weighted = plan.blend != "crop"
+    rad = {"x": _radius(plan.x, radius), "y": _radius(plan.y, radius)}
+    half_band = {
+        "x": math.ceil(plan.x.out_overlap / 2) if weighted else 0,
+        "y": math.ceil(plan.y.out_overlap / 2) if weighted else 0,
+    }
+    segs = _segments(plan)
+    by_axis = {
+        "x": [i for i, s in enumerate(segs) if s.axis == "x"],
+        "y": [i for i, s in enumerate(segs) if s.axis == "y"],
+    }
+    accs = {a: _SeamAcc(len(segs), max(rad[a], 1)) for a in ("x", "y")}
+    usable = {a: rad[a] >= max(m, half_band[a]) + 3 for a in ("x", "y")}
+    n_ch = 1 if len(image.shape) == 2 else int(image.shape[2])
+    colour_ok = reference is not None and n_ch in (1, 3, 4)
+    stride_out = (plan.y.stride * plan.scale_fraction, plan.x.stride * plan.scale_fraction)
+    cblock = block or int(min(128, max(8, min(stride_out) // 2)))
+    if colour_ok:
+        cey, coy = _colour_edges(plan.y, cblock)
+        cex, cox = _colour_edges(plan.x, cblock)
+        ncol = 3 if n_ch != 1 else 1
+        c_sum = np.zeros((len(cey) - 1, len(cex) - 1, ncol))
+        c_cnt = np.zeros((len(cey) - 1, len(cex) - 1))
+        r_sum = np.zeros_like(c_sum)
+        r_cnt = np.zeros_like(c_cnt)
+        rh, rw = reference.shape[:2]
+    colprof = np.zeros(w)
+    rowprof = np.zeros(h)
+    if whole is not None:
+        band_x = np.zeros(w, dtype=bool)
+        band_y = np.zeros(h, dtype=bool)
+        bw = max(m, half_band["x"], half_band["y"], 2)
+        for s in segs:
+            arr = band_x if s.axis == "x" else band_y
+            arr[max(0, s.pos - bw) : s.pos + bw] = True
+        fid = {"sq_band": 0.0, "n_band": 0, "sq_int": 0.0, "n_int": 0, "max": 0.0}
+
+    ey, ex = _block_edges(plan.y, chunk), _block_edges(plan.x, chunk)
+    for by0, by1 in zip(ey[:-1], ey[1:], strict=True):
+        for bx0, bx1 in zip(ex[:-1], ex[1:], strict=True):
+            hy0, hy1 = max(0, by0 - HP_HALO), min(h, by1 + HP_HALO)
+            hx0, hx1 = max(0, bx0 - HP_HALO), min(w, bx1 + HP_HALO)
+            dn = read_dn(image, hy0, hy1, hx0, hx1)
+            lum = luminance(dn)
+            hp = lum - gaussian_filter(lum, HP_SIGMA, mode="nearest")
+            core = (slice(by0 - hy0, by1 - hy0), slice(bx0 - hx0, bx1 - hx0))
+            lc, hc = lum[core], hp[core]
+            # |gradient| profiles (the halo gives the left/top neighbour of the first column/row)
+            gx = np.abs(np.diff(lum[core[0], max(0, bx0 - 1 - hx0) : bx1 - hx0], axis=1)).sum(0)
+            colprof[bx1 - len(gx) : bx1] += gx
+            gy = np.abs(np.diff(lum[max(0, by0 - 1 - hy0) : by1 - hy0, core[1]], axis=0)).sum(1)
+            rowprof[by1 - len(gy) : by1] += gy
+            for axis in ("x", "y"):
+                if not usable[axis]:
+                    continue
+                r = rad[axis]
+                for i in by_axis[axis]:
+                    s = segs[i]
+                    if axis == "x":
+                        if not (bx0 < s.pos < bx1):
+                            continue
+                        lo, hi = max(s.lo, by0), min(s.hi, by1)
+                        if lo >= hi:
+                            continue
+                        sl = (slice(lo - by0, hi - by0), slice(s.pos - r - bx0, s.pos + r - bx0))
+                        accs[axis].add(i, lc[sl], hc[sl])
+                    else:
+                        if not (by0 < s.pos < by1):
+                            continue
+                        lo, hi = max(s.lo, bx0), min(s.hi, bx1)
+                        if lo >= hi:
+                            continue
+                        sl = (slice(s.pos - r - by0, s.pos + r - by0), slice(lo - bx0, hi - bx0))
+                        accs[axis].add(i, lc[sl].T, hc[sl].T)
+            if colour_ok:
+                _colour_add(dn[core], by0, bx0, cey, cex, c_sum, c_cnt)
+                ry0, ry1 = _ref_index(by0, h, rh), _ref_index(by1, h, rh)
+                rx0, rx1 = _ref_index(bx0, w, rw), _ref_index(bx1, w, rw)
+                if ry1 > ry0 and rx1 > rx0:
+                    ref_dn = read_dn(reference, ry0, ry1, rx0, rx1)
+                    ycen = (np.arange(ry0, ry1) + 0.5) * h / rh
+                    xcen = (np.arange(rx0, rx1) + 0.5) * w / rw
+                    _colour_add_mapped(ref_dn, ycen, xcen, cey, cex, r_sum, r_cnt)
+            if whole is not None:
+                wd = read_dn(whole, by0, by1, bx0, bx1)
+                diff2 = ((dn[core] - wd) ** 2).astype(np.float64)
+                mask = band_y[by0:by1, None] | band_x[None, bx0:bx1]
+                per_px = diff2.sum(-1)
+                fid["sq_band"] += float(per_px[mask].sum())
+                fid["n_band"] += int(mask.sum()) * diff2.shape[-1]
+                fid["sq_int"] += float(per_px[~mask].sum())
+                fid["n_int"] += int((~mask).sum()) * diff2.shape[-1]
+                fid["max"] = max(fid["max"], float(np.sqrt(diff2.max(initial=0.0))))
+
+    seam_rows = _finish_segments(segs, accs, rad, half_band, m, usable)
+    out = {
+        "units": "DN (1/255 of full scale)",
+        "geometry": {
+            "shape": [h, w],
+            "channels": n_ch,
+            "blend": plan.blend,
+            "grid": list(plan.grid),
+            "stride_out": [float(v) for v in stride_out],
+            "overlap_out": [plan.y.out_overlap, plan.x.out_overlap],
+            "radius": [rad["y"], rad["x"]],
+            "m": m,
+            "colour_block": cblock,
+        },
+    }
+    out.update(_summarise_seams(plan, segs, seam_rows, top_k, grid_limit, weighted))
+    out["period"] = {
+        "x": _period_power(colprof, float(stride_out[1])),
+        "y": _period_power(rowprof, float(stride_out[0])),
+    }
+    vals = [v["max_db"] for v in out["period"].values() if v["max_db"] is not None]
+    out["period"]["max_db"] = max(vals) if vals else None
+    out["colour"] = (
+        _colour_summary(plan, c_sum, c_cnt, r_sum, r_cnt, coy, cox, remove_global_colour, top_k)
+        if colour_ok
+        else None
+    )
+    if whole is not None:
+        out["fidelity"] = {
+            "band_halfwidth": bw,
+            "psnr_seam": _psnr(fid["sq_band"], fid["n_band"]),
+            "psnr_interior": _psnr(fid["sq_int"], fid["n_int"]),
+            "psnr": _psnr(fid["sq_band"] + fid["sq_int"], fid["n_band"] + fid["n_int"]),
+            "max_abs_dn": fid["max"],
+        }
+    else:
+        out["fidelity"] = None
+    return out
+
+
+def _psnr(sq: float, n: int) -> float | None:
+    if n == 0:
+        return None
+    mse = sq / n
+    return float("inf") if mse == 0 else float(10 * math.log10(255.0**2 / mse))
+
+
+def _ref_index(pos: int, size: int, ref_size: int) -> int:
+    """First reference index whose pixel centre maps at or after output position ``pos``."""
+    return int(min(ref_size, max(0, math.ceil(pos * ref_size / size - 0.5))))
+
+
+def _colour_add(dn: np.ndarray, y0: int, x0: int, cey, cex, c_sum, c_cnt) -> None:
+    ycen = np.arange(y0, y0 + dn.shape[0]) + 0.5
+    xcen = np.arange(x0, x0 + dn.shape[1]) + 0.5
+    _colour_add_mapped(dn, ycen, xcen, cey, cex, c_sum, c_cnt)
+
+
+def _colour_add_mapped(dn: np.ndarray, ycen, xcen, cey, cex, acc, cnt) -> None:
+    """Add linear-light sums of ``dn`` pixels (centres ``ycen``/``xcen`` in output px) into colour blocks."""
+    ncol = acc.shape[-1]
+    v = np.clip(dn[..., :ncol] / 255.0, 0.0, 1.0)
+    lin = _srgb_to_linear(v.astype(np.float64))
+    iy = np.clip(np.searchsorted(cey, ycen, side="right") - 1, 0, len(cey) - 2)
+    ix = np.clip(np.searchsorted(cex, xcen, side="right") - 1, 0, len(cex) - 2)
+    uy, sy = np.unique(iy, return_index=True)
+    ux, sx = np.unique(ix, return_index=True)
+    part = np.add.reduceat(np.add.reduceat(lin, sy, axis=0), sx, axis=1)
+    acc[np.ix_(uy, ux)] += part
+    cy = np.diff(np.append(sy, len(iy)))
+    cx = np.diff(np.append(sx, len(ix)))
+    cnt[np.ix_(uy, ux)] += cy[:, None] * cx[None, :]
+
+
+def _finish_segments(segs, accs, rad, half_band, m, usable) -> list[dict | None]:
+    rows: list[dict | None] = []
+    for i, s in enumerate(segs):
+        acc, r = accs[s.axis], rad[s.axis]
+        n = acc.n[i]
+        if not usable[s.axis] or n == 0:
+            rows.append(None)
+            continue
+        p = acc.prof[i] / n
+        u = np.arange(2 * r) - r + 0.5  # column offsets from the seam line (between columns r - 1 and r)
+        excl = max(m, half_band[s.axis])
+        step, se, beta = _step_fit(p, u, (u <= -excl - 0.5), (u >= excl + 0.5))
+        near = float(np.median(p[r : r + m]) - np.median(p[r - m : r]) - beta * m)
+        z = abs(step) / se if se > 0 else (math.inf if step else 0.0)
+        g = acc.gabs[i] / n  # g[k - 1]: |difference| between columns k - 1 and k
+        offs = [o for o in range(max(m, half_band[s.axis]) + 2, r)] or [max(1, r // 2)]
+        g_seam = float(g[r - 1])
+        g_int = float(np.mean([g[r + o - 1] for o in offs] + [g[r - o - 1] for o in offs]))
+        near_cols = list(range(r - 3, r + 3))
+        far_cols = [r + o for o in offs] + [r - 1 - o for o in offs]
+        rows.append(
+            {
+                "step": float(step),
+                "near_step": near,
+                "z": float(min(z, 1e6)),
+                "g_seam": g_seam,
+                "g_int": g_int,
+                "hp_near": (
+                    float(acc.hps[i][near_cols].sum()),
+                    float(acc.hpq[i][near_cols].sum()),
+                    n * len(near_cols),
+                ),
+                "hp_far": (
+                    float(acc.hps[i][far_cols].sum()),
+                    float(acc.hpq[i][far_cols].sum()),
+                    n * len(far_cols),
+                ),
+                "n": float(n),
+            }
+        )
+    return rows
+
+
+def _pooled_std(parts) -> float | None:
+    s = sum(p[0] for p in parts)
+    q = sum(p[1] for p in parts)
+    n = sum(p[2] for p in parts)
+    if n == 0:
+        return None
+    mean = s / n
+    return math.sqrt(max(q / n - mean * mean, 0.0))
+
+
+def _ratio(a, b) -> float | None:
+    if a is None or b is None or b <= 0:
+        return None
+    return float(a / b)
+
+
+def _summarise_seams(plan, segs, rows, top_k, grid_limit, weighted) -> dict:
+    ok = [(s, r) for s, r in zip(segs, rows, strict=True) if r is not None]
+    steps = np.array([abs(r["step"]) for _, r in ok])
+    near = np.array([abs(r["near_step"]) for _, r in ok])
+    seams: dict = {"count": len(ok)}
+    if ok:
+        seams.update(
+            worst_step=float(steps.max()),
+            mean_step=float(steps.mean()),
+            p95_step=float(np.percentile(steps, 95)),
+            worst_near_step=float(near.max()),
+            visible=int(sum(1 for _, r in ok if abs(r["step"]) > 0.5 and r["z"] > 3)),
+        )
+        order = np.argsort(-steps)[:top_k]
+        seams["worst"] = [_segment_record(*ok[i]) for i in order]
+        lines: dict = {}
+        for s, r in ok:
+            key = (s.axis, s.line)
+            tot = lines.setdefault(key, [s.pos, 0.0, 0.0])
+            tot[1] += r["step"] * r["n"]
+            tot[2] += r["n"]
+        ranked = sorted(lines.items(), key=lambda kv: -abs(kv[1][1] / kv[1][2]))[:top_k]
+        seams["worst_lines"] = [
+            {"axis": k[0], "line": k[1], "pos": v[0], "mean_step": float(v[1] / v[2])} for k, v in ranked
+        ]
+    else:
+        seams.update(
+            worst_step=None,
+            mean_step=None,
+            p95_step=None,
+            worst_near_step=None,
+            visible=0,
+            worst=[],
+            worst_lines=[],
+        )
+    if len(segs) <= grid_limit:
+        rows_, cols_ = plan.grid
+        gx = np.full((rows_, max(cols_ - 1, 0)), np.nan)
+        gy = np.full((max(rows_ - 1, 0), cols_), np.nan)
+        for s, r in ok:
+            if s.axis == "x":
+                gx[s.a // cols_, s.line] = r["step"]
+            else:
+                gy[s.line, s.a % cols_] = r["step"]
+        seams["step_grid"] = {"x": _nan_list(gx), "y": _nan_list(gy)}
+    g_seam = sum(r["g_seam"] * r["n"] for _, r in ok)
+    g_int = sum(r["g_int"] * r["n"] for _, r in ok)
+    per_axis = {}
+    for axis in ("x", "y"):
+        sub = [r for s, r in ok if s.axis == axis]
+        per_axis[axis] = _ratio(sum(r["g_seam"] * r["n"] for r in sub), sum(r["g_int"] * r["n"] for r in sub))
+    tcr = _ratio(_pooled_std([r["hp_near"] for _, r in ok]), _pooled_std([r["hp_far"] for _, r in ok]))
+    return {
+        "seams": seams,
+        "gradient_ratio": {"value": _ratio(g_seam, g_int), "per_axis": per_axis},
+        "texture_ratio": {"value": tcr},
+    }
+
+
+def _nan_list(a: np.ndarray) -> list:
+    return [[None if not np.isfinite(v) else round(float(v), 4) for v in row] for row in a]
+
+
+def _segment_record(s: _Segment, r: dict) -> dict:
+    if s.axis == "x":
+        box = [s.lo, s.hi, s.pos, s.pos]
+    else:
+        box = [s.pos, s.pos, s.lo, s.hi]
+    return {
+        "axis": s.axis,
+        "line": s.line,
+        "pos": s.pos,
+        "extent": [s.lo, s.hi],
+        "box": box,
+        "windows": [s.a, s.b],
+        "step": r["step"],
+        "near_step": r["near_step"],
+        "z": r["z"],
+        "gradient_ratio": _ratio(r["g_seam"], r["g_int"]),
+    }
+
+
+def _period_power(profile: np.ndarray, period: float, *, harmonics: int = 4) -> dict:
+    """Power of ``profile`` at ``k / period`` against the median of neighbouring frequencies, in dB."""
+    n = len(profile)
+    res = {"period": period, "harmonics_db": [], "max_db": None}
+    if n < 4 * period or period < 2:
+        return res
+    p = profile - profile.mean()
+    win = np.hanning(n)
+    x = np.arange(n)
+    wp = win * p
+
+    def power(f: np.ndarray) -> np.ndarray:
+        return np.abs(np.exp(-2j * np.pi * np.outer(f, x)) @ wp) ** 2
+
+    out = []
+    for k in range(1, harmonics + 1):
+        f = k / period
+        if f >= 0.5:
+            break
+        near = f + np.array([j for j in range(-8, 9) if abs(j) >= 2]) / n
+        near = near[(near > 0) & (near < 0.5)]
+        base = np.median(power(near))
+        peak = power(np.array([f]))[0]
+        out.append(float(10 * math.log10(max(peak, 1e-30) / max(base, 1e-30))))
+    res["harmonics_db"] = out
+    res["max_db"] = max(out) if out else None
+    return res
+
+
+def _colour_summary(plan, c_sum, c_cnt, r_sum, r_cnt, coy, cox, remove_global, top_k) -> dict | None:
+    ok = (c_cnt > 0) & (r_cnt > 0)
+    if not ok.any():
+        return None
+    lab_o = _linear_to_lab(c_sum / np.maximum(c_cnt, 1)[..., None])
+    lab_r = _linear_to_lab(r_sum / np.maximum(r_cnt, 1)[..., None])
+    err = lab_o - lab_r
+    if remove_global:
+        err = err - err[ok].mean(axis=0)
+    de = delta_e2000(lab_r + err, lab_r)
+    vals = de[ok]
+    rows_, cols_ = plan.grid
+    tile = coy[:, None] * cols_ + cox[None, :]
+    n_t = rows_ * cols_
+    t_cnt = np.bincount(tile[ok], minlength=n_t).astype(float)
+    t_err = np.stack([np.bincount(tile[ok], weights=err[ok][:, k], minlength=n_t) for k in range(3)], -1)
+    t_ref = np.stack([np.bincount(tile[ok], weights=lab_r[ok][:, k], minlength=n_t) for k in range(3)], -1)
+    t_de = np.bincount(tile[ok], weights=vals, minlength=n_t)
+    has = t_cnt > 0
+    t_err[has] /= t_cnt[has, None]
+    t_ref[has] /= t_cnt[has, None]
+    t_de[has] /= t_cnt[has]
+    nb = []
+    for r in range(rows_):
+        for c in range(cols_):
+            i = r * cols_ + c
+            for j in ((i + 1) if c + 1 < cols_ else None, (i + cols_) if r + 1 < rows_ else None):
+                if j is not None and has[i] and has[j]:
+                    mid = 0.5 * (t_ref[i] + t_ref[j])
+                    nb.append((float(delta_e2000(mid + t_err[i], mid + t_err[j])), i, j))
+    nbv = np.array([v for v, _, _ in nb]) if nb else np.zeros(0)
+    total = float(vals.var())
+    between = float(np.average((t_de[has] - vals.mean()) ** 2, weights=t_cnt[has])) if has.any() else 0.0
+    worst_nb = sorted(nb, reverse=True)[:top_k]
+    return {
+        "blocks": list(de.shape),
+        "mean": float(vals.mean()),
+        "p95": float(np.percentile(vals, 95)),
+        "max": float(vals.max()),
+        "tile_share": between / total if total > 0 else 0.0,
+        "neighbour": {
+            "mean": float(nbv.mean()) if len(nbv) else None,
+            "p95": float(np.percentile(nbv, 95)) if len(nbv) else None,
+            "max": float(nbv.max()) if len(nbv) else None,
+            "worst": [{"windows": [i, j], "delta_e": v} for v, i, j in worst_nb],
+        },
+        "global_offset_removed": bool(remove_global),
+    }
+
+
+def difference_metrics(a, b, *, chunk: int = 1024) -> dict:
+    """How far two results of the same region differ (e.g. the tile grid shifted by half a tile), in DN.
+
+    Parameters
+    ----------
+    a, b
+        Arrays ``(H, W, C)`` or ``(H, W)`` of the same shape (numpy, Zarr, ...), read in blocks.
+    chunk
+        Block side in pixels.
+
+    Returns
+    -------
+    dict
+        ``max_abs_dn``, ``mean_abs_dn`` and ``psnr`` (dB, 255 peak; ``inf`` when identical).
+    """
+    if tuple(a.shape) != tuple(b.shape):
+        raise ValueError(f"shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
+    h, w = a.shape[:2]
+    sq = ab = 0.0
+    n = 0
+    mx = 0.0
+    for y0 in range(0, h, chunk):
+        for x0 in range(0, w, chunk):
+            d = (
+                read_dn(a, y0, min(h, y0 + chunk), x0, min(w, x0 + chunk))
+                - read_dn(b, y0, min(h, y0 + chunk), x0, min(w, x0 + chunk))
+            ).astype(np.float64)
+            sq += float((d * d).sum())
+            ab += float(np.abs(d).sum())
+            n += d.size
+            mx = max(mx, float(np.abs(d).max(initial=0.0)))
+    return {"max_abs_dn": mx, "mean_abs_dn": ab / max(n, 1), "psnr": _psnr(sq, n)}
