@@ -93,8 +93,10 @@ def run(
         input; one global least-squares solve (robust, anchored to the input) gives a per-window,
         per-channel correction applied before blending.
     reconcile_options
-        ``{"reference": "input" | None, "strength": 1.0, "field": False, "sigma": 2.0}``; ``field``
-        interpolates the corrections smoothly between window centres.
+        ``{"reference": "input" | "thumbnail" | None, "strength": 1.0, "field": False, "sigma": 2.0,
+        "thumbnail_size": None}``. ``"thumbnail"`` anchors to the model run once on a thumbnail of the
+        whole image (longest side ``thumbnail_size``, default the window or 256 px), for models that
+        change colour; ``field`` interpolates the corrections smoothly between window centres.
     qa
         Measure seams on the output and write a report (``report.json``, ``report.html``) to
         ``<destination>.qa`` (or to the folder given).

@@ -136,7 +136,13 @@ class Job:
         )
         self.overwrite = overwrite
         self.reconcile = reconcile
-        self.reconcile_options = {"reference": "input", "strength": 1.0, "field": False, "sigma": 2.0}
+        self.reconcile_options = {
+            "reference": "input",
+            "strength": 1.0,
+            "field": False,
+            "sigma": 2.0,
+            "thumbnail_size": None,
+        }
         unknown = set(reconcile_options or {}) - set(self.reconcile_options)
         if unknown:
             raise InputError(f"unknown reconcile options {sorted(unknown)}; use {sorted(self.reconcile_options)}")
@@ -197,12 +203,17 @@ class Job:
             halo=spec.halo,
             reconcile=self.reconcile,
         )
+        if self.reconcile_options["reference"] not in ("input", "thumbnail", None):
+            raise InputError(
+                f"unknown reconcile reference {self.reconcile_options['reference']!r}",
+                hint="use 'input', 'thumbnail' (the model run on a thumbnail) or None",
+            )
         if self.reconcile and self.reconcile_options["reference"] == "input" and out_model != model_channels:
             raise InputError(
                 f"reconcile reference 'input' needs the model to keep the channel count ({model_channels} in, "
                 f"{out_model} out)",
                 path=src.path,
-                hint="pass reconcile_options={'reference': None} to reconcile tiles only against each other",
+                hint="use reconcile_options={'reference': 'thumbnail'} (the model run on a thumbnail) or None",
             )
         self.timings["probe_s"] = time.perf_counter() - t0
         if self.export:
@@ -221,11 +232,7 @@ class Job:
             model_channels=model_channels,
             out_layout=layout,
             run_token=self.token,
-            reconcile=(
-                {"reference": self.reconcile_options["reference"], "sigma": self.reconcile_options["sigma"]}
-                if self.reconcile
-                else None
-            ),
+            reconcile=self._reconcile_context(model_channels) if self.reconcile else None,
         )
         self.timings["prepare_s"] = time.perf_counter() - t0
         return self.plan
@@ -270,6 +277,28 @@ class Job:
             ) from exc
         out["in_size"] = size
         return out
+
+    def _reconcile_context(self, model_channels: int) -> dict:
+        """What model tasks need to gather statistics (the thumbnail reference is computed here, once)."""
+        opts = {"reference": self.reconcile_options["reference"], "sigma": self.reconcile_options["sigma"]}
+        if opts["reference"] == "thumbnail":
+            from tilegraph.engine.tasks import thumbnail_reference
+
+            plan = self.plan
+            side = self.reconcile_options["thumbnail_size"] or max(256, *plan.window_shape)
+            factor = max(1, -(-max(self.source.shape) // int(side)))
+            h = self.executor.submit(
+                _call,
+                thumbnail_reference,
+                (self.source, self.spec, self._payload_h),
+                dict(factor=factor, align=plan.align, channels=model_channels),
+                key=f"tg-thumbnail-{self.token}",
+                resources=self.executor.model_resources,
+            )
+            opts["thumbnail"] = self.executor.wait([h])[0]
+            opts["factor"] = factor * plan.scale_fraction  # output pixels per thumbnail pixel
+            opts["factor"] = float(opts["factor"])
+        return opts
 
     def _autotile(self, channels: int, scale: Fraction):
         """``tile="auto"``: probe the real model on a worker's device for the largest window and batch.
@@ -534,7 +563,11 @@ class Job:
         t0 = time.perf_counter()
         out = zarr.open_array(self.output_path, mode="r")
         image = out if self.ctx.out_layout != "CYX" else np.moveaxis(out[:], 0, -1)
-        reference = SourceView(self.source) if self.source.channels == self.plan.out_channels else None
+        rec = self.ctx.reconcile or {}
+        if rec.get("reference") == "thumbnail":  # measure colour against what reconciliation aimed at
+            reference = rec["thumbnail"]
+        else:
+            reference = SourceView(self.source) if self.source.channels == self.plan.out_channels else None
         metrics = seam_metrics(image, self.plan, reference=reference)
         out_dir = self.qa if isinstance(self.qa, str) else f"{self.destination.rstrip('/')}.qa"
         paths = write_report(metrics, image, self.plan, out_dir, title=f"tilegraph QA: {self.destination}")
@@ -633,3 +666,8 @@ def _plain(d: dict) -> dict:
             v = _plain(v)
         out[str(k)] = v
     return out
+
+
+def _call(fn, args: tuple, kwargs: dict):
+    """Task wrapper: ``fn(*args, **kwargs)`` (futures inside ``args`` are resolved by the executor)."""
+    return fn(*args, **kwargs)

@@ -215,14 +215,63 @@ def _window_stats(ctx: RunContext, raw: np.ndarray, batch: list[int], y: np.ndar
     from tilegraph.reconcile.stats import window_stats
 
     plan, opts = ctx.plan, ctx.reconcile
-    reference = None
+    reference, ref_sigma = None, None
     if opts.get("reference") == "input":
         reference = _passthrough(plan, raw, 0)  # the whole input at the output scale, in [0, 1]
     out = []
     for k, index in enumerate(batch):
         ref = None if reference is None else reference[k]
-        out.append(window_stats(plan, index, y[k].astype(np.float32), ref, sigma=opts.get("sigma", 2.0)))
+        if opts.get("reference") == "thumbnail":
+            ref, ref_sigma = _thumbnail_region(plan, index, opts["thumbnail"], opts["factor"]), opts["factor"]
+        yk = y[k].astype(np.float32)
+        if yk.dtype.kind != "f" or plan.tile_store_dtype[0] == "u":  # integer store: back to [0, 1]
+            yk = yk / np.float32(np.iinfo(plan.tile_store_dtype).max)
+        out.append(window_stats(plan, index, yk, ref, sigma=opts.get("sigma", 2.0), ref_sigma=ref_sigma))
     return out
+
+
+def _thumbnail_region(plan: Plan, index: int, thumb: np.ndarray, factor: int) -> np.ndarray:
+    """The model-on-thumbnail output, bilinearly up-sampled over window ``index``'s output footprint.
+
+    ``thumb`` is ``(h, w, C')`` where one thumbnail pixel spans ``factor`` output pixels.
+    """
+    w = plan.window(index)
+    oy, ox = plan.out_window_shape
+    y0, x0 = plan.y.out_start(w.row), plan.x.out_start(w.col)
+    ty = np.clip((np.arange(y0, y0 + oy) + 0.5) / factor - 0.5, 0, thumb.shape[0] - 1)
+    tx = np.clip((np.arange(x0, x0 + ox) + 0.5) / factor - 0.5, 0, thumb.shape[1] - 1)
+    iy, ix = np.floor(ty).astype(int), np.floor(tx).astype(int)
+    iy1, ix1 = np.minimum(iy + 1, thumb.shape[0] - 1), np.minimum(ix + 1, thumb.shape[1] - 1)
+    fy, fx = (ty - iy)[:, None, None], (tx - ix)[None, :, None]
+    top = thumb[iy][:, ix] * (1 - fx) + thumb[iy][:, ix1] * fx
+    bottom = thumb[iy1][:, ix] * (1 - fx) + thumb[iy1][:, ix1] * fx
+    return np.moveaxis((top * (1 - fy) + bottom * fy).astype(np.float32), -1, 0)
+
+
+def thumbnail_reference(source: Source, spec: ModelSpec, model_payload, *, factor: int, align: int, channels: int):
+    """The model run once on a thumbnail of the whole image (area-averaged by ``factor``).
+
+    Read band by band, so memory stays at one band plus the thumbnail. Returns ``(h, w, C')`` float32
+    in the model's output units, where one pixel spans ``factor`` source pixels (times the scale).
+    """
+    h, w = source.shape
+    th, tw = -(-h // factor), -(-w // factor)
+    acc = np.zeros((th, tw, source.channels), np.float64)
+    band = factor * max(1, 512 // factor)
+    for y0 in range(0, h, band):
+        block = source.read(y0, min(h, y0 + band), 0, w).astype(np.float64)
+        if np.dtype(source.dtype).kind == "u":
+            block /= float(np.iinfo(source.dtype).max)
+        ph, pw = -(-block.shape[0] // factor) * factor - block.shape[0], tw * factor - w
+        block = np.pad(block, ((0, ph), (0, pw), (0, 0)), mode="edge")
+        r = block.reshape(block.shape[0] // factor, factor, tw, factor, -1).mean(axis=(1, 3))
+        acc[y0 // factor : y0 // factor + r.shape[0]] = r
+    ah, aw = -(-th // align) * align, -(-tw // align) * align
+    small = np.pad(acc, ((0, ah - th), (0, aw - tw), (0, 0)), mode="reflect" if min(th, tw) > 1 else "edge")
+    x = np.moveaxis(small[..., :channels], -1, 0)[None].astype(np.float32)
+    y = get_runner(spec, model_payload)(np.ascontiguousarray(x))[0]
+    s = y.shape[1] / ah
+    return np.ascontiguousarray(np.moveaxis(y, 0, -1)[: int(round(th * s)), : int(round(tw * s))])
 
 
 def probe_model(spec: ModelSpec, model_payload, channels: int, size: int) -> dict:

@@ -32,7 +32,7 @@ _MODELS = (
     "content_seed",
     "unet_radius",
 )
-_IMAGES = ("coordinate_image", "decode_coordinates", "gradient_photo")
+_IMAGES = ("coordinate_image", "decode_coordinates", "gradient_photo", "smooth_gradient")
 _REFERENCE = ("whole_image_inference",)
 
 _WHERE = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["coordinate_image", "decode_coordinates", "gradient_photo"]
+__all__ = ["coordinate_image", "decode_coordinates", "gradient_photo", "smooth_gradient"]
 
 # bits of exact integer resolution per dtype (floats hold k / 2**bits, k integer)
 _BITS = {"uint8": 8, "uint16": 16, "float16": 11, "float32": 16, "float64": 16}
@@ -158,3 +158,25 @@ def gradient_photo(shape, dtype="uint8", *, channels: int = 3, seed: int = 0) ->
         top = np.iinfo(dtype).max
         return np.round(out * top).astype(dtype)
     return out.astype(dtype)
+
+
+def smooth_gradient(shape, dtype="float32") -> np.ndarray:
+    """A smooth three-channel gradient (no lines, no grain): where any seam or drift shows.
+
+    Floats are in [0, 1]; integer dtypes are scaled to their full range and rounded.
+    """
+    h, w = _shape2(shape)
+    y = (np.arange(h)[:, None] + 0.5) / h
+    x = (np.arange(w)[None, :] + 0.5) / w
+    img = np.stack(
+        [
+            0.2 + 0.5 * y + 0.2 * x + 0 * x * y,
+            0.3 + 0.3 * x + 0.1 * np.sin(3 * y) + 0 * y,
+            0.8 - 0.4 * y + 0.1 * x * y,
+        ],
+        -1,
+    )
+    dt = np.dtype(dtype)
+    if dt.kind == "u":
+        return np.rint(img * np.iinfo(dt).max).astype(dt)
+    return img.astype(dt)
