@@ -79,3 +79,24 @@ def test_demo_small_inprocess(tmp_path):
     restored = zarr.open_array(str(out / "restored.zarr"), mode="r")
     assert restored.shape == (600, 800, 3) and restored.dtype == np.uint16
     assert restored.attrs["tilegraph"]["complete"] is True
+
+
+def test_qa_with_grid_shift(tmp_path, capsys):
+    from tilegraph.testing import smooth_gradient
+
+    img = smooth_gradient((400, 400), "uint16")
+    src = str(tmp_path / "g.zarr")
+    zarr.create_array(store=src, shape=img.shape, chunks=(128, 128, 3), dtype="uint16")[:] = img
+    reports = {}
+    for name, model in (("exact", "tilegraph.testing.models:make_local_conv"),
+                        ("drift", "tilegraph.testing.models:make_drift_model")):
+        out = str(tmp_path / f"{name}.zarr")
+        assert main(["run", src, out, "--model", model, "--tile", "64", "--overlap", "16", "--blend", "crop",
+                     "--inprocess"]) == 0
+        capsys.readouterr()
+        assert main(["qa", out, "--grid-shift"]) == 0
+        reports[name] = json.loads(capsys.readouterr().out)
+        assert reports[name]["report"].endswith("report.html")
+    assert reports["exact"]["grid_shift_max_abs_dn"] < 0.01  # an exact model does not care where the grid is
+    assert reports["drift"]["grid_shift_max_abs_dn"] > 1.0  # per-window drift moves with the grid
+    assert reports["drift"]["gradient_ratio"] > 1.5 > reports["exact"]["gradient_ratio"]

@@ -1,4 +1,4 @@
-"""Command line: ``tilegraph run | plan | info | demo | qa``.
+"""Command line: ``tilegraph run | plan | info | qa | demo``.
 
 Heavy imports (torch, distributed) happen inside the commands that need them.
 """
@@ -59,6 +59,13 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="describe an image source")
     p.add_argument("source")
 
+    p = sub.add_parser("qa", help="measure the seams of a finished output and write a report")
+    p.add_argument("output")
+    p.add_argument("--source", default=None, help="the input (default: the one recorded in the output)")
+    p.add_argument("--model", default=None, help="import path, for --grid-shift (default: the one recorded)")
+    p.add_argument("--grid-shift", action="store_true", help="rerun a region with the grid shifted by half a stride")
+    p.add_argument("--out", default=None, help="report folder (default OUTPUT.qa)")
+
     p = sub.add_parser("demo", help="make a synthetic 16-bit photograph and run a built-in model on it")
     p.add_argument("--output", default="tilegraph-demo-output", help="output directory")
     p.add_argument("--height", type=int, default=6000)
@@ -74,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``tilegraph`` command."""
     args = _parser().parse_args(argv)
     try:
-        return {"run": _run, "plan": _plan, "info": _info, "demo": _demo}[args.command](args)
+        return {"run": _run, "plan": _plan, "info": _info, "demo": _demo, "qa": _qa}[args.command](args)
     except TilegraphError as exc:
         print(f"tilegraph: error: {exc}", file=sys.stderr)
         return 2
@@ -166,6 +173,23 @@ def _info(args) -> int:
     info["icc_profile_bytes"] = len(meta.icc_profile) if meta.icc_profile else 0
     info["exif"] = bool(meta.exif)
     print(json.dumps(info, indent=2))
+    return 0
+
+
+def _qa(args) -> int:
+    from tilegraph.engine.qa import measure_output
+
+    out = measure_output(args.output, source=args.source, model=args.model, grid_shift=args.grid_shift,
+                         out_dir=args.out)
+    m = out["metrics"]
+    summary = {
+        "worst_seam_step_dn": m["seams"]["worst_step"],
+        "gradient_ratio": m["gradient_ratio"]["value"],
+        "report": out["paths"]["html"],
+    }
+    if "grid_shift" in m:
+        summary["grid_shift_max_abs_dn"] = m["grid_shift"]["max_abs_dn"]
+    print(json.dumps(summary, indent=2))
     return 0
 
 
