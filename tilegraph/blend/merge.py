@@ -13,7 +13,7 @@ import numpy as np
 from tilegraph.blend.windows import axis_weights
 from tilegraph.plan.plan import Plan
 
-__all__ = ["blend_box", "window_region", "to_output_dtype"]
+__all__ = ["blend_box", "crop_box", "window_region", "to_output_dtype"]
 
 
 def window_region(plan: Plan, index: int, y0: int, y1: int, x0: int, x1: int):
@@ -91,6 +91,37 @@ def blend_box(
     if mode != "crop":
         acc /= wsum
     return np.moveaxis(acc, 0, -1)
+
+
+def crop_box(
+    plan: Plan,
+    y0: int,
+    y1: int,
+    x0: int,
+    x1: int,
+    read: Callable[[int, slice, slice], np.ndarray],
+) -> np.ndarray:
+    """``crop`` mode without weights: copy each window's kept rectangle; returns ``(rows, cols, C')``.
+
+    The kept parts of the windows tile the output exactly, so each output pixel is copied once, in
+    the dtype ``read`` returns (no float round trip). ``read(index, rows, cols)`` returns ``(C', r, c)``.
+    """
+    out = None
+    for index in plan.windows_for_box(y0, y1, x0, x1):
+        w = plan.window(index)
+        ky0, ky1 = plan.y.keep(w.row)
+        kx0, kx1 = plan.x.keep(w.col)
+        a0, a1, b0, b1 = max(y0, ky0), min(y1, ky1), max(x0, kx0), min(x1, kx1)
+        if a0 >= a1 or b0 >= b1:
+            continue
+        wy, wx = plan.y.out_start(w.row), plan.x.out_start(w.col)
+        region = read(index, slice(a0 - wy, a1 - wy), slice(b0 - wx, b1 - wx))
+        if out is None:
+            out = np.empty((y1 - y0, x1 - x0, region.shape[0]), dtype=region.dtype)
+        out[a0 - y0 : a1 - y0, b0 - x0 : b1 - x0] = np.moveaxis(region, 0, -1)
+    if out is None:
+        raise RuntimeError(f"no window covers output box {(y0, y1, x0, x1)}")
+    return out
 
 
 def to_output_dtype(block: np.ndarray, dtype, *, integer_scaled: bool = True) -> tuple[np.ndarray, int]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tilegraph.blend import blend_box, to_output_dtype
+from tilegraph.blend import blend_box, crop_box, to_output_dtype
 from tilegraph.errors import (
     CorruptSourceError,
     MissingWindowError,
@@ -313,18 +313,24 @@ def blend_chunk(ctx: RunContext, box: tuple[int, int, int, int], chunk_index, co
             hint="rerun the job; if it recurs, check the storage every worker writes to",
         )
 
-    def read(index: int, rows: slice, cols: slice) -> np.ndarray:
+    def read_raw(index: int, rows: slice, cols: slice) -> np.ndarray:
         if not floats and not _chunk_exists(store, index):  # integer store: no NaN fill to tell
             raise missing(index)
-        region = np.asarray(store[index, :, rows, cols], dtype=np.float32)
+        region = np.asarray(store[index, :, rows, cols])
         if floats and np.isnan(region).any():
             raise missing(index)
         return region
 
-    transform = corrections.transform if corrections is not None else None
-    block = blend_box(plan, *box, read, transform=transform)
-    # an integer store already holds output values (crop): no second scaling, nothing to clip
-    out, clipped = to_output_dtype(block, plan.out_dtype, integer_scaled=floats)
+    def read(index: int, rows: slice, cols: slice) -> np.ndarray:
+        return read_raw(index, rows, cols).astype(np.float32, copy=False)
+
+    if plan.blend == "crop" and not floats and corrections is None:
+        # the store holds rounded output values: copy the kept rectangles, nothing to convert or clip
+        out, clipped = crop_box(plan, *box, read_raw), 0
+    else:
+        transform = corrections.transform if corrections is not None else None
+        block = blend_box(plan, *box, read, transform=transform)
+        out, clipped = to_output_dtype(block, plan.out_dtype, integer_scaled=floats)
     y0, y1, x0, x1 = box
     target = zarr.open_array(ctx.output, mode="r+")
     layout = ctx.out_layout

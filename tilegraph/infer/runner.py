@@ -177,11 +177,11 @@ def _to_numpy(y, out_dtype, *, with_clips: bool = False):
                 clipped = int(torch.count_nonzero((y < 0) | (y > top)))
                 y.clamp_(0, top)
             wide = torch.uint8 if target.itemsize == 1 else torch.int32
-            out = y.to(wide).cpu().numpy()
+            out = y.to(wide).contiguous().cpu().numpy()  # NCHW on the device: no host-side transpose
             if out.dtype != target:
                 out = out.astype(target)
         else:
-            out = y.to(getattr(torch, target.name)).cpu().numpy()
+            out = y.to(getattr(torch, target.name)).contiguous().cpu().numpy()
         return (out, clipped) if with_clips else out
     y = np.asarray(y)
     if y.dtype.kind != "f":
