@@ -35,7 +35,7 @@ class InProcessExecutor:
     model_resources: dict | None = None
     dashboard_link: str | None = None
 
-    def share(self, obj):
+    def share(self, obj, *, model_only: bool = False):
         """Objects are used as they are."""
         return obj
 
@@ -76,9 +76,16 @@ class DaskExecutor:
         self.model_resources = model_resources(client)
         self.dashboard_link = getattr(client, "dashboard_link", None)
 
-    def share(self, obj):
-        """Send ``obj`` to every worker once (directly, not through the scheduler); returns a future."""
-        return self.client.scatter(obj, broadcast=True, hash=False)
+    def share(self, obj, *, model_only: bool = False):
+        """Send ``obj`` to every worker once (directly, not through the scheduler); returns a future.
+
+        With ``model_only`` (the model itself), only workers that can run model tasks receive it.
+        """
+        workers = None
+        if model_only and self.model_resources:
+            (name,) = self.model_resources
+            workers = _workers_with(self.client, name) or None
+        return self.client.scatter(obj, broadcast=True, hash=False, workers=workers)
 
     def submit(self, fn: Callable, *args, key: str, resources: dict | None = None, deps: Sequence = ()):
         return self.client.submit(fn, *args, *deps, key=key, resources=resources, pure=False, retries=1)
@@ -172,6 +179,12 @@ def model_resources(client) -> dict | None:
         if name in names:
             return {name: 1}
     return None
+
+
+def _workers_with(client, resource: str) -> list[str]:
+    """Addresses of the workers declaring ``resource``."""
+    info = client.scheduler_info(n_workers=-1) if _accepts_n_workers(client) else client.scheduler_info()
+    return [a for a, w in info.get("workers", {}).items() if resource in (w.get("resources") or {})]
 
 
 def _accepts_n_workers(client) -> bool:

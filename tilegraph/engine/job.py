@@ -255,7 +255,7 @@ class Job:
         a = lcm(int(spec.stride or 1), den)
         size = a * math.ceil(64 / a)
         # the model object is sent to each worker once, here, and reused by every task
-        self._payload_h = self.executor.share(self.model_obj) if spec.kind != "path" else None
+        self._payload_h = self.executor.share(self.model_obj, model_only=True) if spec.kind != "path" else None
         try:
             h = self.executor.submit(
                 probe_model,

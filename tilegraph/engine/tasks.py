@@ -178,26 +178,27 @@ def infer_windows(ctx: RunContext, indices: list[int], model_payload=None, *deps
         with lock:
             timing["write_s"] += time.perf_counter() - t
 
+    ahead = 2  # batches read ahead, and outputs waiting to be written, at most
     # two pools living only for this task: batch-level read/write jobs, and the per-window reads and
     # writes they fan out to (separate, so a batch job never waits on its own pool)
     with (
-        ThreadPoolExecutor(max_workers=3, thread_name_prefix="tilegraph-io") as pool,
-        ThreadPoolExecutor(max_workers=max(2, min(8, b)), thread_name_prefix="tilegraph-window") as window_pool,
+        ThreadPoolExecutor(max_workers=2 * ahead, thread_name_prefix="tilegraph-io") as pool,
+        ThreadPoolExecutor(max_workers=max(2, min(16, 2 * b)), thread_name_prefix="tilegraph-window") as window_pool,
     ):
-        reads = [pool.submit(read, batches[k]) for k in range(min(2, len(batches)))]
+        reads = [pool.submit(read, batches[k]) for k in range(min(ahead, len(batches)))]
         writes = []
         for k, batch in enumerate(batches):
             raw = reads[k].result()
-            if k + 2 < len(batches):
-                reads.append(pool.submit(read, batches[k + 2]))
+            if k + ahead < len(batches):
+                reads.append(pool.submit(read, batches[k + ahead]))
             t = time.perf_counter()
             y, clipped = _run_model(ctx, runner, raw, batch, dtype, state)
             timing["model_s"] += time.perf_counter() - t
             timing["clipped"] += clipped
             if ctx.reconcile is not None:
                 stats.extend(_window_stats(ctx, raw, batch, y))
-            if len(writes) >= 2:
-                writes[-2].result()  # bound the outputs waiting to be written
+            if len(writes) >= ahead:
+                writes[-ahead].result()  # bound the outputs waiting to be written
             writes.append(pool.submit(write, batch, y))
         for w in writes:
             w.result()
