@@ -572,3 +572,20 @@ def test_run_records_full_provenance_in_the_tiff_tag(tmp_path):
     assert "timings" in prov
     assert prov["model"]["name"] == "numpy_identity" and "weights_sha256" in prov["model"]
     assert prov["plan"]["blend"] == "crop" and prov["plan"]["overlap"] == [8, 8]
+
+
+def test_qa_uses_the_embedded_icc_profile(tmp_path):
+    """Colour metrics follow the source's ICC profile (recorded at run time), not an assumed sRGB."""
+    from PIL import ImageCms
+
+    from tilegraph.testing.models import numpy_identity
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    src = str(tmp_path / "icc.tif")
+    tifffile.imwrite(src, _img((96, 128, 3), np.uint16, seed=21), photometric="rgb", tile=(32, 32),
+                     extratags=[(34675, 7, len(icc), icc, True)])
+    res = tilegraph.run(src, str(tmp_path / "o.zarr"), model=numpy_identity, tile=64, overlap=16,
+                        client="inprocess", qa=True)
+    space = res.report["metrics"]["units"]["colour_space"]
+    assert space != "sRGB (assumed)" and "not supported" not in space, space
+    assert "colour space" in res.report["summary_html"]

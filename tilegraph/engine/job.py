@@ -568,7 +568,7 @@ class Job:
             reference = rec["thumbnail"]
         else:
             reference = SourceView(self.source) if self.source.channels == self.plan.out_channels else None
-        metrics = seam_metrics(image, self.plan, reference=reference)
+        metrics = seam_metrics(image, self.plan, reference=reference, icc_profile=self.source.metadata.icc_profile)
         out_dir = self.qa if isinstance(self.qa, str) else f"{self.destination.rstrip('/')}.qa"
         paths = write_report(metrics, image, self.plan, out_dir, title=f"tilegraph QA: {self.destination}")
         self.timings["qa_s"] = time.perf_counter() - t0

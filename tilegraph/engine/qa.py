@@ -113,12 +113,15 @@ def measure_output(
 
     arr, image, plan, meta = _open_output(path)
     source = source or (meta.get("source") or {}).get("path")
+    from tilegraph.source.attrs import attrs_to_metadata
+
     reference = None
     if source and (not isinstance(source, str) or os.path.exists(source) or "://" in source):
         src = open_source(source)
         if src.channels == plan.out_channels:
             reference = SourceView(src)
-    metrics = seam_metrics(image, plan, reference=reference)
+    icc = attrs_to_metadata(dict(arr.attrs)).icc_profile  # recorded from the source at run time
+    metrics = seam_metrics(image, plan, reference=reference, icc_profile=icc)
     if grid_shift:
         if model is None:
             recorded = meta.get("model") or {}

@@ -5,7 +5,8 @@ in blocks whose borders sit half-way between seams, so every seam's neighbourhoo
 only small per-seam sums are kept between blocks. All values are in DN, 1/255 of full scale whatever the
 dtype (uint8 x1, uint16 /257, floats x255). Luminance for the seam metrics is Rec. 709 luma of the first
 three channels (the channel itself for one channel, the channel mean otherwise); colour metrics treat the
-data as sRGB (D65) and compare block means in linear light, as CIELAB, with CIEDE2000.
+data as sRGB (D65) unless an ICC profile says otherwise (matrix/TRC RGB profiles, CIELAB D50; see
+:mod:`tilegraph.quality.icc`) and compare block means in linear light, as CIELAB, with CIEDE2000.
 
 Seam lines (``algorithms.md`` §6) are the plan's cut lines ``plan.x.cut(c)`` / ``plan.y.cut(r)`` (for
 weighted blends these are the overlap-band centres), split into segments, one per neighbouring window pair.
@@ -36,6 +37,7 @@ from scipy.ndimage import gaussian_filter
 
 from tilegraph.plan.grid import AxisGrid
 from tilegraph.plan.plan import Plan
+from tilegraph.quality.icc import RGBToLab, colour_converter
 
 __all__ = [
     "seam_metrics",
@@ -323,6 +325,7 @@ def seam_metrics(
     top_k: int = 8,
     remove_global_colour: bool = False,
     grid_limit: int = 50_000,
+    icc_profile: bytes | None = None,
 ) -> dict:
     """Seam, texture, periodicity, colour-drift and fidelity metrics of a stitched output.
 
@@ -352,12 +355,17 @@ def seam_metrics(
         Subtract the global mean Lab offset before ΔE (for tasks that legitimately change colour).
     grid_limit
         Per-segment step grids are included when there are at most this many segments.
+    icc_profile
+        ICC profile of ``image`` and ``reference`` (they share it) for the colour metrics; ``None`` means
+        sRGB. A profile that is not a matrix/TRC RGB profile falls back to sRGB; ``units.colour_space``
+        records which was used.
 
     Returns
     -------
     dict
-        Plain data (JSON-able); see the module notes. Keys: ``units``, ``geometry``, ``seams``,
-        ``gradient_ratio``, ``texture_ratio``, ``period``, ``colour`` (or ``None``), ``fidelity`` (or ``None``).
+        Plain data (JSON-able); see the module notes. Keys: ``units`` (``values``, ``colour_space``),
+        ``geometry``, ``seams``, ``gradient_ratio``, ``texture_ratio``, ``period``, ``colour`` (or ``None``),
+        ``fidelity`` (or ``None``).
     """
     h, w = plan.out_shape
     if tuple(image.shape[:2]) != (h, w):
@@ -381,6 +389,7 @@ def seam_metrics(
     colour_ok = reference is not None and n_ch in (1, 3, 4)
     stride_out = (plan.y.stride * plan.scale_fraction, plan.x.stride * plan.scale_fraction)
     cblock = block or int(min(128, max(8, min(stride_out) // 2)))
+    conv = colour_converter(icc_profile, channels=3 if n_ch != 1 else 1)
     if colour_ok:
         cey, coy = _colour_edges(plan.y, cblock)
         cex, cox = _colour_edges(plan.x, cblock)
@@ -439,14 +448,14 @@ def seam_metrics(
                         sl = (slice(s.pos - r - by0, s.pos + r - by0), slice(lo - bx0, hi - bx0))
                         accs[axis].add(i, lc[sl].T, hc[sl].T)
             if colour_ok:
-                _colour_add(dn[core], by0, bx0, cey, cex, c_sum, c_cnt)
+                _colour_add(dn[core], by0, bx0, cey, cex, c_sum, c_cnt, conv)
                 ry0, ry1 = _ref_index(by0, h, rh), _ref_index(by1, h, rh)
                 rx0, rx1 = _ref_index(bx0, w, rw), _ref_index(bx1, w, rw)
                 if ry1 > ry0 and rx1 > rx0:
                     ref_dn = read_dn(reference, ry0, ry1, rx0, rx1)
                     ycen = (np.arange(ry0, ry1) + 0.5) * h / rh
                     xcen = (np.arange(rx0, rx1) + 0.5) * w / rw
-                    _colour_add_mapped(ref_dn, ycen, xcen, cey, cex, r_sum, r_cnt)
+                    _colour_add_mapped(ref_dn, ycen, xcen, cey, cex, r_sum, r_cnt, conv)
             if whole is not None:
                 wd = read_dn(whole, by0, by1, bx0, bx1)
                 diff2 = ((dn[core] - wd) ** 2).astype(np.float64)
@@ -460,7 +469,7 @@ def seam_metrics(
 
     seam_rows = _finish_segments(segs, accs, rad, half_band, m, usable)
     out = {
-        "units": "DN (1/255 of full scale)",
+        "units": {"values": "DN (1/255 of full scale)", "colour_space": conv.description},
         "geometry": {
             "shape": [h, w],
             "channels": n_ch,
@@ -481,7 +490,7 @@ def seam_metrics(
     vals = [v["max_db"] for v in out["period"].values() if v["max_db"] is not None]
     out["period"]["max_db"] = max(vals) if vals else None
     out["colour"] = (
-        _colour_summary(plan, c_sum, c_cnt, r_sum, r_cnt, coy, cox, remove_global_colour, top_k)
+        _colour_summary(plan, c_sum, c_cnt, r_sum, r_cnt, coy, cox, remove_global_colour, top_k, conv)
         if colour_ok
         else None
     )
@@ -510,17 +519,17 @@ def _ref_index(pos: int, size: int, ref_size: int) -> int:
     return int(min(ref_size, max(0, math.ceil(pos * ref_size / size - 0.5))))
 
 
-def _colour_add(dn: np.ndarray, y0: int, x0: int, cey, cex, c_sum, c_cnt) -> None:
+def _colour_add(dn: np.ndarray, y0: int, x0: int, cey, cex, c_sum, c_cnt, conv: RGBToLab) -> None:
     ycen = np.arange(y0, y0 + dn.shape[0]) + 0.5
     xcen = np.arange(x0, x0 + dn.shape[1]) + 0.5
-    _colour_add_mapped(dn, ycen, xcen, cey, cex, c_sum, c_cnt)
+    _colour_add_mapped(dn, ycen, xcen, cey, cex, c_sum, c_cnt, conv)
 
 
-def _colour_add_mapped(dn: np.ndarray, ycen, xcen, cey, cex, acc, cnt) -> None:
+def _colour_add_mapped(dn: np.ndarray, ycen, xcen, cey, cex, acc, cnt, conv: RGBToLab) -> None:
     """Add linear-light sums of ``dn`` pixels (centres ``ycen``/``xcen`` in output px) into colour blocks."""
     ncol = acc.shape[-1]
     v = np.clip(dn[..., :ncol] / 255.0, 0.0, 1.0)
-    lin = _srgb_to_linear(v.astype(np.float64))
+    lin = conv.linearize(v.astype(np.float64))
     iy = np.clip(np.searchsorted(cey, ycen, side="right") - 1, 0, len(cey) - 2)
     ix = np.clip(np.searchsorted(cex, xcen, side="right") - 1, 0, len(cex) - 2)
     uy, sy = np.unique(iy, return_index=True)
@@ -702,12 +711,12 @@ def _period_power(profile: np.ndarray, period: float, *, harmonics: int = 4) -> 
     return res
 
 
-def _colour_summary(plan, c_sum, c_cnt, r_sum, r_cnt, coy, cox, remove_global, top_k) -> dict | None:
+def _colour_summary(plan, c_sum, c_cnt, r_sum, r_cnt, coy, cox, remove_global, top_k, conv) -> dict | None:
     ok = (c_cnt > 0) & (r_cnt > 0)
     if not ok.any():
         return None
-    lab_o = _linear_to_lab(c_sum / np.maximum(c_cnt, 1)[..., None])
-    lab_r = _linear_to_lab(r_sum / np.maximum(r_cnt, 1)[..., None])
+    lab_o = conv.linear_to_lab(c_sum / np.maximum(c_cnt, 1)[..., None])
+    lab_r = conv.linear_to_lab(r_sum / np.maximum(r_cnt, 1)[..., None])
     err = lab_o - lab_r
     if remove_global:
         err = err - err[ok].mean(axis=0)

@@ -106,6 +106,9 @@ def summary_html(metrics: dict, *, title: str | None = None) -> str:
             f"<td>{html.escape(r['target'] or '')}</td></tr>"
         )
     out.append("</table>")
+    units = metrics.get("units")
+    if isinstance(units, dict) and units.get("colour_space"):
+        out.append(f"<p class='units'>colour space: {html.escape(str(units['colour_space']))}</p>")
     return "\n".join(out)
 
 
