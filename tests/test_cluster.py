@@ -431,3 +431,29 @@ def test_connect_runs_the_self_check_and_catches_dropped_restrictions(gpu_client
     with pytest.raises(ResourceRestrictionError, match="reached the scheduler with restrictions"):
         connect(gpu_client)
     assert gpu_client.status == "running"  # the caller's client is not closed by a failed check
+
+
+def test_run_with_a_client_that_is_not_the_default(tmp_path):
+    import numpy as np
+    from distributed import Client, LocalCluster
+
+    import tilegraph
+
+    img = np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
+        with Client(cluster, set_as_default=False) as client:
+            res = tilegraph.run(img, tmp_path / "o.zarr", model=IDENTITY, tile=32, overlap=8, client=client)
+    np.testing.assert_array_equal(np.asarray(res.output[:]), img)
+
+
+def test_embedded_cpu_cluster_lets_the_model_use_the_cores():
+    from distributed import Client
+
+    from tilegraph.cluster.local import embedded_cluster
+
+    with embedded_cluster() as cluster, Client(cluster) as client:
+        threads = client.run(lambda: __import__("os").environ.get("OMP_NUM_THREADS"))
+        resources = [w["resources"] for w in client.scheduler_info()["workers"].values()]
+    expected = str(max(1, (__import__("os").cpu_count() or 1)))
+    assert set(threads.values()) == {expected}
+    assert resources == [{"MODEL": 1}]

@@ -56,14 +56,23 @@ def embedded_cluster(*, n_workers: int | None = None, threads_per_worker: int | 
         )
     cores = os.cpu_count() or 1
     n = n_workers or 1
+    threads = threads_per_worker or max(2, cores // n)
+    # distributed starts workers with OMP_NUM_THREADS=1; one model task runs per worker (MODEL=1), so
+    # let torch use the worker's cores for it
+    compute = str(max(1, cores // n))
     return LocalCluster(
         n_workers=n,
-        threads_per_worker=threads_per_worker or max(2, cores // n),
+        threads_per_worker=threads,
         processes=True,
         resources={"MODEL": 1},
         memory_limit=memory_limit,
         dashboard_address=":0",
-        env={"DASK_OPTIMIZATION__FUSE__ACTIVE": "False"},
+        env={
+            "DASK_OPTIMIZATION__FUSE__ACTIVE": "False",
+            "OMP_NUM_THREADS": compute,
+            "MKL_NUM_THREADS": compute,
+            "OPENBLAS_NUM_THREADS": compute,
+        },
     )
 
 

@@ -129,7 +129,7 @@ class DaskExecutor:
         if progress is not None:
             progress.update(label, 0, total)
         try:
-            for fut in as_completed(handles):
+            for fut in as_completed(handles, loop=self.client.loop):  # works without a default client
                 if fut.status == "error":
                     fut.result()  # raises the task's own exception
                 done += 1
