@@ -42,16 +42,8 @@ from tilegraph.quality.metrics import seam_metrics  # noqa: E402
 from tilegraph.reconcile.apply import Corrections  # noqa: E402
 from tilegraph.reconcile.solve import solve_global, solve_sequential  # noqa: E402
 from tilegraph.reconcile.stats import core_box, pairs_from_windows, window_stats  # noqa: E402
+from tilegraph.testing import smooth_gradient  # noqa: E402
 from tilegraph.testing.models import DriftModel  # noqa: E402
-
-
-def smooth_gradient(h: int, w: int) -> np.ndarray:
-    """A smooth colour gradient ``(h, w, 3)`` float32 in ``[0.1, 0.9]``."""
-    y = (np.arange(h)[:, None] + 0.5) / h
-    x = (np.arange(w)[None, :] + 0.5) / w
-    return np.stack(
-        [0.2 + 0.5 * y + 0.2 * x, 0.3 + 0.3 * x + 0.1 * np.sin(3 * y), 0.8 - 0.4 * y + 0.1 * x * y], -1
-    ).astype(np.float32)
 
 
 def window_inputs(plan, image: np.ndarray) -> np.ndarray:
@@ -105,7 +97,7 @@ def scenario(args) -> None:
     plan = make_plan(
         (size, size), tile=args.tile, overlap=args.overlap, channels=3, dtype="float32", blend="cosine"
     )
-    image = smooth_gradient(*plan.shape)
+    image = smooth_gradient(plan.shape)
     inputs = window_inputs(plan, image)
     outputs = add_ramps(run_model(DriftModel(seed=args.seed), inputs), args.ramp, args.seed + 1)
     stats = [window_stats(plan, i, outputs[i], inputs[i]) for i in range(plan.n_windows)]
@@ -160,7 +152,7 @@ def solve_scaling(args) -> None:
     tile, overlap = 32, 8
     size = (n - 1) * (tile - overlap) + tile
     plan = make_plan((size, size), tile=tile, overlap=overlap, channels=3, dtype="float32", blend="cosine")
-    image = smooth_gradient(*plan.shape)
+    image = smooth_gradient(plan.shape)
     inputs = window_inputs(plan, image)
     t0 = time.perf_counter()
     outputs = add_ramps(run_model(DriftModel(seed=args.seed), inputs), args.ramp, args.seed + 1)

@@ -27,20 +27,13 @@ from tilegraph.reconcile.stats import (
     reference_stats,
     window_stats,
 )
+from tilegraph.testing import smooth_gradient
 
 torch = pytest.importorskip("torch")
 models = pytest.importorskip("tilegraph.testing.models")
 
 
 # ----------------------------------------------------------------------------- helpers
-def smooth_gradient(h: int, w: int) -> np.ndarray:
-    y = (np.arange(h)[:, None] + 0.5) / h
-    x = (np.arange(w)[None, :] + 0.5) / w
-    return np.stack(
-        [0.2 + 0.5 * y + 0.2 * x, 0.3 + 0.3 * x + 0.1 * np.sin(3 * y), 0.8 - 0.4 * y + 0.1 * x * y], -1
-    ).astype(np.float32)
-
-
 def window_inputs(plan, image: np.ndarray) -> np.ndarray:
     py, px = plan.padded_shape
     pad = np.pad(image, ((0, py - image.shape[0]), (0, px - image.shape[1]), (0, 0)), mode=plan.pad_mode)
@@ -67,7 +60,7 @@ def drift_case():
     """20 x 20 windows of the drift model over a smooth gradient, with its statistics."""
     torch.set_num_threads(1)
     plan = grid_plan(20)
-    image = smooth_gradient(*plan.shape)
+    image = smooth_gradient(plan.shape)
     inputs = window_inputs(plan, image)
     model = models.DriftModel(seed=0)
     outputs = run_model(model, inputs)
@@ -146,7 +139,7 @@ def test_instance_norm_reconciliation_halves_neighbour_delta_e():
     """A model that changes colour per window, anchored to the model run on a thumbnail."""
     torch.set_num_threads(1)
     plan = grid_plan(12)
-    image = smooth_gradient(*plan.shape)
+    image = smooth_gradient(plan.shape)
     inputs = window_inputs(plan, image)
     model = models.InstanceNormModel()
     outputs = run_model(model, inputs)
@@ -335,7 +328,7 @@ def test_identity_without_statistics():
 def test_smooth_field_adds_no_steps():
     """Per-window constants under ``crop`` create steps at every cut; the bilinear field does not."""
     plan = grid_plan(6, blend="crop")
-    image = smooth_gradient(*plan.shape)
+    image = smooth_gradient(plan.shape)
     outputs = window_inputs(plan, image)  # an exact "model": the input itself
     rng = np.random.default_rng(0)
     corr = Corrections(

@@ -94,9 +94,34 @@ class DaskExecutor:
         """Submit many tasks in one message (``Client.map``); futures in list arguments are dependencies."""
         if not keys:
             return []
-        return self.client.map(
-            fn, *iterables, key=list(keys), resources=resources, pure=False, retries=1, batch_size=None
-        )
+        keys = list(keys)
+        spread = _workers_with(self.client, next(iter(resources))) if resources else []
+        if len(spread) < 2:
+            return self.client.map(
+                fn, *iterables, key=keys, resources=resources, pure=False, retries=1, batch_size=None
+            )
+        # model tasks: the scheduler does not queue resource-restricted tasks and may pile them on one
+        # worker before it knows their duration; deal them round-robin (a preference, not a restriction)
+        columns = [list(it) for it in iterables]
+        handles: list = [None] * len(keys)
+        for w, worker in enumerate(spread):
+            picks = list(range(w, len(keys), len(spread)))
+            if not picks:
+                continue
+            futures = self.client.map(
+                fn,
+                *[[col[i] for i in picks] for col in columns],
+                key=[keys[i] for i in picks],
+                resources=resources,
+                workers=[worker],
+                allow_other_workers=True,
+                pure=False,
+                retries=1,
+                batch_size=None,
+            )
+            for i, f in zip(picks, futures, strict=True):
+                handles[i] = f
+        return handles
 
     def check_restrictions(self, handles: Sequence) -> None:
         """Raise :class:`ResourceRestrictionError` if model tasks reached the scheduler unrestricted."""

@@ -43,7 +43,7 @@ import numpy as np
 from tilegraph.errors import DestinationError, SinkError, TilegraphError
 from tilegraph.source.abc import SourceMetadata
 from tilegraph.source.attrs import _jsonable, attrs_to_metadata, metadata_to_attrs  # noqa: F401 (re-exported)
-from tilegraph.source.tiff_source import (
+from tilegraph.source.exif import (
     ExifError,
     exif_orientation,
     parse_exif,

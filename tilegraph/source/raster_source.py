@@ -1,7 +1,7 @@
 """PNG and JPEG sources: the whole image is decoded once per process (imagecodecs, never Pillow).
 
 * The header is parsed by tilegraph before anything is decoded: image size (checked against the pixel
-  limit, see :func:`tilegraph.source.tiff_source.check_pixel_limit`), bit depth, colour type, and the
+  limit, see :func:`tilegraph.source._limits.check_pixel_limit`), bit depth, colour type, and the
   metadata a sink carries over (ICC profile, EXIF, XMP, resolution). The file structure is checked
   too: every PNG chunk's length and CRC and a final ``IEND``; every JPEG marker up to ``EOI``. A
   truncated file is refused when it is opened, not decoded into a half-grey image.
@@ -33,16 +33,9 @@ from tilegraph.errors import (
     SourceNotFoundError,
     UnsupportedSourceError,
 )
+from tilegraph.source._limits import check_input_file, check_pixel_limit, resolve_max_pixels
 from tilegraph.source.abc import Source, SourceMetadata
-from tilegraph.source.tiff_source import (
-    ExifError,
-    check_pixel_limit,
-    exif_orientation,
-    orient,
-    oriented_shape,
-    parse_exif,
-    resolve_max_pixels,
-)
+from tilegraph.source.exif import ExifError, exif_orientation, orient, oriented_shape, parse_exif
 
 __all__ = ["PngSource", "JpegSource", "png_chunks", "jpeg_segments", "clear_cache"]
 
@@ -386,18 +379,7 @@ class _RasterSource(Source):
         self.path = os.fspath(path)
         self.max_pixels = resolve_max_pixels(max_pixels)
         self.apply_orientation = bool(apply_orientation)
-        if not os.path.exists(self.path):
-            raise SourceNotFoundError("no such file", path=self.path, hint="check the path")
-        if os.path.isdir(self.path):
-            raise UnsupportedSourceError(
-                f"is a directory, not a {self.format_name} file",
-                path=self.path,
-                hint="point at an image file",
-            )
-        st = os.stat(self.path)
-        self._stat = (st.st_mtime_ns, st.st_size)
-        if st.st_size == 0:
-            raise CorruptSourceError("file is empty (0 bytes)", path=self.path, hint="re-export the image")
+        self._stat = check_input_file(self.path, self.format_name)
         data = self._bytes()
         info = self._parse(data)
         check_pixel_limit(info["rows"], info["cols"], path=self.path, max_pixels=self.max_pixels)
