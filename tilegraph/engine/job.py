@@ -147,6 +147,11 @@ class Job:
         if unknown:
             raise InputError(f"unknown reconcile options {sorted(unknown)}; use {sorted(self.reconcile_options)}")
         self.reconcile_options.update(reconcile_options or {})
+        if self.reconcile_options["reference"] not in ("input", "thumbnail", None):  # checked before any work
+            raise InputError(
+                f"unknown reconcile reference {self.reconcile_options['reference']!r}",
+                hint="use 'input', 'thumbnail' (the model run on a thumbnail) or None",
+            )
         self.qa = qa
         self.corrections = None
         self.progress = Progress(enabled=progress)
@@ -203,11 +208,6 @@ class Job:
             halo=spec.halo,
             reconcile=self.reconcile,
         )
-        if self.reconcile_options["reference"] not in ("input", "thumbnail", None):
-            raise InputError(
-                f"unknown reconcile reference {self.reconcile_options['reference']!r}",
-                hint="use 'input', 'thumbnail' (the model run on a thumbnail) or None",
-            )
         if self.reconcile and self.reconcile_options["reference"] == "input" and out_model != model_channels:
             raise InputError(
                 f"reconcile reference 'input' needs the model to keep the channel count ({model_channels} in, "
