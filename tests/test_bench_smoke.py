@@ -62,6 +62,13 @@ def test_bench_scripts_run_and_print_tables(tmp_path):
         log.close()
         out = (tmp_path / f"{script}.log").read_text()
         missing = [s for s in CASES[script][1] if s not in out]
-        if rc != 0 or missing or "Traceback" in out:
+        if rc != 0 or missing or _real_tracebacks(out):
             failures.append(f"{script}: rc={rc}, missing {missing}\n{out[-3000:]}")
     assert not failures, "\n\n".join(failures)
+
+
+def _real_tracebacks(out: str) -> list[str]:
+    """Tracebacks in a log, except distributed's own heartbeat noise while clusters shut down."""
+    chunks = out.split("Traceback (most recent call last):")[1:]
+    noise = ("CommClosedError", "StreamClosedError")
+    return [c[:2000] for c in chunks if not any(n in c[:4000] for n in noise)]
