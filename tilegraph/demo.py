@@ -99,8 +99,6 @@ def _worst_seam_step(result) -> float:
 
     plan, out = result.plan, result.output
     model = LocalConv(channels=3, layers=2)
-    src = result.extra.get("source")
-    del src
     import zarr
 
     photo = zarr.open_array(os.path.join(os.path.dirname(result.path), "photo.zarr"), mode="r")

@@ -231,7 +231,6 @@ class Job:
             output=self.output_path,
             model_channels=model_channels,
             out_layout=layout,
-            run_token=self.token,
             reconcile=self._reconcile_context(model_channels) if self.reconcile else None,
         )
         self.timings["prepare_s"] = time.perf_counter() - t0
@@ -296,8 +295,7 @@ class Job:
                 resources=self.executor.model_resources,
             )
             opts["thumbnail"] = self.executor.wait([h])[0]
-            opts["factor"] = factor * plan.scale_fraction  # output pixels per thumbnail pixel
-            opts["factor"] = float(opts["factor"])
+            opts["factor"] = float(factor * plan.scale_fraction)  # output pixels per thumbnail pixel
         return opts
 
     def _autotile(self, channels: int, scale: Fraction):
@@ -388,7 +386,7 @@ class Job:
                 "kind": self.spec.kind,
                 "target": self.spec.target,
                 "weights": self.spec.weights,
-                "weights_sha256": _weights_sha(self.spec),
+                "weights_sha256": self.spec.weights_sha256,
                 "precision": self.spec.precision,
                 "channels_last": self.spec.channels_last,
                 "compile": self.spec.compile,
@@ -519,12 +517,8 @@ class Job:
             import zarr
 
             output = zarr.open_array(self.output_path, mode="r")
-        if not keep_tile_store:
-            remove_path(self.tile_store)
-            if self.export:
-                remove_path(self.scratch)
-            elif exists(self.scratch):
-                remove_path(self.scratch)
+        if not keep_tile_store and exists(self.scratch):  # the tile store, staged source and export copy
+            remove_path(self.scratch)
         return RunResult(
             output=output,
             path=path,
@@ -630,17 +624,6 @@ def _model_channels(src: Source, spec: ModelSpec) -> tuple[int, int]:
         hint="convert the image or declare the model's in_channels",
     )
 
-
-def _weights_sha(spec: ModelSpec) -> str | None:
-    if not spec.weights:
-        return None
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(spec.weights, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _pair(v) -> tuple[int, int]:

@@ -44,7 +44,6 @@ class RunContext:
     output: str
     model_channels: int  # channels the model sees (the rest pass through, e.g. alpha)
     out_layout: str
-    run_token: str
     reconcile: dict | None = None  # statistics to gather per window for colour reconciliation
 
 
@@ -224,9 +223,7 @@ def _window_stats(ctx: RunContext, raw: np.ndarray, batch: list[int], y: np.ndar
         ref = None if reference is None else reference[k]
         if opts.get("reference") == "thumbnail":
             ref, ref_sigma = _thumbnail_region(plan, index, opts["thumbnail"], opts["factor"]), opts["factor"]
-        yk = y[k].astype(np.float32)
-        if yk.dtype.kind != "f" or plan.tile_store_dtype[0] == "u":  # integer store: back to [0, 1]
-            yk = yk / np.float32(np.iinfo(plan.tile_store_dtype).max)
+        yk = y[k].astype(np.float32)  # reconciling keeps a float tile store (Plan.tile_store_dtype)
         out.append(window_stats(plan, index, yk, ref, sigma=opts.get("sigma", 2.0), ref_sigma=ref_sigma))
     return out
 

@@ -68,6 +68,7 @@ class ModelSpec:
     compile: bool = False
     device: str = "auto"
     token: str = ""
+    weights_sha256: str | None = None
 
     def to_dict(self) -> dict:
         """Plain data for metadata."""
@@ -121,11 +122,13 @@ def describe_model(
             )
         kind, name, target = "path", model, model
         declared = {}
-        token_src = f"path|{model}|{_weights_hash(weights)}|{sorted((factory_kwargs or {}).items())}"
+        weights_sha = _weights_hash(weights)  # read once; recorded in the output's provenance
+        token_src = f"path|{model}|{weights_sha}|{sorted((factory_kwargs or {}).items())}"
     elif callable(model):
         kind = "module" if _is_torch_module(model) else "callable"
         name = type(model).__name__ if kind == "module" else getattr(model, "__name__", type(model).__name__)
         target = None
+        weights_sha = None
         declared = {k: getattr(model, k, None) for k in ("scale", "in_channels", "out_channels", "stride", "halo")}
         token_src = f"{kind}|{name}|{id(model)}"
         if weights:
@@ -154,4 +157,5 @@ def describe_model(
         compile=bool(compile),
         device=device,
         token=token,
+        weights_sha256=weights_sha,
     )

@@ -6,7 +6,6 @@ No dask, torch or I/O here; ``tilegraph plan`` prints it without touching a GPU.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from functools import cached_property
@@ -371,10 +370,6 @@ def make_plan(
         reconcile=_check_reconcile(reconcile),
     )
 
-
-def plan_overlap_needed(halo: int) -> int:
-    """Overlap that gives each side ``halo`` pixels of context under ``crop``."""
-    return 2 * int(math.ceil(halo))
 
 
 def _check_reconcile(value: str | None) -> str | None:

@@ -92,6 +92,7 @@ class Source(ABC):
         """
         import zarr
 
+        from tilegraph.source.zarr_source import ZarrSource  # lazy: zarr_source imports this module
 
         h, w = self.shape
         zarr.create_array(
@@ -103,7 +104,7 @@ class Source(ABC):
             overwrite=True,
         )
         tasks = [_StageBand(self, path, r, min(h, r + band_rows)) for r in range(0, h, band_rows)]
-        return tasks, _LazyZarr(path)
+        return tasks, ZarrSource(path, layout="YXC")  # the array exists already (filled by the tasks)
 
     def describe(self) -> dict:
         """Short description for ``tilegraph info``."""
@@ -192,10 +193,3 @@ class _StageBand:
         block = self.source.read(self.r0, self.r1, 0, self.source.shape[1])
         zarr.open_array(self.path, mode="r+")[self.r0 : self.r1] = block
         return int(block.nbytes)
-
-
-def _LazyZarr(path: str) -> Source:
-    """A ZarrSource opened after the staging tasks ran (the array exists already)."""
-    from tilegraph.source.zarr_source import ZarrSource
-
-    return ZarrSource(path, layout="YXC")
