@@ -77,6 +77,21 @@ def cpu_seconds() -> float:
     return t.user + t.system
 
 
+def tree_cpu_seconds() -> float:
+    """User + system CPU seconds so far of this process and all its descendants (nannies, workers)."""
+    import psutil
+
+    me = psutil.Process()
+    total = 0.0
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            t = proc.cpu_times()
+        except psutil.Error:  # exited meanwhile
+            continue
+        total += t.user + t.system
+    return total
+
+
 def w_start_rss(dask_worker, interval: float = 0.02) -> int:
     """Start an RSS sampler in this worker (replacing any earlier one); returns the RSS now."""
     old = getattr(dask_worker, "_tg_rss_sampler", None)

@@ -457,3 +457,136 @@ def test_embedded_cpu_cluster_lets_the_model_use_the_cores():
     expected = str(max(1, (__import__("os").cpu_count() or 1)))
     assert set(threads.values()) == {expected}
     assert resources == [{"MODEL": 1}]
+
+
+def test_embedded_cluster_is_lean_and_runs_two_model_tasks_per_worker():
+    """Quiet monitoring, heap-friendly allocator settings, and a thread for blending beside two model tasks."""
+    import dask
+    from distributed import Client
+
+    from tilegraph.cluster.local import LEAN_CONFIG, embedded_cluster
+
+    def settings():
+        import os
+
+        import dask
+
+        return (
+            os.environ.get("MALLOC_MMAP_THRESHOLD_"),
+            os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+            dask.config.get("distributed.worker.profile.enabled"),
+            dask.config.get("distributed.admin.tick.interval"),
+        )
+
+    with embedded_cluster(n_workers=1) as cluster, Client(cluster) as client:
+        (got,) = client.run(settings).values()
+        (nthreads,) = client.nthreads().values()
+        executor = DaskExecutor(client)
+        assert executor.model_resources == {"MODEL": 1}  # exclusive model work (probe, autotile)
+        assert executor.infer_resources == {"MODEL": 0.5}  # two model tasks at once
+    assert got == (str(32 * 2**20), str(64 * 2**20), False, "1s")
+    assert nthreads == max(2, os.cpu_count() or 1) + 1
+    # the settings were scoped to starting the cluster: this process's config and environment are untouched
+    assert dask.config.get("distributed.worker.profile.enabled") is True
+    assert "MALLOC_MMAP_THRESHOLD_" not in os.environ
+    assert LEAN_CONFIG["distributed.worker.profile.enabled"] is False
+
+    with embedded_cluster(n_workers=1, lean=False) as cluster, Client(cluster) as client:
+        (got,) = client.run(settings).values()
+    assert got[0] is None and got[2] is True  # distributed's defaults
+
+
+def _ordering_functions():
+    """Functions shipped by value (see _numpy_models): a slow task, one that must come after it, a failing one."""
+
+    def slow(path):
+        import time
+
+        time.sleep(0.5)
+        end = time.time()
+        with open(path, "w") as fh:
+            fh.write(repr(end))
+        return end
+
+    def after(path):  # takes one argument: a Dask dependency would have passed the slow task's result too
+        import time
+
+        with open(path) as fh:
+            ended = float(fh.read())
+        return {"started": time.time(), "slow_ended": ended}
+
+    def fails(path):
+        raise ValueError(f"broken on purpose ({path})")
+
+    return slow, after, fails
+
+
+def test_deferred_tasks_start_after_their_predecessors_without_their_results(local_client, tmp_path):
+    from tilegraph.engine.executor import Deferred
+
+    slow, after, fails = _ordering_functions()
+    ex = DaskExecutor(local_client)
+    token = os.urandom(4).hex()
+    path = str(tmp_path / "stamp")
+    first = ex.map(slow, [path], keys=[f"tg-test-slow-{token}"])
+    (second,) = ex.map(after, [path], keys=[f"tg-test-after-{token}"], after=[first])
+    assert isinstance(second, Deferred)
+    assert second.future is None  # held on the client while the slow task runs
+    results = ex.wait(first + [second])
+    assert results[1]["slow_ended"] == results[0]
+    assert results[1]["started"] >= results[0]
+    deps = local_client.run_on_scheduler(
+        lambda dask_scheduler, key: len(dask_scheduler.tasks[key].dependencies), key=second.key
+    )
+    assert deps == 0  # ordering only: nothing was transferred
+
+    # a failing predecessor raises its own error and its followers are never submitted
+    bad = ex.map(fails, [path], keys=[f"tg-test-fails-{token}"])
+    (never,) = ex.map(after, [path], keys=[f"tg-test-never-{token}"], after=[bad])
+    with pytest.raises(ValueError, match="broken on purpose"):
+        ex.wait(bad + [never])
+    assert never.future is None and never.status == "cancelled"
+
+
+def _turn_taking_model(log_dir):
+    """A numpy model that logs when each forward pass starts and ends, per process (shipped by value)."""
+
+    def model(batch):
+        import os
+        import time
+
+        start = time.time()
+        time.sleep(0.15)
+        with open(os.path.join(log_dir, f"{os.getpid()}.log"), "a") as fh:
+            fh.write(f"{start} {time.time()}\n")
+        return np.array(batch, copy=True)
+
+    return model
+
+
+def test_two_model_tasks_per_worker_take_turns_on_the_model(gpu_client, tmp_path):
+    """Model tasks overlap on a worker (one reads/writes while the other computes), forward passes never do."""
+    log_dir = tmp_path / "forward"
+    log_dir.mkdir()
+    image = _image(256, 256, seed=3)
+    with get_task_stream(gpu_client) as stream:
+        result = tilegraph.run(image, tmp_path / "o.zarr", model=_turn_taking_model(str(log_dir)),
+                               batch_size=2, client=gpu_client, **JOB)
+    np.testing.assert_array_equal(result.output[...], image)
+    # forward passes within one worker process never overlap
+    for log in log_dir.iterdir():
+        spans = sorted(tuple(map(float, line.split())) for line in log.read_text().splitlines())
+        assert len(spans) > 1
+        assert all(b[0] >= a[1] for a, b in zip(spans, spans[1:], strict=False)), spans
+    # but two model tasks did run at the same time on one worker
+    infer = [t for t in stream.data if str(t["key"]).startswith("tg-infer-")]
+    assert len(infer) == len(result.plan.tasks())
+    by_worker: dict = {}
+    for t in infer:
+        (compute,) = [s for s in t["startstops"] if s["action"] == "compute"]
+        by_worker.setdefault(t["worker"], []).append((compute["start"], compute["stop"]))
+    overlapped = False
+    for spans in by_worker.values():
+        spans.sort()
+        overlapped |= any(b[0] < a[1] for a, b in zip(spans, spans[1:], strict=False))
+    assert overlapped

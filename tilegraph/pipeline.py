@@ -23,7 +23,7 @@ def run(
     client=None,
     scale=None,
     batch_size: int = 4,
-    batches_per_task: int = 4,
+    batches_per_task: int = 1,
     out_chunks=1024,
     out_shards=None,
     output_dtype=None,
@@ -72,8 +72,11 @@ def run(
     scale, in_channels, out_channels, model_stride, halo
         Override what the model declares (``scale`` is also measured with a probe and checked).
     batch_size, batches_per_task
-        Windows per forward pass, and forward passes per model task (a task reads its next batch
-        while the current one runs).
+        Windows per forward pass, and forward passes per model task. Two model tasks run at once per
+        worker and take turns on the model, so one reads and writes while the other computes; with
+        one batch per task (the default) blending follows inference closely and the job ends soon
+        after its last forward pass. More batches per task mean fewer, longer tasks (a task also
+        reads its next batch while the current one runs).
     out_chunks, out_shards
         Output Zarr chunk extent (independent of the window grid) and, optionally, shard extent (a
         multiple of the chunks). Each output chunk, or each shard when sharded, is written by one task.

@@ -1,7 +1,7 @@
 """Build one output box from the windows that cover it (pure numpy, no I/O).
 
-The weighted sum runs in a fixed order (ascending window index) in float32, then divides by the
-summed weights, so the result does not depend on task order or placement.
+The weighted sum runs in a fixed order (ascending window index) in float32, with weights normalised
+per axis to sum to one, so the result does not depend on task order or placement.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from tilegraph.blend.windows import axis_weights
+from tilegraph.blend.windows import normalized_axis_weights
 from tilegraph.plan.plan import Plan
 
 __all__ = ["blend_box", "crop_box", "window_region", "to_output_dtype"]
@@ -47,6 +47,11 @@ def blend_box(
 ) -> np.ndarray:
     """Blend the output box ``[y0:y1, x0:x1]``; returns ``(rows, cols, C')`` float32.
 
+    Each window's region is weighted by its normalised axis weights
+    (:func:`~tilegraph.blend.windows.normalized_axis_weights`), which sum to one over the windows,
+    so the sum needs no division; only the rows and columns whose weight differs from 1 (the
+    overlap bands) are multiplied. Regions from ``read`` are never modified.
+
     Parameters
     ----------
     plan
@@ -61,36 +66,55 @@ def blend_box(
     indices = plan.windows_for_box(y0, y1, x0, x1)
     mode = plan.blend
     acc = None
-    wsum = None
     for index in indices:  # fixed ascending order
         sl = window_region(plan, index, y0, y1, x0, x1)
         if sl is None:
             continue
         (wr, wc), (br, bc) = sl
         w = plan.window(index)
-        wy = axis_weights(plan.y, w.row, mode)[wr]
-        wx = axis_weights(plan.x, w.col, mode)[wc]
-        if mode == "crop" and (not wy.any() or not wx.any()):
+        wy = normalized_axis_weights(plan.y, w.row, mode)[wr]
+        wx = normalized_axis_weights(plan.x, w.col, mode)[wc]
+        if not wy.any() or not wx.any():
             continue
         region = read(index, wr, wc)
         if transform is not None:
             region = transform(index, region, (wr, wc))
         if acc is None:
             acc = np.zeros((region.shape[0], y1 - y0, x1 - x0), dtype=np.float32)
-            wsum = np.zeros((y1 - y0, x1 - x0), dtype=np.float32)
-        weight = wy[:, None] * wx[None, :]
         if mode == "crop":
-            mask = weight > 0
+            mask = (wy[:, None] > 0) & (wx[None, :] > 0)
             acc[:, br, bc] = np.where(mask, region, acc[:, br, bc])
-            wsum[br, bc] += weight
-        else:
-            acc[:, br, bc] += region * weight
-            wsum[br, bc] += weight
+            continue
+        for r0, r1, fy in _runs(wy):
+            for c0, c1, fx in _runs(wx):
+                dst = acc[:, br.start + r0 : br.start + r1, bc.start + c0 : bc.start + c1]
+                src = region[:, r0:r1, c0:c1]
+                if fy is None and fx is None:
+                    dst += src
+                elif fx is None:
+                    dst += src * fy[:, None]
+                elif fy is None:
+                    dst += src * fx[None, :]
+                else:
+                    dst += src * (fy[:, None] * fx[None, :])
     if acc is None:
         raise RuntimeError(f"no window covers output box {(y0, y1, x0, x1)}")
-    if mode != "crop":
-        acc /= wsum
     return np.moveaxis(acc, 0, -1)
+
+
+def _runs(weights: np.ndarray) -> list[tuple[int, int, np.ndarray | None]]:
+    """Split axis weights into ``(lo, hi, factor)`` pieces; ``factor`` is ``None`` on the run of ones.
+
+    Overlap bands (weights below 1) are multiplied; the interior, where a window alone covers the
+    output, is added as is.
+    """
+    ones = np.flatnonzero(weights == 1)
+    n = weights.size
+    if ones.size == 0 or ones[-1] - ones[0] + 1 != ones.size:  # no single run of ones: weight it all
+        return [(0, n, weights)]
+    a, b = int(ones[0]), int(ones[-1]) + 1
+    pieces = [(0, a, weights[:a]), (a, b, None), (b, n, weights[b:])]
+    return [p for p in pieces if p[0] < p[1]]
 
 
 def crop_box(

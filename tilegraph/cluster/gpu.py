@@ -3,8 +3,8 @@
 dask-cuda cannot be installed beside dask/distributed 2026.8, so tilegraph pins GPUs itself: one
 ``distributed.Nanny`` per GPU id, each with ``CUDA_VISIBLE_DEVICES`` set to that single id (inside
 the worker the GPU is then ``cuda:0``) and declaring ``resources={"GPU": 1}``. Model tasks are
-submitted with ``resources={"GPU": 1}``, so one model task runs per GPU at a time, while the
-worker's other threads read, blend and write.
+submitted with ``resources={"GPU": 0.5}``, so two model tasks run per GPU worker at a time, taking
+turns on the device (one batch at a time), while the worker's other threads blend and write.
 
 Three equivalent forms are offered:
 
@@ -42,8 +42,11 @@ __all__ = [
 #: Environment that turns off low-level task fusion (which drops resource annotations).
 FUSION_ENV = {"DASK_OPTIMIZATION__FUSE__ACTIVE": "False"}
 
-#: Fewest threads per GPU worker: one runs the model, the others read, blend and write beside it.
+#: Fewest threads per GPU worker: model tasks (up to two at once) and blending share them.
 MIN_THREADS = 2
+
+#: Default threads per GPU worker at least: two model tasks and one blend task at once.
+DEFAULT_MIN_THREADS = 3
 
 
 def _gpu_ids(gpus: Sequence[str | int] | None) -> list[str]:
@@ -71,7 +74,7 @@ def _gpu_ids(gpus: Sequence[str | int] | None) -> list[str]:
 def _threads(threads: int | None, n_gpus: int) -> int:
     """Threads per GPU worker: the given number, or this machine's cores shared among the GPUs."""
     if threads is None:
-        return max(MIN_THREADS, (os.cpu_count() or 1) // n_gpus)
+        return max(DEFAULT_MIN_THREADS, (os.cpu_count() or 1) // n_gpus)
     threads = int(threads)
     if threads < MIN_THREADS:
         raise ClusterError(
@@ -112,6 +115,7 @@ def gpu_cluster(
     dashboard_address: str | None = ":0",
     cpu_workers: int = 0,
     cpu_threads: int = 4,
+    lean: bool = True,
 ):
     """Start a local cluster with one worker process per GPU (and optional CPU-only workers).
 
@@ -134,6 +138,10 @@ def gpu_cluster(
         blending and writing, so storage codecs run in several processes beside the GPU workers.
     dashboard_address
         Address of the dashboard (``":0"``: a free port; ``None``: no dashboard).
+    lean
+        Start the scheduler and workers with :data:`tilegraph.cluster.local.LEAN_CONFIG` (quiet
+        monitoring, allocator settings; see :func:`tilegraph.cluster.local.lean_settings`);
+        ``False`` keeps distributed's defaults.
 
     Returns
     -------
@@ -158,7 +166,7 @@ def gpu_cluster(
     import dask
     from distributed import Nanny, Scheduler, SpecCluster
 
-    from tilegraph.cluster.local import DASK_CONFIG
+    from tilegraph.cluster.local import DASK_CONFIG, lean_settings
 
     ids = _gpu_ids(gpus)
     nthreads = _threads(threads_per_worker, len(ids))
@@ -199,7 +207,9 @@ def gpu_cluster(
                 "dashboard_address": ":0",
             },
         }
-    return SpecCluster(workers=workers, scheduler=scheduler, name="tilegraph-gpu")
+    # the scheduler (here) and the workers (the nannies pass this config on) read it when they start
+    with lean_settings(lean):
+        return SpecCluster(workers=workers, scheduler=scheduler, name="tilegraph-gpu")
 
 
 def scheduler_command(*, host: str | None = None, port: int = 8786, dashboard_address: str = ":8787") -> str:

@@ -1,9 +1,16 @@
 """Executors: the one place that talks to Dask.
 
 ``InProcessExecutor`` runs each task immediately in this process (tests, notebooks without a
-cluster); ``DaskExecutor`` submits to a ``distributed`` client with explicit keys, dependencies and
-resource restrictions given to ``Client.submit`` directly (never through graph annotations, which
-graph fusion drops). Both return handles with ``.result()``.
+cluster); ``DaskExecutor`` submits to a ``distributed`` client with explicit keys and resource
+restrictions given to ``Client.submit`` directly (never through graph annotations, which graph
+fusion drops). Both return handles with ``.result()``.
+
+Ordering without data: a task given ``after=`` handles must only start once those finished, but
+needs none of their results (pixels travel through storage). A Dask dependency would copy every
+result to the dependent task's worker, one peer-to-peer transfer per dependency and task, which
+measured about half of the workers' CPU per window on 2 cores. So ``DaskExecutor`` keeps such
+tasks on the client (:class:`Deferred`) and submits each as soon as the tasks it waits for have
+finished, from :meth:`DaskExecutor.wait`.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 from tilegraph.errors import ResourceRestrictionError
 
-__all__ = ["InProcessExecutor", "DaskExecutor", "Done"]
+__all__ = ["InProcessExecutor", "DaskExecutor", "Deferred", "Done"]
 
 
 class Done:
@@ -29,10 +36,37 @@ class Done:
         return self.value
 
 
+class Deferred:
+    """A task held on the client until the tasks it comes ``after`` have finished.
+
+    :meth:`DaskExecutor.wait` submits it (``future`` is then set); :meth:`result` waits for it.
+    """
+
+    __slots__ = ("fn", "args", "key", "resources", "after", "future", "cancelled")
+
+    def __init__(self, fn: Callable, args: tuple, key: str, resources: dict | None, after: list):
+        self.fn, self.args, self.key, self.resources = fn, args, key, resources
+        self.after = list(after)
+        self.future = None
+        self.cancelled = False
+
+    @property
+    def status(self) -> str:
+        if self.cancelled:
+            return "cancelled"
+        return "pending" if self.future is None else self.future.status
+
+    def result(self):
+        if self.future is None:
+            raise RuntimeError(f"task {self.key} was not submitted yet: DaskExecutor.wait releases it")
+        return self.future.result()
+
+
 class InProcessExecutor:
     """Run tasks immediately, in submission order, in this process."""
 
     model_resources: dict | None = None
+    infer_resources: dict | None = None
     dashboard_link: str | None = None
 
     def share(self, obj, *, model_only: bool = False):
@@ -43,8 +77,15 @@ class InProcessExecutor:
         args = tuple(a.value if isinstance(a, Done) else a for a in args)
         return Done(fn(*args), key)
 
-    def map(self, fn: Callable, *iterables, keys: Sequence[str], resources: dict | None = None) -> list:
-        """Submit ``fn`` over zipped arguments (one task per key)."""
+    def map(
+        self,
+        fn: Callable,
+        *iterables,
+        keys: Sequence[str],
+        resources: dict | None = None,
+        after: Sequence[Sequence] | None = None,
+    ) -> list:
+        """Submit ``fn`` over zipped arguments (one task per key); ``after`` already ran here."""
         return [self.submit(fn, *args, key=k) for k, *args in zip(keys, *iterables, strict=True)]
 
     def wait(self, handles: Sequence, *, progress=None, label: str = "") -> list:
@@ -68,12 +109,33 @@ class DaskExecutor:
         A connected client.
     own_cluster
         Close the client (and its cluster) in :meth:`close`.
+    model_tasks_per_worker
+        Model tasks that may run at once on a worker (each asks for this fraction of the worker's
+        ``GPU`` or ``MODEL`` resource). Their forward passes take turns on the worker's model (a
+        lock in :class:`~tilegraph.infer.runner.BatchRunner`), so the device runs one batch at a
+        time while the other task reads its next batch and writes its last: with 2 (the default)
+        the device never waits for a task to start, and about two batches are in flight per worker.
+        Exclusive model work (the probe, ``tile="auto"``) asks for the whole resource.
+
+    Attributes
+    ----------
+    model_resources : dict or None
+        The whole model resource (``{"GPU": 1}`` or ``{"MODEL": 1}``), for exclusive model work.
+    infer_resources : dict or None
+        What each model task asks for, ``{name: 1 / model_tasks_per_worker}``.
     """
 
-    def __init__(self, client, *, own_cluster: bool = False):
+    def __init__(self, client, *, own_cluster: bool = False, model_tasks_per_worker: int = 2):
         self.client = client
         self.own_cluster = own_cluster
         self.model_resources = model_resources(client)
+        if int(model_tasks_per_worker) < 1:
+            raise ValueError(f"model_tasks_per_worker must be at least 1, got {model_tasks_per_worker!r}")
+        self.infer_resources = (
+            {name: 1 / int(model_tasks_per_worker) for name in self.model_resources}
+            if self.model_resources
+            else None
+        )
         self.dashboard_link = getattr(client, "dashboard_link", None)
 
     def share(self, obj, *, model_only: bool = False):
@@ -90,11 +152,30 @@ class DaskExecutor:
     def submit(self, fn: Callable, *args, key: str, resources: dict | None = None, deps: Sequence = ()):
         return self.client.submit(fn, *args, *deps, key=key, resources=resources, pure=False, retries=1)
 
-    def map(self, fn: Callable, *iterables, keys: Sequence[str], resources: dict | None = None) -> list:
-        """Submit many tasks in one message (``Client.map``); futures in list arguments are dependencies."""
+    def map(
+        self,
+        fn: Callable,
+        *iterables,
+        keys: Sequence[str],
+        resources: dict | None = None,
+        after: Sequence[Sequence] | None = None,
+    ) -> list:
+        """Submit many tasks in one message (``Client.map``).
+
+        With ``after`` (one list of handles per task), each task is a :class:`Deferred` submitted
+        once its handles have finished (see the module notes): at once for those whose handles
+        are already done, the others from :meth:`wait`.
+        """
         if not keys:
             return []
         keys = list(keys)
+        if after is not None:
+            deferred = [
+                Deferred(fn, tuple(args), k, resources, deps)
+                for k, deps, *args in zip(keys, after, *iterables, strict=True)
+            ]
+            self._release(deferred)
+            return deferred
         spread = _workers_with(self.client, next(iter(resources))) if resources else []
         if len(spread) < 2:
             return self.client.map(
@@ -123,9 +204,40 @@ class DaskExecutor:
                 handles[i] = f
         return handles
 
-    def check_restrictions(self, handles: Sequence) -> None:
-        """Raise :class:`ResourceRestrictionError` if model tasks reached the scheduler unrestricted."""
-        if not self.model_resources or not handles:
+    def _release(self, deferred: Sequence[Deferred]) -> list:
+        """Submit the deferred tasks whose ``after`` handles have all finished; returns their futures."""
+        ready = [
+            d
+            for d in deferred
+            if d.future is None and not d.cancelled and all(h.status == "finished" for h in d.after)
+        ]
+        groups: dict = {}
+        for d in ready:  # one Client.map per function and restriction
+            groups.setdefault((d.fn, tuple(sorted((d.resources or {}).items()))), []).append(d)
+        futures = []
+        for (fn, _), ds in groups.items():
+            columns = list(zip(*(d.args for d in ds), strict=True)) if ds[0].args else []
+            out = self.client.map(
+                fn,
+                *columns,
+                key=[d.key for d in ds],
+                resources=ds[0].resources,
+                pure=False,
+                retries=1,
+                batch_size=None,
+            )
+            for d, f in zip(ds, out, strict=True):
+                d.future = f
+            futures.extend(out)
+        return futures
+
+    def check_restrictions(self, handles: Sequence, want: dict | None = None) -> None:
+        """Raise :class:`ResourceRestrictionError` if model tasks reached the scheduler unrestricted.
+
+        ``want`` is the restriction they were submitted with (default :attr:`infer_resources`).
+        """
+        want = self.infer_resources if want is None else want
+        if not want or not handles:
             return
         keys = [h.key for h in handles[:4]]
         seen: dict = {}
@@ -134,7 +246,6 @@ class DaskExecutor:
             seen = self.client.run_on_scheduler(_restrictions_on_scheduler, keys=keys)
             if len(seen) < len(keys):
                 time.sleep(0.05)
-        want = self.model_resources
         if not seen:
             raise ResourceRestrictionError(
                 "model tasks did not reach the scheduler within 30 s", hint="check the scheduler connection"
@@ -147,27 +258,59 @@ class DaskExecutor:
             )
 
     def wait(self, handles: Sequence, *, progress=None, label: str = "") -> list:
+        """Wait for ``handles`` (futures and :class:`Deferred`), submitting deferred tasks as they become ready.
+
+        The first task to fail cancels the others and raises its own exception.
+        """
         from distributed import as_completed
 
+        deferred = [h for h in handles if isinstance(h, Deferred)]
+        waiting: dict = {}  # key of a handle -> deferred tasks that wait for it
+        for d in deferred:
+            for h in d.after:
+                waiting.setdefault(h.key, []).append(d)
+        watched = {h.key: h for h in handles if not isinstance(h, Deferred)}
+        for d in deferred:
+            for h in d.after:
+                watched.setdefault(h.key, h)
+            if d.future is not None:
+                watched[d.key] = d.future
+        wanted = {h.key for h in handles}
         done = 0
         total = len(handles)
         if progress is not None:
             progress.update(label, 0, total)
         try:
-            for fut in as_completed(handles, loop=self.client.loop):  # works without a default client
-                if fut.status == "error":
-                    fut.result()  # raises the task's own exception
-                done += 1
-                if progress is not None:
-                    progress.update(label, done, total)
+            self._release(deferred)
+            for d in deferred:
+                if d.future is not None:
+                    watched.setdefault(d.key, d.future)
+            pending = as_completed(list(watched.values()), loop=self.client.loop)  # no default client needed
+            for fut in pending:
+                if fut.status in ("error", "cancelled"):
+                    fut.result()  # raises the task's own exception (or CancelledError)
+                for f in self._release(waiting.pop(fut.key, ())):
+                    pending.add(f)
+                if fut.key in wanted:
+                    done += 1
+                    if progress is not None:
+                        progress.update(label, done, total)
         except BaseException:
             self.cancel(handles)
             raise
-        return self.client.gather(list(handles))
+        return self.client.gather([h.future if isinstance(h, Deferred) else h for h in handles])
 
     def cancel(self, handles) -> None:
+        futures = []
+        for h in handles:
+            if isinstance(h, Deferred):
+                h.cancelled = True
+                if h.future is not None:
+                    futures.append(h.future)
+            else:
+                futures.append(h)
         try:
-            self.client.cancel(list(handles), force=True)
+            self.client.cancel(futures, force=True)
         except Exception:  # cancelling during shutdown must not hide the original error
             pass
 

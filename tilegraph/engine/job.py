@@ -17,7 +17,8 @@ import numpy as np
 
 from tilegraph.engine.executor import Progress
 from tilegraph.engine.tasks import RunContext, blend_chunk, infer_windows, probe_model
-from tilegraph.errors import DestinationError, InputError, ModelError, ModelOutputError, SinkError
+from tilegraph.engine.tile_store import TileStore
+from tilegraph.errors import DestinationError, InputError, ModelError, ModelOutputError
 from tilegraph.infer.spec import ModelSpec
 from tilegraph.plan import Plan, make_plan
 from tilegraph.plan.normalize import coerce_scale, lcm
@@ -106,7 +107,7 @@ class Job:
         blend: str,
         batch_size: int,
         out_chunks,
-        batches_per_task: int = 4,
+        batches_per_task: int = 1,
         out_shards=None,
         output_dtype,
         overwrite: bool,
@@ -162,6 +163,7 @@ class Job:
         self.scratch = scratch or f"{self.destination.rstrip('/')}.tilegraph-tmp-{token}"
         self.output_path = f"{self.scratch}/output.zarr" if self.export else self.destination
         self.tile_store = f"{self.scratch}/tiles.zarr"
+        self.tiles: TileStore | None = None
         self.timings: dict = {}
         self.infer_handles: list = []
         self.blend_handles: list = []
@@ -227,7 +229,7 @@ class Job:
             plan=self.plan,
             source=source,
             spec=spec,
-            tile_store=self.tile_store,
+            tile_store=self.tiles,
             output=self.output_path,
             model_channels=model_channels,
             out_layout=layout,
@@ -360,24 +362,14 @@ class Job:
         return staged
 
     def _create_stores(self, source: Source) -> None:
-        import zarr
 
         from tilegraph import __version__
 
         plan = self.plan
         oy, ox = plan.out_window_shape
-        try:
-            zarr.create_array(
-                store=self.tile_store,
-                shape=(plan.n_windows, plan.out_channels, oy, ox),
-                chunks=(1, plan.out_channels, oy, ox),
-                dtype=plan.tile_store_dtype,
-                fill_value=np.nan if np.dtype(plan.tile_store_dtype).kind == "f" else 0,
-                compressors=None,
-                overwrite=True,
-            )
-        except OSError as exc:
-            raise SinkError(f"cannot create the tile store: {exc.strerror or exc}", path=self.tile_store) from exc
+        self.tiles = TileStore.create(
+            self.tile_store, (plan.n_windows, plan.out_channels, oy, ox), plan.tile_store_dtype
+        )
         meta = self.source.metadata
         attrs = {
             "version": __version__,
@@ -423,7 +415,7 @@ class Job:
             groups,
             [self._payload_h] * len(groups),
             keys=[f"tg-infer-{self.token}-{g}" for g in range(len(groups))],
-            resources=ex.model_resources,
+            resources=ex.infer_resources,
         )
         if hasattr(ex, "check_restrictions"):
             ex.check_restrictions(self.infer_handles)
@@ -448,7 +440,9 @@ class Job:
                 keys.append(f"tg-blend-{self.token}-{cy}-{cx}")
         n = len(boxes)
         corr_h = ex.share(corrections) if corrections is not None else None  # sent once, not with each task
-        handles = ex.map(blend_chunk, [self._ctx_h] * n, boxes, indices, [corr_h] * n, deps, keys=keys)
+        # ordering only: a chunk starts once the model tasks covering it have finished (their results
+        # are not sent along, see tilegraph.engine.executor)
+        handles = ex.map(blend_chunk, [self._ctx_h] * n, boxes, indices, [corr_h] * n, keys=keys, after=deps)
         self.blend_handles = handles
         return handles
 

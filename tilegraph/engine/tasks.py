@@ -15,14 +15,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tilegraph._cast import astype_float
 from tilegraph.blend import blend_box, crop_box, to_output_dtype
+from tilegraph.engine.tile_store import TileStore, write_every_chunk
 from tilegraph.errors import (
     CorruptSourceError,
     MissingWindowError,
     ModelError,
     ModelOutputError,
     SinkError,
-    TileStoreError,
 )
 from tilegraph.infer.oom import run_splitting
 from tilegraph.infer.runner import BadOutput, get_runner
@@ -40,27 +41,48 @@ class RunContext:
     plan: Plan
     source: Source
     spec: ModelSpec
-    tile_store: str
+    tile_store: TileStore
     output: str
     model_channels: int  # channels the model sees (the rest pass through, e.g. alpha)
     out_layout: str
     reconcile: dict | None = None  # statistics to gather per window for colour reconciliation
 
 
-def _read_raw(ctx: RunContext, index: int) -> np.ndarray:
-    """Window ``index`` as ``(h, w, C)`` in the source dtype (float inputs checked for NaN/Inf)."""
+def _read_run(ctx: RunContext, run: list[int]) -> list[np.ndarray]:
+    """Windows of one grid row, side by side, read as one region (each source chunk decoded once).
+
+    Neighbouring windows overlap and share source chunks: one read of their union instead of one
+    per window decodes each chunk once and pays the reader's per-call cost once. Padding past the
+    image edges depends only on absolute positions, so the windows cut from the union equal
+    windows read one by one.
+    """
     plan, src = ctx.plan, ctx.source
-    w = plan.window(index)
-    block = read_padded(src, w.y0, w.y1, w.x0, w.x1, plan.pad_mode)
+    ws = [plan.window(i) for i in run]
+    y0, y1, x0, x1 = ws[0].y0, ws[0].y1, ws[0].x0, ws[-1].x1
+    block = read_padded(src, y0, y1, x0, x1, plan.pad_mode)
     if block.dtype.kind == "f" and not np.isfinite(block).all():
-        bad = int(np.count_nonzero(~np.isfinite(block)))
+        bad = ~np.isfinite(block)
+        first = next(w for w in ws if bad[:, w.x0 - x0 : w.x1 - x0].any())
+        region = bad[:, first.x0 - x0 : first.x1 - x0]
         raise CorruptSourceError(
-            f"{bad} NaN or Inf values in the input region rows {w.y0}:{w.y1}, cols {w.x0}:{w.x1}",
+            f"{int(np.count_nonzero(region))} NaN or Inf values in the input region rows {first.y0}:{first.y1}, "
+            f"cols {first.x0}:{first.x1}",
             path=src.path,
-            window=(w.row, w.col),
+            window=(first.row, first.col),
             hint="replace non-finite values (e.g. numpy.nan_to_num) before tiling",
         )
-    return block
+    return [block[:, w.x0 - x0 : w.x1 - x0] for w in ws]
+
+
+def _runs_of(plan: Plan, batch: list[int], longest: int = 4) -> list[list[int]]:
+    """Split a batch into runs of at most ``longest`` consecutive windows of one grid row."""
+    runs: list[list[int]] = []
+    for i in batch:
+        if runs and len(runs[-1]) < longest and i == runs[-1][-1] + 1 and plan.window(i).col > 0:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
 
 
 def _passthrough(plan: Plan, raw: np.ndarray, channels: int) -> np.ndarray:
@@ -90,8 +112,9 @@ def _rc(plan: Plan, index: int) -> tuple[int, int]:
 def _run_model(ctx: RunContext, runner, raw: np.ndarray, indices: list[int], out_dtype, state: dict):
     """Model output for one batch, checked against the contract, pass-through channels appended.
 
-    An out-of-memory error splits the batch in halves and retries (``state`` remembers the batch that
-    fitted for the next batches); a single window that does not fit raises
+    An out-of-memory error splits the batch in halves and retries (the runner, shared by the model
+    tasks of this process, remembers the batch that fitted for the next batches, and ``state``
+    counts the splits of this task); a single window that does not fit raises
     :class:`~tilegraph.errors.OutOfMemoryError` naming it.
     """
     plan = ctx.plan
@@ -99,13 +122,13 @@ def _run_model(ctx: RunContext, runner, raw: np.ndarray, indices: list[int], out
         res = run_splitting(
             lambda part: runner.run_raw(part, channels=ctx.model_channels, out_dtype=out_dtype),
             raw,
-            max_batch=state.get("batch"),
+            max_batch=runner.fitted_batches.get(raw.shape[1:]),
             windows=[_rc(plan, i) for i in indices],
             device=runner.device,
         )
         y, clipped = res.output
         if res.splits:
-            state["batch"] = res.batch
+            runner.fitted_batches[raw.shape[1:]] = res.batch
             state["splits"] = state.get("splits", 0) + res.splits
     except BadOutput as exc:
         hint = (
@@ -143,23 +166,23 @@ def infer_windows(ctx: RunContext, indices: list[int], model_payload=None, *deps
     that live only for this task (windows of a batch are read and written in parallel), while the
     current batch is on the model.
     """
-    import zarr
-
     plan = ctx.plan
     runner = get_runner(ctx.spec, model_payload)
-    store = zarr.open_array(ctx.tile_store, mode="r+")
-    dtype = store.dtype
+    tiles = ctx.tile_store
+    array = None if tiles.direct else tiles.open()  # opened once per task on the zarr path
+    dtype = np.dtype(tiles.dtype)
     b = plan.batch_size
     batches = [indices[i : i + b] for i in range(0, len(indices), b)]
     timing = {"read_s": 0.0, "model_s": 0.0, "write_s": 0.0, "clipped": 0}
-    state: dict = {}  # out-of-memory splitting: the batch size that fitted
+    state: dict = {}  # out-of-memory splits in this task
     stats: list = []  # colour statistics per window (small), when reconciling
 
     lock = threading.Lock()  # reads and writes run on pool threads and update the same timings
 
     def read(batch):
         t = time.perf_counter()
-        raw = np.stack(list(window_pool.map(lambda i: _read_raw(ctx, i), batch)))
+        runs = list(window_pool.map(lambda run: _read_run(ctx, run), _runs_of(plan, batch)))
+        raw = np.stack([w for run in runs for w in run])
         with lock:
             timing["read_s"] += time.perf_counter() - t
         return raw
@@ -168,12 +191,12 @@ def infer_windows(ctx: RunContext, indices: list[int], model_payload=None, *deps
         t = time.perf_counter()
 
         def put(k):
-            store[batch[k]] = y[k]
+            tiles.write(batch[k], y[k], array=array)
 
         try:
             list(window_pool.map(put, range(len(batch))))
         except OSError as exc:
-            raise SinkError(f"cannot write the tile store: {exc.strerror or exc}", path=ctx.tile_store) from exc
+            raise SinkError(f"cannot write the tile store: {exc.strerror or exc}", path=tiles.path) from exc
         with lock:
             timing["write_s"] += time.perf_counter() - t
 
@@ -290,37 +313,30 @@ def probe_model(spec: ModelSpec, model_payload, channels: int, size: int) -> dic
     return {"out_channels": int(shape[1]), "out_size": (int(shape[2]), int(shape[3])), "device": runner.device}
 
 
-def blend_chunk(ctx: RunContext, box: tuple[int, int, int, int], chunk_index, corrections=None, *deps) -> dict:
+def blend_chunk(ctx: RunContext, box: tuple[int, int, int, int], chunk_index, corrections=None) -> dict:
     """Build one output chunk from the tile store and write it once (no read-modify-write)."""
     import zarr
 
     t0 = time.perf_counter()
     plan = ctx.plan
-    try:
-        store = zarr.open_array(ctx.tile_store, mode="r")
-    except Exception as exc:
-        raise TileStoreError(f"cannot open the tile store: {exc}", path=ctx.tile_store) from exc
-
-    floats = store.dtype.kind == "f"
-
-    def missing(index: int):
-        return MissingWindowError(
-            f"window {index} was never written to the tile store (or was lost)",
-            window=_rc(plan, index),
-            path=ctx.tile_store,
-            hint="rerun the job; if it recurs, check the storage every worker writes to",
-        )
+    tiles = ctx.tile_store
+    array = None if tiles.direct else tiles.open("r")
+    floats = np.dtype(tiles.dtype).kind == "f"
 
     def read_raw(index: int, rows: slice, cols: slice) -> np.ndarray:
-        if not floats and not _chunk_exists(store, index):  # integer store: no NaN fill to tell
-            raise missing(index)
-        region = np.asarray(store[index, :, rows, cols])
-        if floats and np.isnan(region).any():
-            raise missing(index)
+        region = tiles.read(index, rows, cols, array=array)
+        if region is None:
+            raise MissingWindowError(
+                f"window {index} was never written to the tile store (or was lost)",
+                window=_rc(plan, index),
+                path=tiles.path,
+                hint="rerun the job; if it recurs, check the storage every worker writes to",
+            )
         return region
 
     def read(index: int, rows: slice, cols: slice) -> np.ndarray:
-        return read_raw(index, rows, cols).astype(np.float32, copy=False)
+        region = read_raw(index, rows, cols)
+        return region if region.dtype == np.float32 else astype_float(region, np.float32)
 
     if plan.blend == "crop" and not floats and corrections is None:
         # the store holds rounded output values: copy the kept rectangles, nothing to convert or clip
@@ -330,7 +346,7 @@ def blend_chunk(ctx: RunContext, box: tuple[int, int, int, int], chunk_index, co
         block = blend_box(plan, *box, read, transform=transform)
         out, clipped = to_output_dtype(block, plan.out_dtype, integer_scaled=floats)
     y0, y1, x0, x1 = box
-    target = zarr.open_array(ctx.output, mode="r+")
+    target = write_every_chunk(zarr.open_array(ctx.output, mode="r+"))
     layout = ctx.out_layout
     try:
         if layout == "YX":
@@ -342,12 +358,3 @@ def blend_chunk(ctx: RunContext, box: tuple[int, int, int, int], chunk_index, co
     except OSError as exc:
         raise SinkError(f"cannot write output chunk {chunk_index}: {exc.strerror or exc}", path=ctx.output) from exc
     return {"clipped": clipped, "seconds": time.perf_counter() - t0}
-
-
-def _chunk_exists(store, index: int) -> bool:
-    """Was window ``index``'s chunk ever written to the tile store?"""
-    from zarr.core.sync import sync
-
-    key = store.metadata.encode_chunk_key((index,) + (0,) * (store.ndim - 1))
-    prefix = f"{store.path}/" if store.path else ""
-    return bool(sync(store.store.exists(prefix + key)))

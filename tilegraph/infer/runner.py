@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from tilegraph._cast import astype_float
 from tilegraph.errors import ModelLoadError
 from tilegraph.infer.spec import ModelSpec
 
@@ -32,6 +33,13 @@ class BatchRunner:
         A torch module or a numpy callable.
     spec
         Precision, channels_last, compile and device choices.
+
+    Notes
+    -----
+    One runner exists per model and process, shared by the model tasks running there (two by
+    default, see :class:`~tilegraph.engine.executor.DaskExecutor`). :meth:`run_raw` runs one batch
+    at a time: the device (or, on CPU, all the worker's cores) is the model's, and the page-locked
+    host buffers are shared. The other task meanwhile reads, converts and writes outside the lock.
     """
 
     def __init__(self, fn, spec: ModelSpec):
@@ -39,6 +47,9 @@ class BatchRunner:
         self.is_torch = spec.kind in ("module", "path")
         self._pinned: dict = {}
         self._device_lock = threading.Lock()
+        #: Largest batch that fitted after an out-of-memory error, per window shape ``(h, w, C)``;
+        #: shared by the model tasks of this process, so later batches start at a size that fits.
+        self.fitted_batches: dict[tuple, int] = {}
         self.device = "cpu"
         self.fn = fn
         if self.is_torch:
@@ -92,12 +103,12 @@ class BatchRunner:
             x = np.moveaxis(raw[..., :channels], -1, 1).astype(np.float32)
             if integer_max is not None:
                 x *= np.float32(1.0 / integer_max)
-            return _to_numpy(np.asarray(self.fn(np.ascontiguousarray(x))), out_dtype, with_clips=True)
-
-        if self.device != "cpu":  # one batch at a time per device (the pinned buffers are shared)
-            with self._device_lock:
-                return self._run_torch(raw, channels, integer_max, out_dtype)
-        return self._run_torch(raw, channels, integer_max, out_dtype)
+            x = np.ascontiguousarray(x)
+            with self._device_lock:  # one batch at a time (see the class notes)
+                y = np.asarray(self.fn(x))
+            return _to_numpy(y, out_dtype, with_clips=True)
+        with self._device_lock:
+            return self._run_torch(raw, channels, integer_max, out_dtype)
 
     def _run_torch(self, raw, channels, integer_max, out_dtype):
         import torch
@@ -165,6 +176,8 @@ def _to_numpy(y, out_dtype, *, with_clips: bool = False):
         if y.ndim >= 1 and y.numel():
             # NaN and Inf propagate through a sum: one cheap reduction per window, no mask, no copy
             finite = torch.isfinite(y.float().sum(dim=tuple(range(1, y.ndim))))
+            if not bool(finite.all()):  # the exact test (a sum of large finite values can overflow)
+                finite = torch.isfinite(y).flatten(1).all(dim=1)
             if not bool(finite.all()):
                 raise BadOutput("nonfinite", "model returned NaN or Inf", int((~finite).nonzero()[0, 0]))
         clipped = 0
@@ -187,7 +200,10 @@ def _to_numpy(y, out_dtype, *, with_clips: bool = False):
     if y.dtype.kind != "f":
         raise BadOutput("dtype", f"model returned {y.dtype}, expected floats")
     if y.ndim >= 1 and y.size:
-        finite = np.isfinite(y.reshape(y.shape[0], -1)).all(axis=1)
+        flat = y.reshape(y.shape[0], -1)
+        finite = np.isfinite(flat.sum(axis=1, dtype=np.float64))  # NaN and Inf propagate through a sum
+        if not finite.all():  # the exact test
+            finite = np.isfinite(flat).all(axis=1)
         if not finite.all():
             raise BadOutput("nonfinite", "model returned NaN or Inf", int(np.argmin(finite)))
     clipped = 0
@@ -197,7 +213,7 @@ def _to_numpy(y, out_dtype, *, with_clips: bool = False):
         clipped = int(np.count_nonzero((r < 0) | (r > top)))
         out = np.clip(r, 0, top).astype(target)
     else:
-        out = y.astype(target, copy=False)
+        out = y if y.dtype == target else astype_float(y, target)
     return (out, clipped) if with_clips else out
 
 

@@ -63,7 +63,7 @@ class Plan:
     blend: str = "cosine"
     pad_mode: str = "reflect"
     batch_size: int = 4
-    batches_per_task: int = 4
+    batches_per_task: int = 1
     halo: int | None = None
     reconcile: str | None = None
     extra: dict = field(default_factory=dict)
@@ -285,7 +285,7 @@ def make_plan(
     blend: str = "cosine",
     pad_mode: str = "reflect",
     batch_size: int = 4,
-    batches_per_task: int = 4,
+    batches_per_task: int = 1,
     halo: int | None = None,
     reconcile: str | None = None,
 ) -> Plan:
