@@ -489,6 +489,7 @@ class Job:
         t_end = time.perf_counter()
         self.timings["run_s"] = t_end - getattr(self, "_t_infer", t_end)
         self.timings["model_s_sum"] = float(sum(s["model_s"] for s in infer_stats))
+        self.timings["model_wait_s_sum"] = float(sum(s.get("model_wait_s", 0.0) for s in infer_stats))
         self.timings["read_s_sum"] = float(sum(s["read_s"] for s in infer_stats))
         self.timings["write_s_sum"] = float(sum(s["write_s"] for s in infer_stats))
         self.timings["blend_s_sum"] = float(sum(s["seconds"] for s in blend_stats))

@@ -173,7 +173,7 @@ def infer_windows(ctx: RunContext, indices: list[int], model_payload=None, *deps
     dtype = np.dtype(tiles.dtype)
     b = plan.batch_size
     batches = [indices[i : i + b] for i in range(0, len(indices), b)]
-    timing = {"read_s": 0.0, "model_s": 0.0, "write_s": 0.0, "clipped": 0}
+    timing = {"read_s": 0.0, "model_s": 0.0, "model_wait_s": 0.0, "write_s": 0.0, "clipped": 0}
     state: dict = {}  # out-of-memory splits in this task
     stats: list = []  # colour statistics per window (small), when reconciling
 
@@ -213,9 +213,11 @@ def infer_windows(ctx: RunContext, indices: list[int], model_payload=None, *deps
             raw = reads[k].result()
             if k + ahead < len(batches):
                 reads.append(pool.submit(read, batches[k + ahead]))
-            t = time.perf_counter()
+            runner.take_times()
             y, clipped = _run_model(ctx, runner, raw, batch, dtype, state)
-            timing["model_s"] += time.perf_counter() - t
+            held, waited = runner.take_times()  # the model's own time, and the turn of the other task
+            timing["model_s"] += held
+            timing["model_wait_s"] += waited
             timing["clipped"] += clipped
             if ctx.reconcile is not None:
                 stats.extend(_window_stats(ctx, raw, batch, y))

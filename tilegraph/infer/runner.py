@@ -6,10 +6,12 @@ import path is imported and given its weights here, never on the client.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import sys
 import threading
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -47,6 +49,7 @@ class BatchRunner:
         self.is_torch = spec.kind in ("module", "path")
         self._pinned: dict = {}
         self._device_lock = threading.Lock()
+        self._times = threading.local()  # per thread: seconds holding the model and waiting for it
         #: Largest batch that fitted after an out-of-memory error, per window shape ``(h, w, C)``;
         #: shared by the model tasks of this process, so later batches start at a size that fits.
         self.fitted_batches: dict[tuple, int] = {}
@@ -104,11 +107,30 @@ class BatchRunner:
             if integer_max is not None:
                 x *= np.float32(1.0 / integer_max)
             x = np.ascontiguousarray(x)
-            with self._device_lock:  # one batch at a time (see the class notes)
+            with self._turn():  # one batch at a time (see the class notes)
                 y = np.asarray(self.fn(x))
             return _to_numpy(y, out_dtype, with_clips=True)
-        with self._device_lock:
+        with self._turn():
             return self._run_torch(raw, channels, integer_max, out_dtype)
+
+    @contextlib.contextmanager
+    def _turn(self):
+        """Hold the model for one batch; the time waited and held accrue to this thread."""
+        t0 = time.perf_counter()
+        with self._device_lock:
+            t1 = time.perf_counter()
+            try:
+                yield
+            finally:
+                acc = self._times.__dict__
+                acc["wait"] = acc.get("wait", 0.0) + (t1 - t0)
+                acc["held"] = acc.get("held", 0.0) + (time.perf_counter() - t1)
+
+    def take_times(self) -> tuple[float, float]:
+        """Seconds this thread held the model and waited for it since the last call; resets them."""
+        acc = self._times.__dict__
+        held, wait = acc.pop("held", 0.0), acc.pop("wait", 0.0)
+        return held, wait
 
     def _run_torch(self, raw, channels, integer_max, out_dtype):
         import torch
