@@ -362,7 +362,6 @@ class Job:
         return staged
 
     def _create_stores(self, source: Source) -> None:
-
         from tilegraph import __version__
 
         plan = self.plan

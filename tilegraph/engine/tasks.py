@@ -159,7 +159,7 @@ def _run_model(ctx: RunContext, runner, raw: np.ndarray, indices: list[int], out
     return y, clipped
 
 
-def infer_windows(ctx: RunContext, indices: list[int], model_payload=None, *deps) -> dict:
+def infer_windows(ctx: RunContext, indices: list[int], model_payload=None) -> dict:
     """Run the model over a group of windows, batch by batch, and write each output to the tile store.
 
     Reading the next batches (up to two ahead) and writing finished ones run on small thread pools
