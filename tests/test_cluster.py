@@ -540,6 +540,9 @@ def test_deferred_tasks_start_after_their_predecessors_without_their_results(loc
         lambda dask_scheduler, key: len(dask_scheduler.tasks[key].dependencies), key=second.key
     )
     assert deps == 0  # ordering only: nothing was transferred
+    # result() alone also waits for the predecessors and submits the task
+    (again,) = ex.map(after, [path], keys=[f"tg-test-again-{token}"], after=[first])
+    assert again.result()["slow_ended"] == results[0]
 
     # a failing predecessor raises its own error and its followers are never submitted
     bad = ex.map(fails, [path], keys=[f"tg-test-fails-{token}"])

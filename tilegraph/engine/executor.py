@@ -39,16 +39,18 @@ class Done:
 class Deferred:
     """A task held on the client until the tasks it comes ``after`` have finished.
 
-    :meth:`DaskExecutor.wait` submits it (``future`` is then set); :meth:`result` waits for it.
+    :meth:`DaskExecutor.wait` submits it (``future`` is then set); :meth:`result` waits for it,
+    submitting it first if nothing did.
     """
 
-    __slots__ = ("fn", "args", "key", "resources", "after", "future", "cancelled")
+    __slots__ = ("fn", "args", "key", "resources", "after", "future", "cancelled", "executor")
 
-    def __init__(self, fn: Callable, args: tuple, key: str, resources: dict | None, after: list):
+    def __init__(self, fn: Callable, args: tuple, key: str, resources: dict | None, after: list, executor):
         self.fn, self.args, self.key, self.resources = fn, args, key, resources
         self.after = list(after)
         self.future = None
         self.cancelled = False
+        self.executor = executor
 
     @property
     def status(self) -> str:
@@ -57,8 +59,12 @@ class Deferred:
         return "pending" if self.future is None else self.future.status
 
     def result(self):
+        if self.cancelled:
+            raise RuntimeError(f"task {self.key} was cancelled before it was submitted")
         if self.future is None:
-            raise RuntimeError(f"task {self.key} was not submitted yet: DaskExecutor.wait releases it")
+            for h in self.after:
+                h.result()  # raises a predecessor's error
+            self.executor._release([self])
         return self.future.result()
 
 
@@ -171,7 +177,7 @@ class DaskExecutor:
         keys = list(keys)
         if after is not None:
             deferred = [
-                Deferred(fn, tuple(args), k, resources, deps)
+                Deferred(fn, tuple(args), k, resources, deps, self)
                 for k, deps, *args in zip(keys, after, *iterables, strict=True)
             ]
             self._release(deferred)
