@@ -29,7 +29,7 @@ from distributed import Client, LocalCluster, get_task_stream  # noqa: E402
 import tilegraph  # noqa: E402
 from tilegraph.cluster.checks import check_gpu_restrictions  # noqa: E402
 from tilegraph.cluster.gpu import FUSION_ENV, gpu_cluster, gpu_spec, scheduler_command, worker_commands  # noqa: E402
-from tilegraph.cluster.local import connect  # noqa: E402
+from tilegraph.cluster.local import connect, lean_environ  # noqa: E402
 from tilegraph.engine.executor import DaskExecutor  # noqa: E402
 from tilegraph.errors import ClusterError, ResourceRestrictionError  # noqa: E402
 
@@ -241,7 +241,7 @@ def test_worker_commands_and_spec_match_gpu_cluster():
     assert len(commands) == 2
     for gpu, command in zip(["0", "1"], commands, strict=True):
         env, argv = _split_env(command)
-        assert env == {"CUDA_VISIBLE_DEVICES": gpu, **FUSION_ENV}
+        assert env == {"CUDA_VISIBLE_DEVICES": gpu, **FUSION_ENV, **lean_environ()}
         assert argv[:3] == ["dask", "worker", "tcp://10.0.0.5:8786"]
         options = dict(zip(argv[3::2], argv[4::2], strict=True))
         assert options == {
@@ -251,6 +251,8 @@ def test_worker_commands_and_spec_match_gpu_cluster():
             "--memory-limit": "16GB",
         }
     assert "dask-worker" not in " ".join(commands)
+    (plain,) = worker_commands("tcp://10.0.0.5:8786", gpus=["0"], threads=4, lean=False)
+    assert _split_env(plain)[0] == {"CUDA_VISIBLE_DEVICES": "0", **FUSION_ENV}
     assert scheduler_command(port=8786).split()[:3] == [
         "DASK_OPTIMIZATION__FUSE__ACTIVE=False",
         "dask",
@@ -316,6 +318,27 @@ def test_cli_cluster_model_tasks_run_only_on_the_gpu_worker(cli_cluster, tmp_pat
         timeout=10,
     )
     assert others == []
+
+
+def test_cli_cluster_gpu_worker_started_from_worker_commands_is_lean(cli_cluster):
+    _, client = cli_cluster
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    (gpu,) = [a for a, w in workers.items() if w["name"] == "gpu-0"]
+
+    def settings():
+        import os
+
+        import dask
+
+        return (
+            os.environ.get("MALLOC_MMAP_THRESHOLD_"),
+            os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+            dask.config.get("distributed.worker.profile.enabled"),
+            dask.config.get("distributed.admin.system-monitor.interval"),
+        )
+
+    got = client.run(settings, workers=[gpu])[gpu]
+    assert got == (str(32 * 2**20), str(64 * 2**20), False, "2s")
 
 
 def test_cli_cluster_self_check_reports_the_gpu_worker(cli_cluster):

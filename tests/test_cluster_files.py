@@ -100,3 +100,13 @@ def test_readme_names_the_files_and_the_pitfalls():
         "CUDA_VISIBLE_DEVICES",
     ):
         assert needle in text
+
+
+def test_sbatch_script_starts_lean_workers():
+    """The SLURM script exports exactly tilegraph's lean settings (kept in step with LEAN_CONFIG)."""
+    import re
+
+    from tilegraph.cluster.local import lean_environ
+
+    exported = dict(re.findall(r"\b(DASK_DISTRIBUTED__\w+|MALLOC_[A-Z_]+)=(\S+)", SBATCH.read_text()))
+    assert exported == lean_environ()

@@ -245,6 +245,7 @@ def worker_commands(
     name_prefix: str = "gpu-",
     executable: str = "dask",
     extra_args: Sequence[str] = (),
+    lean: bool = True,
 ) -> list[str]:
     """``dask worker`` command lines equivalent to :func:`gpu_cluster`, one per GPU.
 
@@ -268,13 +269,16 @@ def worker_commands(
         removed in distributed 2026.6.
     extra_args
         More ``dask worker`` options, appended as given (``--host``, ``--local-directory``, ...).
+    lean
+        Prefix the variables of :func:`tilegraph.cluster.local.lean_environ` (quiet monitoring,
+        allocator settings), as :func:`gpu_cluster` does with ``lean=True``.
 
     Returns
     -------
     list of str
         Shell command lines, e.g.
-        ``CUDA_VISIBLE_DEVICES=0 DASK_OPTIMIZATION__FUSE__ACTIVE=False dask worker tcp://10.0.0.5:8786
-        --name gpu-0 --nthreads 8 --resources GPU=1 --memory-limit 0.5``.
+        ``CUDA_VISIBLE_DEVICES=0 DASK_OPTIMIZATION__FUSE__ACTIVE=False DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False
+        ... dask worker tcp://10.0.0.5:8786 --name gpu-0 --nthreads 8 --resources GPU=1 --memory-limit 0.5``.
         Run each in the background (``&``) on the GPU node.
     """
     ids = _gpu_ids(gpus)
@@ -296,7 +300,12 @@ def worker_commands(
             str(limit),
             *extra_args,
         ]
-        out.append(_shell(worker_env(g), args))
+        env = worker_env(g)
+        if lean:
+            from tilegraph.cluster.local import lean_environ
+
+            env = {**env, **lean_environ()}
+        out.append(_shell(env, args))
     return out
 
 

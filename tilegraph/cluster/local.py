@@ -7,7 +7,7 @@ import os
 
 from tilegraph.errors import ClusterError
 
-__all__ = ["LEAN_CONFIG", "connect", "embedded_cluster", "visible_gpus"]
+__all__ = ["LEAN_CONFIG", "connect", "embedded_cluster", "lean_environ", "lean_settings", "visible_gpus"]
 
 #: dask config every tilegraph client and embedded scheduler uses: no low-level fusion (it drops
 #: resource annotations), no array query planning (drops all annotations).
@@ -93,6 +93,22 @@ def embedded_cluster(
     # the scheduler (here) and the workers (the nannies pass this config on) read it when they start
     with lean_settings(lean):
         return _local_cluster(n_workers, threads_per_worker, memory_limit)
+
+
+def lean_environ() -> dict[str, str]:
+    """:data:`LEAN_CONFIG` as environment variables, for workers started by hand (``dask worker``).
+
+    Dask settings become ``DASK_...`` variables; the allocator variables are given as they are
+    (a nanny prefers them to its own ``pre-spawn-environ`` defaults and its worker inherits them).
+    """
+    prefix = "distributed.nanny.pre-spawn-environ."
+    env = {}
+    for key, value in LEAN_CONFIG.items():
+        if key.startswith(prefix):
+            env[key[len(prefix) :]] = str(value)
+        else:
+            env["DASK_" + key.upper().replace(".", "__").replace("-", "_")] = str(value)
+    return env
 
 
 @contextlib.contextmanager
