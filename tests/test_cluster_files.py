@@ -46,6 +46,10 @@ def test_daskcluster_overrides_the_removed_commands(k8s_documents):
     assert worker_cmd[worker_cmd.index("--resources") + 1] == "GPU=1"
     assert int(worker_cmd[worker_cmd.index("--nthreads") + 1]) >= 2
     assert str(worker["resources"]["limits"]["nvidia.com/gpu"]) == "1"
+    from tilegraph.cluster.local import lean_environ
+
+    worker_env = {e["name"]: e["value"] for e in worker.get("env", [])}
+    assert {k: worker_env.get(k) for k in lean_environ()} == lean_environ()  # lean workers
 
 
 def test_no_yaml_command_uses_a_removed_script(k8s_documents):
