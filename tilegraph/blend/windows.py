@@ -1,7 +1,7 @@
 """Blend weights along one axis (pure numpy).
 
 ``linear`` and ``cosine`` are ramps across each actual overlap with ``r(t) + r(1 - t) = 1`` (a
-partition of unity when overlap <= tile / 2; the merge divides by the summed weights anyway), with
+partition of unity when overlap <= tile / 2; the merge normalises the weights anyway), with
 weight 1 toward image borders. ``gaussian`` follows MONAI: ``exp(-x^2 / 2 sigma^2)`` about the window
 centre, ``sigma = 0.125 * tile``, floored at 1e-3. ``crop`` is 1 on the kept interval, 0 elsewhere.
 

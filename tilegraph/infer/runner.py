@@ -122,14 +122,15 @@ class BatchRunner:
             try:
                 yield
             finally:
-                acc = self._times.__dict__
-                acc["wait"] = acc.get("wait", 0.0) + (t1 - t0)
-                acc["held"] = acc.get("held", 0.0) + (time.perf_counter() - t1)
+                times = self._times
+                times.wait = getattr(times, "wait", 0.0) + (t1 - t0)
+                times.held = getattr(times, "held", 0.0) + (time.perf_counter() - t1)
 
     def take_times(self) -> tuple[float, float]:
         """Seconds this thread held the model and waited for it since the last call; resets them."""
-        acc = self._times.__dict__
-        held, wait = acc.pop("held", 0.0), acc.pop("wait", 0.0)
+        times = self._times
+        held, wait = getattr(times, "held", 0.0), getattr(times, "wait", 0.0)
+        times.held = times.wait = 0.0
         return held, wait
 
     def _run_torch(self, raw, channels, integer_max, out_dtype):
