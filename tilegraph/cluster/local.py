@@ -13,6 +13,8 @@ __all__ = ["LEAN_CONFIG", "connect", "embedded_cluster", "lean_environ", "lean_s
 #: resource annotations), no array query planning (drops all annotations).
 DASK_CONFIG = {"optimization.fuse.active": False, "array.query-planning": False}
 
+_PRE_SPAWN = "distributed.nanny.pre-spawn-environ."  # config keys a nanny turns into worker environment
+
 #: Settings of the clusters tilegraph starts itself (``lean=True``, the default), measured on the 2-core
 #: CI machine:
 #:
@@ -69,8 +71,9 @@ def embedded_cluster(
     take turns on the model (one batch at a time, with all the worker's cores) while the other reads
     and writes, and blends use the remaining threads.
 
-    ``lean`` (default) starts the scheduler and workers with :data:`LEAN_CONFIG` (quiet monitoring);
-    ``lean=False`` keeps distributed's defaults, e.g. to use the dashboard's profiler.
+    ``lean`` (default) starts the scheduler and workers with :data:`LEAN_CONFIG` (quiet monitoring,
+    allocator settings); ``lean=False`` keeps distributed's defaults, e.g. to use the dashboard's
+    profiler.
     """
     import dask
 
@@ -101,14 +104,17 @@ def lean_environ() -> dict[str, str]:
     Dask settings become ``DASK_...`` variables; the allocator variables are given as they are
     (a nanny prefers them to its own ``pre-spawn-environ`` defaults and its worker inherits them).
     """
-    prefix = "distributed.nanny.pre-spawn-environ."
-    env = {}
-    for key, value in LEAN_CONFIG.items():
-        if key.startswith(prefix):
-            env[key[len(prefix) :]] = str(value)
-        else:
-            env["DASK_" + key.upper().replace(".", "__").replace("-", "_")] = str(value)
-    return env
+    env = {
+        "DASK_" + key.upper().replace(".", "__").replace("-", "_"): str(value)
+        for key, value in LEAN_CONFIG.items()
+        if not key.startswith(_PRE_SPAWN)
+    }
+    return {**env, **_allocator_environ()}
+
+
+def _allocator_environ() -> dict[str, str]:
+    """The allocator variables of :data:`LEAN_CONFIG` (its ``pre-spawn-environ`` entries)."""
+    return {k[len(_PRE_SPAWN) :]: str(v) for k, v in LEAN_CONFIG.items() if k.startswith(_PRE_SPAWN)}
 
 
 @contextlib.contextmanager
@@ -126,8 +132,7 @@ def lean_settings(lean: bool = True):
     if not lean:
         yield
         return
-    prefix = "distributed.nanny.pre-spawn-environ."
-    wanted = {k[len(prefix) :]: str(v) for k, v in LEAN_CONFIG.items() if k.startswith(prefix)}
+    wanted = _allocator_environ()
     before = {name: os.environ.get(name) for name in wanted}
     try:
         os.environ.update(wanted)
