@@ -17,7 +17,7 @@ import numpy as np
 
 from tilegraph._cast import astype_float
 from tilegraph.blend import blend_box, crop_box, to_output_dtype
-from tilegraph.engine.tile_store import TileStore, write_every_chunk
+from tilegraph.engine.tile_store import TileStore
 from tilegraph.errors import (
     CorruptSourceError,
     MissingWindowError,
@@ -29,6 +29,7 @@ from tilegraph.infer.oom import run_splitting
 from tilegraph.infer.runner import BadOutput, get_runner
 from tilegraph.infer.spec import ModelSpec
 from tilegraph.plan import Plan
+from tilegraph.sink.zarr_sink import write_every_chunk
 from tilegraph.source import Source, read_padded
 
 __all__ = ["RunContext", "infer_windows", "blend_chunk", "probe_model"]

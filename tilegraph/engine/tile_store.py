@@ -23,6 +23,7 @@ import numpy as np
 
 from tilegraph._cast import astype_float
 from tilegraph.errors import SinkError, TileStoreError
+from tilegraph.sink.zarr_sink import write_every_chunk
 
 __all__ = ["TileStore"]
 
@@ -168,16 +169,6 @@ class TileStore:
         if region.size and not np.isfinite(region.sum(dtype=np.float64)) and np.isnan(region).any():
             return None
         return region
-
-
-def write_every_chunk(array):
-    """``array`` writing chunks equal to the fill value too.
-
-    zarr skips such chunks by default, comparing every element first; writing them keeps "the chunk
-    exists" meaning "it was written" and saves the comparison.
-    """
-    with_config = getattr(array, "with_config", None)
-    return with_config({"write_empty_chunks": True}) if with_config is not None else array
 
 
 def _local_root(path: str) -> str | None:

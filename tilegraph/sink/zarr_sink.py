@@ -13,7 +13,7 @@ import numpy as np
 
 from tilegraph.errors import DestinationError, SinkError
 
-__all__ = ["create_output", "mark_complete", "same_location", "remove_path", "output_layout"]
+__all__ = ["create_output", "mark_complete", "same_location", "remove_path", "output_layout", "write_every_chunk"]
 
 
 def _local(path: str) -> str | None:
@@ -138,3 +138,13 @@ def mark_complete(path: str, extra: dict) -> None:
     meta.update(extra)
     meta["complete"] = True
     arr.attrs["tilegraph"] = meta
+
+
+def write_every_chunk(array):
+    """``array`` writing chunks equal to the fill value too.
+
+    zarr skips such chunks by default, comparing every element first; writing them keeps "the chunk
+    exists" meaning "it was written" and saves the comparison.
+    """
+    with_config = getattr(array, "with_config", None)
+    return with_config({"write_empty_chunks": True}) if with_config is not None else array
