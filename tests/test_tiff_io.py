@@ -35,7 +35,7 @@ from tilegraph.sink.tiff_sink import (
     validate_export,
 )
 from tilegraph.source import open_source
-from tilegraph.source.abc import SourceMetadata
+from tilegraph.metadata import SourceMetadata
 from tilegraph.source.tiff_source import (
     DEFAULT_MAX_PIXELS,
     TiffSource,

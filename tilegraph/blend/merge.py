@@ -13,7 +13,7 @@ import numpy as np
 from tilegraph.blend.windows import normalized_axis_weights
 from tilegraph.plan.plan import Plan
 
-__all__ = ["blend_box", "crop_box", "window_region", "to_output_dtype"]
+__all__ = ["blend_box", "crop_box", "window_region"]
 
 
 def window_region(plan: Plan, index: int, y0: int, y1: int, x0: int, x1: int):
@@ -44,6 +44,7 @@ def blend_box(
     read: Callable[[int, slice, slice], np.ndarray],
     *,
     transform: Callable[[int, np.ndarray, tuple[slice, slice]], np.ndarray] | None = None,
+    mode: str | None = None,
 ) -> np.ndarray:
     """Blend the output box ``[y0:y1, x0:x1]``; returns ``(rows, cols, C')`` float32.
 
@@ -62,9 +63,11 @@ def blend_box(
     transform
         Optional per-window correction ``transform(index, region, (rows, cols))`` applied before
         weighting (colour reconciliation).
+    mode
+        ``"crop"``, ``"linear"``, ``"cosine"`` or ``"gaussian"`` (default: the plan's).
     """
-    indices = plan.windows_for_box(y0, y1, x0, x1)
-    mode = plan.blend
+    mode = mode or plan.blend
+    indices = plan.windows_for_box(y0, y1, x0, x1, crop=mode == "crop")
     acc = None
     for index in indices:  # fixed ascending order
         sl = window_region(plan, index, y0, y1, x0, x1)
@@ -131,7 +134,7 @@ def crop_box(
     the dtype ``read`` returns (no float round trip). ``read(index, rows, cols)`` returns ``(C', r, c)``.
     """
     out = None
-    for index in plan.windows_for_box(y0, y1, x0, x1):
+    for index in plan.windows_for_box(y0, y1, x0, x1, crop=True):
         w = plan.window(index)
         ky0, ky1 = plan.y.keep(w.row)
         kx0, kx1 = plan.x.keep(w.col)
@@ -146,20 +149,3 @@ def crop_box(
     if out is None:
         raise RuntimeError(f"no window covers output box {(y0, y1, x0, x1)}")
     return out
-
-
-def to_output_dtype(block: np.ndarray, dtype, *, integer_scaled: bool = True) -> tuple[np.ndarray, int]:
-    """Round and clip a float32 block to ``dtype``; returns ``(array, n_clipped)``.
-
-    Integer outputs are ``round(y * max)`` when the model works in ``[0, 1]`` (``integer_scaled``),
-    else ``round(y)``. Clipping happens only here, and the number of clipped values is returned.
-    """
-    dtype = np.dtype(dtype)
-    if dtype.kind == "f":
-        out = block.astype(dtype)
-        return out, int(np.count_nonzero(~np.isfinite(out) & np.isfinite(block)))
-    info = np.iinfo(dtype)
-    scaled = block * np.float32(info.max) if integer_scaled else block
-    rounded = np.rint(scaled)
-    clipped = int(np.count_nonzero((rounded < info.min) | (rounded > info.max)))
-    return np.clip(rounded, info.min, info.max).astype(dtype), clipped

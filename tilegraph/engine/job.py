@@ -20,6 +20,7 @@ from tilegraph.engine.tasks import RunContext, blend_chunk, infer_windows, probe
 from tilegraph.engine.tile_store import TileStore
 from tilegraph.errors import DestinationError, InputError, ModelError, ModelOutputError
 from tilegraph.infer.spec import ModelSpec
+from tilegraph.metadata.attrs import metadata_to_attrs
 from tilegraph.plan import Plan, make_plan
 from tilegraph.plan.normalize import coerce_scale, lcm
 from tilegraph.sink.zarr_sink import (
@@ -31,7 +32,6 @@ from tilegraph.sink.zarr_sink import (
     same_location,
 )
 from tilegraph.source import Source
-from tilegraph.source.attrs import metadata_to_attrs
 
 __all__ = ["Job", "RunResult", "EXPORT_SUFFIXES"]
 

@@ -113,7 +113,7 @@ def measure_output(
 
     arr, image, plan, meta = _open_output(path)
     source = source or (meta.get("source") or {}).get("path")
-    from tilegraph.source.attrs import attrs_to_metadata
+    from tilegraph.metadata.attrs import attrs_to_metadata
 
     reference = None
     if source and (not isinstance(source, str) or os.path.exists(source) or "://" in source):

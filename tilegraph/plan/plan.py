@@ -66,6 +66,7 @@ class Plan:
     batches_per_task: int = 1
     halo: int | None = None
     reconcile: str | None = None
+    store_dtype: str | None = None
     extra: dict = field(default_factory=dict)
 
     # ----------------------------------------------------------------- derived geometry
@@ -157,9 +158,13 @@ class Plan:
         y0, x0 = cy * self.out_chunks[0], cx * self.out_chunks[1]
         return y0, min(self.out_shape[0], y0 + self.out_chunks[0]), x0, min(self.out_shape[1], x0 + self.out_chunks[1])
 
-    def windows_for_box(self, y0: int, y1: int, x0: int, x1: int) -> list[int]:
-        """Flat indices of the windows that contribute to an output box, in fixed raster order."""
-        crop = self.blend == "crop"
+    def windows_for_box(self, y0: int, y1: int, x0: int, x1: int, *, crop: bool | None = None) -> list[int]:
+        """Flat indices of the windows that contribute to an output box, in fixed raster order.
+
+        With ``crop`` (default: the plan's blend is ``"crop"``) only windows whose kept interval
+        meets the box count; otherwise every window whose footprint does.
+        """
+        crop = self.blend == "crop" if crop is None else crop
         rows = self.y.covering(y0, y1, crop=crop)
         cols = self.x.covering(x0, x1, crop=crop)
         return [r * self.x.count + c for r in rows for c in cols]
@@ -179,12 +184,14 @@ class Plan:
 
     @property
     def tile_store_dtype(self) -> str:
-        """dtype of the per-window store.
+        """dtype of the per-window store: ``store_dtype`` as the blend mode asked, else the default rule.
 
         ``crop`` never mixes windows, so rounding each window to an integer output dtype when it is
         produced gives the very values the final write would: the store then holds the output dtype.
         Weighted blends keep float32, or float16 for 8-bit outputs (exact for 1/255 steps).
         """
+        if self.store_dtype is not None:
+            return self.store_dtype
         if self.blend == "crop" and self.out_dtype in ("uint8", "uint16") and self.reconcile is None:
             return self.out_dtype
         return "float16" if self.out_dtype == "uint8" else "float32"
@@ -288,6 +295,7 @@ def make_plan(
     batches_per_task: int = 1,
     halo: int | None = None,
     reconcile: str | None = None,
+    store_dtype: str | None = None,
 ) -> Plan:
     """Validate user geometry once and build a :class:`Plan`.
 
@@ -368,6 +376,7 @@ def make_plan(
         batches_per_task=int(batches_per_task),
         halo=halo,
         reconcile=_check_reconcile(reconcile),
+        store_dtype=None if store_dtype is None else str(np.dtype(store_dtype)),
     )
 
 

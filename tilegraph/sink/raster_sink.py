@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from tilegraph.errors import DestinationError, SinkError
+from tilegraph.metadata import SourceMetadata
 from tilegraph.sink.tiff_sink import (
     atomic_path,
     check_destination,
@@ -33,7 +34,6 @@ from tilegraph.sink.tiff_sink import (
     output_metadata,
     provenance_json,
 )
-from tilegraph.source.abc import SourceMetadata
 
 __all__ = [
     "export",
@@ -305,7 +305,7 @@ def write_jpeg(image: np.ndarray, om: dict[str, Any], provenance: str, *, qualit
 
 def read_raster_provenance(path: str | os.PathLike) -> dict | None:
     """The provenance dict tilegraph wrote into a PNG or JPEG (``None`` if absent)."""
-    from tilegraph.source.raster_source import jpeg_segments, png_chunks
+    from tilegraph.metadata.containers import jpeg_segments, png_chunks
 
     path = os.fspath(path)
     with open(path, "rb") as f:

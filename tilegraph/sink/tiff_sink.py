@@ -41,9 +41,9 @@ from typing import Any
 import numpy as np
 
 from tilegraph.errors import DestinationError, SinkError, TilegraphError
-from tilegraph.source.abc import SourceMetadata
-from tilegraph.source.attrs import _jsonable, attrs_to_metadata, metadata_to_attrs  # noqa: F401 (re-exported)
-from tilegraph.source.exif import (
+from tilegraph.metadata import SourceMetadata
+from tilegraph.metadata.attrs import _jsonable, attrs_to_metadata, metadata_to_attrs  # noqa: F401 (re-exported)
+from tilegraph.metadata.exif import (
     ExifError,
     exif_orientation,
     parse_exif,

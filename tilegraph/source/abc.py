@@ -7,41 +7,15 @@ except for in-memory sources which the pipeline stages to storage before a distr
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from tilegraph.errors import UnsupportedSourceError
+from tilegraph.metadata import SourceMetadata
 
 __all__ = ["Source", "SourceMetadata", "infer_layout", "SUPPORTED_DTYPES"]
 
 SUPPORTED_DTYPES = (np.dtype("uint8"), np.dtype("uint16"), np.dtype("float16"), np.dtype("float32"))
-
-
-@dataclass
-class SourceMetadata:
-    """What a sink may carry over from the source.
-
-    Attributes
-    ----------
-    icc_profile : bytes or None
-        Embedded ICC profile, passed through byte for byte.
-    resolution : tuple or None
-        ``(x_resolution, y_resolution, unit)`` as found in the file.
-    exif : bytes or None
-        Raw EXIF block (orientation already applied by the reader when ``orientation_applied``).
-    xmp : bytes or None
-        Raw XMP packet.
-    extra : dict
-        Anything else a reader records (format name, compression, page, level, ...).
-    """
-
-    icc_profile: bytes | None = None
-    resolution: tuple | None = None
-    exif: bytes | None = None
-    xmp: bytes | None = None
-    orientation_applied: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 class Source(ABC):

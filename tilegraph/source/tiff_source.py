@@ -24,7 +24,7 @@ The source is picklable as its path and options. The ``TiffFile`` is opened lazi
 
 The EXIF/XMP codec shared by the readers and the sinks (:func:`parse_exif`, :func:`build_exif`,
 :func:`patch_exif`, :func:`exif_orientation`, :func:`serialize_ifd`, :func:`patch_xmp`, :func:`orient`,
-:func:`oriented_shape`, ...) lives in :mod:`tilegraph.source.exif`, and the pixel limit
+:func:`oriented_shape`, ...) lives in :mod:`tilegraph.metadata.exif`, and the pixel limit
 (:data:`DEFAULT_MAX_PIXELS`, :func:`resolve_max_pixels`, :func:`check_pixel_limit`) in
 :mod:`tilegraph.source._limits`; both are re-exported here, where they used to be defined.
 """
@@ -50,14 +50,7 @@ from tilegraph.errors import (
     SourceNotFoundError,
     UnsupportedSourceError,
 )
-from tilegraph.source._limits import (  # noqa: F401 (re-exported)
-    DEFAULT_MAX_PIXELS,
-    check_input_file,
-    check_pixel_limit,
-    resolve_max_pixels,
-)
-from tilegraph.source.abc import Source, SourceMetadata
-from tilegraph.source.exif import (  # noqa: F401 (re-exported)
+from tilegraph.metadata.exif import (  # noqa: F401 (re-exported)
     POINTER_TAGS,
     ExifError,
     build_exif,
@@ -71,6 +64,13 @@ from tilegraph.source.exif import (  # noqa: F401 (re-exported)
     serialize_ifd,
     set_ifd_value,
 )
+from tilegraph.source._limits import (  # noqa: F401 (re-exported)
+    DEFAULT_MAX_PIXELS,
+    check_input_file,
+    check_pixel_limit,
+    resolve_max_pixels,
+)
+from tilegraph.source.abc import Source, SourceMetadata
 
 __all__ = [
     "TiffSource",
@@ -700,7 +700,7 @@ class TiffSource(Source):
         """
         import zarr
 
-        from tilegraph.source.attrs import metadata_to_attrs
+        from tilegraph.metadata.attrs import metadata_to_attrs
 
         h, w = self.shape
         band_rows, chunk_cols = max(1, int(band_rows)), max(1, int(chunk_cols))

@@ -130,7 +130,7 @@ class ZarrSource(Source):
 
     @property
     def metadata(self) -> SourceMetadata:
-        from tilegraph.source.attrs import attrs_to_metadata
+        from tilegraph.metadata.attrs import attrs_to_metadata
 
         attrs = dict(getattr(self.array, "attrs", {}) or {})
         meta = attrs_to_metadata(attrs)

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from tilegraph.source.abc import SourceMetadata
+from tilegraph.metadata import SourceMetadata
 
 __all__ = ["metadata_to_attrs", "attrs_to_metadata"]
 

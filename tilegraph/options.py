@@ -1,0 +1,524 @@
+"""Typed options of a run, built and validated once at the edge.
+
+:func:`tilegraph.run`'s keywords, the command line (``tilegraph run``, whose flags are generated
+from these fields) and a configuration file (TOML or YAML) all become one frozen
+:class:`RunOptions`; every stage receives typed values from it, and the output's metadata records
+:meth:`RunOptions.to_dict`.
+
+Each sub-option groups what one stage needs: :class:`SourceOptions`, :class:`ModelOptions`,
+:class:`TilingOptions`, :class:`BlendOptions`, :class:`ReconcileOptions`, :class:`OutputOptions`,
+:class:`ExportOptions`, :class:`QualityOptions`, :class:`ExecutionOptions`. A plain dict is still
+accepted wherever a sub-option is (``reconcile_options={"reference": "thumbnail"}``) and converted,
+with an error naming any unknown key.
+
+A field's ``metadata`` holds its keyword in :func:`tilegraph.run` (``flat``), its help text and
+whether the command line offers it; :func:`flat_fields` lists them, and a test keeps
+:func:`tilegraph.run`, the CLI and this module in step.
+
+This module imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields, replace
+from types import MappingProxyType
+from typing import Any, Literal, TypeVar, get_args
+
+from tilegraph.errors import InputError
+
+__all__ = [
+    "RunOptions",
+    "SourceOptions",
+    "ModelOptions",
+    "TilingOptions",
+    "BlendOptions",
+    "ReconcileOptions",
+    "OutputOptions",
+    "ExportOptions",
+    "QualityOptions",
+    "ExecutionOptions",
+    "FlatField",
+    "flat_fields",
+    "load_config",
+    "Precision",
+    "PadMode",
+    "Layout",
+    "ReconcileMode",
+    "ReconcileReference",
+    "Device",
+]
+
+Precision = Literal["fp32", "fp16", "bf16"]
+PadMode = Literal["reflect", "symmetric", "edge", "constant"]
+Layout = Literal["YX", "YXC", "CYX"]
+ReconcileMode = Literal["offset", "gain-offset"]
+ReconcileReference = Literal["input", "thumbnail"]
+Device = Literal["auto", "cpu", "cuda"]
+
+S = TypeVar("S")
+
+
+def _opt(default: Any, help: str, *, flat: str | None = None, cli: bool = True, factory: Any = None) -> Any:
+    """A dataclass field with its keyword in ``run()`` (``flat``) and help text."""
+    meta = {"help": help, "flat": flat, "cli": cli}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _choice(value: Any, allowed: tuple, name: str, *, none: bool = False) -> None:
+    if none and value is None:
+        return
+    if value not in allowed:
+        options = ", ".join(repr(a) for a in allowed) + (" or None" if none else "")
+        raise InputError(f"{name} must be one of {options}, got {value!r}")
+
+
+def _int(value: Any, name: str, *, minimum: int | None = None, none: bool = False) -> None:
+    if none and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"{name} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise InputError(f"{name} must be at least {minimum}, got {value!r}")
+
+
+def _frozen_mapping(value: Mapping | None, name: str) -> Mapping | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise InputError(f"{name} must be a dict, got {type(value).__name__}")
+    return MappingProxyType(dict(value))
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """How the source is opened (reader options)."""
+
+    level: int = _opt(0, "pyramid level of a TIFF/OME-Zarr source (0 = full resolution)")
+    series: int = _opt(0, "TIFF series")
+    layout: Layout | None = _opt(None, "axis order of the stored data when it cannot be inferred")
+    allow_nonfinite: bool = _opt(False, "accept NaN/Inf in float TIFF sources (they are refused per window later)")
+    max_pixels: int | None = _opt(None, "refuse headers claiming more pixels (default TILEGRAPH_MAX_PIXELS)")
+    storage_options: Mapping | None = _opt(None, "fsspec options for URLs", cli=False)
+
+    def __post_init__(self) -> None:
+        _int(self.level, "source level", minimum=0)
+        _int(self.series, "source series", minimum=0)
+        _choice(self.layout, get_args(Layout), "layout", none=True)
+        _int(self.max_pixels, "max_pixels", minimum=1, none=True)
+        object.__setattr__(self, "storage_options", _frozen_mapping(self.storage_options, "storage_options"))
+
+    def reader_kwargs(self) -> dict:
+        """Keyword arguments for :func:`tilegraph.source.open_source`: only what differs from the defaults."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value != f.default:
+                out[f.name] = dict(value) if isinstance(value, Mapping) else value
+        return out
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """How the model is built and run, and what overrides its declarations."""
+
+    weights: str | None = _opt(None, "weights file (safetensors or torch checkpoint) for a model given by import path")
+    factory_kwargs: Mapping | None = _opt(None, "keyword arguments of the model factory", cli=False)
+    scale: str | None = _opt(None, "output pixels per input pixel: 2, 4 or 1/8 (default: declared, then probed)")
+    in_channels: int | None = _opt(None, "channels the model takes (default: declared, else the image's)")
+    out_channels: int | None = _opt(None, "channels the model returns (checked on a probe)")
+    stride: int | None = _opt(None, "total stride of the model (windows are multiples of it)", flat="model_stride")
+    halo: int | None = _opt(None, "pixels of context each side needs (default: declared)")
+    precision: Precision = _opt("fp32", "autocast precision")
+    channels_last: bool = _opt(False, "torch channels_last memory format")
+    compile: bool = _opt(False, "torch.compile the model on each worker")
+    device: Device = _opt("auto", "'auto' (the worker's GPU if any), 'cpu' or 'cuda'")
+
+    def __post_init__(self) -> None:
+        _choice(self.precision, get_args(Precision), "precision")
+        _choice(self.device, get_args(Device), "device")
+        for name in ("in_channels", "out_channels", "stride"):
+            _int(getattr(self, name), name, minimum=1, none=True)
+        _int(self.halo, "halo", minimum=0, none=True)
+        if self.scale is not None:
+            object.__setattr__(self, "scale", str(self.scale))
+        if self.weights is not None:
+            object.__setattr__(self, "weights", os.fspath(self.weights))
+        object.__setattr__(self, "factory_kwargs", _frozen_mapping(self.factory_kwargs, "factory_kwargs"))
+
+
+@dataclass(frozen=True)
+class TilingOptions:
+    """The window grid (validated against the image by :func:`tilegraph.plan.make_plan`)."""
+
+    tile: Any = _opt(512, "model window in source pixels, a pair, or 'auto' (largest that fits the device)")
+    overlap: Any = _opt(64, "pixels neighbouring windows share, or a fraction of tile")
+    pad_mode: PadMode = _opt("reflect", "padding at the image's far edges")
+    batch_size: int = _opt(4, "windows per forward pass")
+    batches_per_task: int = _opt(1, "forward passes per model task")
+
+    def __post_init__(self) -> None:
+        _choice(self.pad_mode, get_args(PadMode), "pad_mode")
+        _int(self.batch_size, "batch_size", minimum=1)
+        _int(self.batches_per_task, "batches_per_task", minimum=1)
+        if isinstance(self.tile, list):
+            object.__setattr__(self, "tile", tuple(self.tile))
+        if isinstance(self.overlap, list):
+            object.__setattr__(self, "overlap", tuple(self.overlap))
+        if self.tile != "auto" and not isinstance(self.tile, int | tuple):
+            raise InputError(f"tile must be an int, a pair of ints or 'auto', got {self.tile!r}")
+
+
+@dataclass(frozen=True)
+class BlendOptions:
+    """How windows are merged into the output (the mode is a registered :class:`~tilegraph.blend.Blender`)."""
+
+    mode: str = _opt("cosine", "blend mode: crop, linear, cosine, gaussian or a registered one", flat="blend")
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.mode, str):
+            raise InputError(f"blend must be the name of a blend mode, got {self.mode!r}")
+
+
+@dataclass(frozen=True)
+class ReconcileOptions:
+    """Colour reconciliation across windows (off unless ``mode`` is given)."""
+
+    mode: ReconcileMode | None = _opt(None, "colour reconciliation: offset or gain-offset", flat="reconcile")
+    reference: ReconcileReference | None = _opt(
+        "input", "what the colours are anchored to: input, thumbnail (the model run on a thumbnail) or none"
+    )
+    strength: float = _opt(1.0, "fraction of the solved correction applied (0..1)")
+    field: bool = _opt(False, "interpolate corrections smoothly between window centres")
+    sigma: float = _opt(2.0, "low-pass sigma (output pixels) of the statistics")
+
+    def __post_init__(self) -> None:
+        _choice(self.mode, get_args(ReconcileMode), "reconcile", none=True)
+        ref = None if self.reference in ("none", "None") else self.reference
+        object.__setattr__(self, "reference", ref)
+        _choice(self.reference, get_args(ReconcileReference), "reconcile reference", none=True)
+        if not 0.0 <= float(self.strength) <= 1.0:
+            raise InputError(f"reconcile strength must be in [0, 1], got {self.strength!r}")
+        if float(self.sigma) <= 0:
+            raise InputError(f"reconcile sigma must be positive, got {self.sigma!r}")
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """The output array: chunks, dtype, and what may be replaced."""
+
+    chunks: Any = _opt(1024, "output chunk extent (independent of the window grid)", flat="out_chunks")
+    shards: Any = _opt(None, "output shard extent, a multiple of the chunks", flat="out_shards")
+    dtype: str | None = _opt(None, "output dtype (default: the source's; float32 for latents)", flat="output_dtype")
+    overwrite: bool = _opt(False, "replace an existing destination (never the source)")
+    keep_tile_store: bool = _opt(False, "keep the per-window store after success (debugging)")
+    scratch: str | None = _opt(None, "folder for intermediate data (default: beside the destination)")
+
+    def __post_init__(self) -> None:
+        for name in ("chunks", "shards"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+        if self.dtype is not None:
+            import numpy as np
+
+            try:
+                object.__setattr__(self, "dtype", str(np.dtype(self.dtype)))
+            except TypeError:
+                raise InputError(f"output_dtype {self.dtype!r} is not a dtype") from None
+        if self.scratch is not None:
+            object.__setattr__(self, "scratch", os.fspath(self.scratch))
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """TIFF, PNG and JPEG writing (ignored for Zarr destinations)."""
+
+    compression: str | None = _opt(None, "TIFF compression (default: the source's, else zlib)")
+    tile: Any = _opt((512, 512), "TIFF tile extent", cli=False)
+    bigtiff: bool | None = _opt(None, "force BigTIFF on or off (default: by size)", cli=False)
+    quality: int = _opt(95, "JPEG quality", flat="jpeg_quality")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tile, int):
+            object.__setattr__(self, "tile", (self.tile, self.tile))
+        elif isinstance(self.tile, list):
+            object.__setattr__(self, "tile", tuple(self.tile))
+        _int(self.quality, "JPEG quality", minimum=1)
+
+
+@dataclass(frozen=True)
+class QualityOptions:
+    """Seam metrics and the QA report."""
+
+    enabled: bool = _opt(False, "measure seams and write report.json/report.html", flat="qa")
+    report_dir: str | None = _opt(None, "report folder (default DESTINATION.qa)", flat="qa_dir")
+    psnr_max_megapixels: float = _opt(64.0, "compare with whole-image inference up to this image size")
+
+
+@dataclass(frozen=True)
+class ExecutionOptions:
+    """How the run shows itself; where it runs is ``client=``."""
+
+    progress: bool | None = _opt(None, "show progress (default: on a terminal or in Jupyter)")
+
+
+_GROUPS = {
+    "source": SourceOptions,
+    "model": ModelOptions,
+    "tiling": TilingOptions,
+    "blend": BlendOptions,
+    "reconcile": ReconcileOptions,
+    "output": OutputOptions,
+    "export": ExportOptions,
+    "quality": QualityOptions,
+    "execution": ExecutionOptions,
+}
+
+#: Keywords of ``run()`` that take a whole sub-option (object or dict).
+_GROUP_KEYWORDS = {
+    "source_options": "source",
+    "reconcile_options": "reconcile",
+    "export_options": "export",
+}
+
+
+@dataclass(frozen=True)
+class FlatField:
+    """One option as ``run()`` and the CLI name it."""
+
+    flat: str
+    group: str | None
+    name: str
+    default: Any
+    help: str
+    cli: bool
+    annotation: Any
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Every option of a run, validated (see the module notes).
+
+    Build it with :meth:`from_kwargs` (``run()``'s keywords), :meth:`from_mapping` (a parsed
+    configuration file) or directly.
+    """
+
+    source: SourceOptions = field(default_factory=SourceOptions)
+    model: ModelOptions = field(default_factory=ModelOptions)
+    tiling: TilingOptions = field(default_factory=TilingOptions)
+    blend: BlendOptions = field(default_factory=BlendOptions)
+    reconcile: ReconcileOptions = field(default_factory=ReconcileOptions)
+    output: OutputOptions = field(default_factory=OutputOptions)
+    export: ExportOptions = field(default_factory=ExportOptions)
+    quality: QualityOptions = field(default_factory=QualityOptions)
+    execution: ExecutionOptions = field(default_factory=ExecutionOptions)
+    thumbnail: int | None = _opt(
+        None, "longest side of the one thumbnail inference of a run (default: the window, at least 256)"
+    )
+    task: str = _opt("image", "what the run produces (a registered output kind)")
+
+    def __post_init__(self) -> None:
+        for name, cls in _GROUPS.items():
+            value = getattr(self, name)
+            if not isinstance(value, cls):
+                object.__setattr__(self, name, _coerce_group(cls, value, name))
+        _int(self.thumbnail, "thumbnail", minimum=16, none=True)
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def from_kwargs(cls, base: RunOptions | None = None, **kwargs: Any) -> RunOptions:
+        """Options from ``run()``'s flat keywords, on top of ``base`` (default: all defaults).
+
+        Whole sub-options may be given as ``source_options=``, ``reconcile_options=`` and
+        ``export_options=`` (objects or dicts); a flat keyword such as ``reconcile="offset"`` then
+        still applies on top.
+
+        Raises
+        ------
+        tilegraph.errors.InputError
+            An unknown keyword or a bad value.
+        """
+        opts = base or cls()
+        table = {f.flat: f for f in flat_fields()}
+        groups: dict[str, dict] = {}
+        top: dict[str, Any] = {}
+        for key, value in kwargs.items():
+            if key in _GROUP_KEYWORDS:
+                if value is None:
+                    continue
+                group = _GROUP_KEYWORDS[key]
+                current = getattr(opts, group)
+                if isinstance(value, type(current)):
+                    opts = replace(opts, **{group: value})
+                else:
+                    merged = {**dataclasses.asdict(current), **_as_dict(value, key, type(current))}
+                    opts = replace(opts, **{group: _coerce_group(type(current), merged, key)})
+                continue
+            f = table.get(key)
+            if f is None:
+                raise InputError(f"unknown option {key!r}", hint=f"use one of {', '.join(sorted(table))}")
+            if f.group is None:
+                top[f.name] = value
+            else:
+                groups.setdefault(f.group, {})[f.name] = value
+        for group, values in groups.items():
+            current = getattr(opts, group)
+            opts = replace(opts, **{group: _coerce_group(type(current), {**_fields_of(current), **values}, group)})
+        return replace(opts, **top) if top else opts
+
+    @classmethod
+    def from_mapping(cls, data: Mapping, *, origin: str = "configuration") -> RunOptions:
+        """Options from a nested mapping (a parsed TOML/YAML file).
+
+        Top-level keys are ``run()``'s keywords (``tile = 1024``); tables named after a group
+        (``[reconcile]``, ``[model]``...) hold that group's fields.
+        """
+        flat: dict[str, Any] = {}
+        nested: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in _GROUPS and isinstance(value, Mapping):
+                nested[key] = value
+            else:
+                flat[key] = value
+        opts = cls()
+        for group, values in nested.items():
+            opts = replace(opts, **{group: _coerce_group(_GROUPS[group], values, f"{origin} [{group}]")})
+        try:
+            return cls.from_kwargs(opts, **flat)
+        except InputError as exc:
+            raise InputError(f"{origin}: {exc.message}", hint=exc.hint) from None
+
+    # ----------------------------------------------------------------- views
+    def to_dict(self) -> dict:
+        """Plain data (JSON-able) for the output's metadata."""
+
+        def plain(v: Any) -> Any:
+            if isinstance(v, Mapping):
+                return {str(k): plain(x) for k, x in v.items()}
+            if isinstance(v, tuple | list):
+                return [plain(x) for x in v]
+            return v
+
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = plain(dataclasses.asdict(value)) if dataclasses.is_dataclass(value) else plain(value)
+        return out
+
+    def flat(self) -> dict[str, Any]:
+        """Every option under its ``run()`` keyword."""
+        out = {}
+        for f in flat_fields():
+            holder = self if f.group is None else getattr(self, f.group)
+            out[f.flat] = getattr(holder, f.name)
+        return out
+
+
+def _fields_of(obj: Any) -> dict:
+    return {f.name: getattr(obj, f.name) for f in fields(obj)}
+
+
+def _as_dict(value: Any, name: str, cls: type) -> dict:
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise InputError(f"{name} must be a {cls.__name__} or a dict, got {type(value).__name__}")
+
+
+def _coerce_group(cls: type[S], value: Any, name: str) -> S:
+    """A sub-option from an instance or a dict, naming any unknown key."""
+    if isinstance(value, cls):
+        return value
+    data = _as_dict(value, name, cls)
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    aliases = {f.metadata.get("flat"): f.name for f in fields(cls) if f.metadata.get("flat")}  # type: ignore[arg-type]
+    clean = {}
+    for key, v in data.items():
+        key = aliases.get(key, key)
+        if key not in known:
+            raise InputError(f"unknown {name} option {key!r}", hint=f"use one of {', '.join(sorted(known))}")
+        clean[key] = v
+    return cls(**clean)
+
+
+def flat_fields() -> Iterator[FlatField]:
+    """Every option as a ``run()`` keyword: group, field, default, help, whether the CLI offers it."""
+    for f in fields(RunOptions):
+        if f.name in _GROUPS:
+            for g in fields(_GROUPS[f.name]):
+                default = g.default if g.default is not dataclasses.MISSING else None
+                yield FlatField(
+                    flat=g.metadata.get("flat") or _default_flat(f.name, g.name),
+                    group=f.name,
+                    name=g.name,
+                    default=default,
+                    help=g.metadata.get("help", ""),
+                    cli=bool(g.metadata.get("cli", True)),
+                    annotation=g.type,
+                )
+        else:
+            yield FlatField(
+                flat=f.name,
+                group=None,
+                name=f.name,
+                default=f.default,
+                help=f.metadata.get("help", ""),
+                cli=bool(f.metadata.get("cli", True)),
+                annotation=f.type,
+            )
+
+
+def _default_flat(group: str, name: str) -> str:
+    """``run()`` keyword of a field without an explicit one: its name, prefixed where ambiguous."""
+    prefixed = {
+        ("reconcile", "reference"),
+        ("reconcile", "strength"),
+        ("reconcile", "field"),
+        ("reconcile", "sigma"),
+        ("export", "compression"),
+        ("export", "tile"),
+        ("export", "bigtiff"),
+        ("quality", "psnr_max_megapixels"),
+    }
+    return f"{group}_{name}" if (group, name) in prefixed else name
+
+
+def load_config(path: str | os.PathLike) -> RunOptions:
+    """Options from a TOML (``.toml``) or YAML (``.yaml``/``.yml``, needs PyYAML) file.
+
+    Raises
+    ------
+    tilegraph.errors.InputError
+        Missing or unreadable file, unknown keys or bad values (the message names the file).
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise InputError(f"cannot read the configuration file: {exc.strerror or exc}", path=path) from None
+    lower = path.lower()
+    try:
+        if lower.endswith(".toml"):
+            import tomllib
+
+            data = tomllib.loads(raw.decode("utf-8"))
+        elif lower.endswith((".yaml", ".yml")):
+            try:
+                import yaml  # type: ignore[import-untyped]
+            except ImportError:
+                raise InputError("YAML configuration needs PyYAML", path=path, hint="pip install pyyaml, or use TOML") from None
+            data = yaml.safe_load(raw) or {}
+        else:
+            raise InputError("configuration files are .toml, .yaml or .yml", path=path)
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"cannot parse the configuration file: {exc}", path=path) from None
+    if not isinstance(data, Mapping):
+        raise InputError("the configuration file must hold a table of options", path=path)
+    return RunOptions.from_mapping(data, origin=path)
