@@ -294,6 +294,7 @@ def test_run_recovers_from_out_of_memory_by_splitting_batches(tmp_path):
 
 
 def test_run_single_window_out_of_memory_is_named(tmp_path):
+    """A window that cannot be split smaller (the halo covers it) and does not fit is an error naming it."""
     import tilegraph
     from tilegraph.errors import OutOfMemoryError
     from tilegraph.testing.models import OOMModel
@@ -301,8 +302,44 @@ def test_run_single_window_out_of_memory_is_named(tmp_path):
     image = np.zeros((150, 150, 3), np.uint8)
     with pytest.raises(OutOfMemoryError, match="96 x 96") as info:  # the 64 x 64 probe fits, windows do not
         tilegraph.run(image, tmp_path / "o.zarr", model=OOMModel(max_pixels=90 * 90), tile=96, overlap=8,
-                      client="inprocess")
+                      halo=64, client="inprocess")
     assert info.value.window == (0, 0)
+
+
+class _OOMConv(torch.nn.Module):
+    """A 5 x 5 box filter (receptive radius 2) that runs out of memory on windows over ``limit`` pixels."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.shapes: list[tuple[int, int]] = []
+
+    def forward(self, x):
+        if x.shape[2] * x.shape[3] > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        self.shapes.append((x.shape[2], x.shape[3]))
+        return torch.nn.functional.avg_pool2d(torch.nn.functional.pad(x, (2, 2, 2, 2), mode="replicate"), 5, 1)
+
+
+@pytest.mark.parametrize("blend", ["crop", "cosine"])
+def test_window_that_does_not_fit_alone_is_split_with_its_halo(tmp_path, blend):
+    """Promise: a single window that runs out of memory is split into overlapping sub-windows with the
+    model's halo and retried; for crop, where the halo covers the receptive field, the output is exact."""
+    import tilegraph
+    from tilegraph.testing import whole_image_inference
+
+    image = np.random.default_rng(3).integers(0, 255, (150, 170, 3), dtype=np.uint8)
+    model = _OOMConv(limit=70 * 70)  # the 64 x 64 probe fits; 96 x 96 windows do not
+    res = tilegraph.run(image, tmp_path / "s.zarr", model=model, tile=96, overlap=16, halo=4, blend=blend,
+                        client="inprocess")
+    assert res.extra["oom_splits"] >= 1
+    tiled = np.asarray(res.output[:])
+    plain = tilegraph.run(image, tmp_path / "p.zarr", model=_OOMConv(limit=10**9), tile=96, overlap=16,
+                          blend=blend, client="inprocess")
+    np.testing.assert_array_equal(tiled, np.asarray(plain.output[:]))  # split windows equal whole windows
+    if blend == "crop":
+        whole = whole_image_inference(image, _OOMConv(limit=10**9), res.plan)
+        np.testing.assert_array_equal(tiled, np.clip(np.rint(whole * 255), 0, 255).astype(np.uint8))
 
 
 def test_run_with_tile_auto_records_choice(tmp_path):

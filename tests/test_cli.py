@@ -94,7 +94,9 @@ def test_qa_with_grid_shift(tmp_path, capsys):
         assert main(["run", src, out, "--model", model, "--tile", "64", "--overlap", "16", "--blend", "crop",
                      "--inprocess"]) == 0
         capsys.readouterr()
-        assert main(["qa", out, "--grid-shift"]) == 0
+        assert main(["qa", out, "--grid-shift"]) == 2  # nothing recorded in the output is imported or run
+        assert f"pass --model {model}" in capsys.readouterr().err
+        assert main(["qa", out, "--grid-shift", "--model", model]) == 0
         reports[name] = json.loads(capsys.readouterr().out)
         assert reports[name]["report"].endswith("report.html")
     assert reports["exact"]["grid_shift_max_abs_dn"] < 0.01  # an exact model does not care where the grid is

@@ -447,8 +447,8 @@ def test_connect_runs_the_self_check_and_catches_dropped_restrictions(gpu_client
 
     original = DaskExecutor.submit
 
-    def submit_dropping_resources(self, fn, *args, key, resources=None, deps=()):
-        return original(self, fn, *args, key=key, resources=None, deps=deps)
+    def submit_dropping_resources(self, fn, *args, key, resources=None):
+        return original(self, fn, *args, key=key, resources=None)
 
     monkeypatch.setattr(DaskExecutor, "submit", submit_dropping_resources)  # a regression that loses them
     with pytest.raises(ResourceRestrictionError, match="reached the scheduler with restrictions"):

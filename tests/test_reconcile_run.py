@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import tilegraph
-from tilegraph.engine.tasks import thumbnail_reference
+from tilegraph.engine.thumbnail import thumbnail_inference
 from tilegraph.infer.spec import describe_model
 from tilegraph.quality import seam_metrics
 from tilegraph.source import open_source
@@ -69,7 +69,7 @@ def test_instance_norm_worst_neighbour_colour_difference_halved(tmp_path):
                           reconcile="gain-offset", reconcile_options={"reference": "thumbnail"}, **kw)
     # both measured against the same reference: the model run on the thumbnail (what the run anchors to)
     factor = -(-size // 256)  # the default thumbnail: longest side max(tile, 256)
-    thumb = thumbnail_reference(open_source(image), describe_model(model), model, factor=factor, align=1, channels=3)
+    thumb = thumbnail_inference(open_source(image), describe_model(model), model, factor=factor, align=1, channels=3)
     before = seam_metrics(np.asarray(raw.output[:]), raw.plan, reference=thumb)["colour"]["neighbour"]["max"]
     after = fixed.report["metrics"]["colour"]["neighbour"]["max"]
     assert after <= 0.5 * before, (before, after)

@@ -25,6 +25,7 @@ from tilegraph.errors import (
     TileStoreError,
     UnsupportedSourceError,
 )
+from tilegraph.metadata import SourceMetadata
 from tilegraph.sink import tiff_sink
 from tilegraph.sink.tiff_sink import (
     PROVENANCE_TAG,
@@ -35,7 +36,6 @@ from tilegraph.sink.tiff_sink import (
     validate_export,
 )
 from tilegraph.source import open_source
-from tilegraph.metadata import SourceMetadata
 from tilegraph.source.tiff_source import (
     DEFAULT_MAX_PIXELS,
     TiffSource,

@@ -7,35 +7,29 @@ import os
 import numpy as np
 import pytest
 
-from tilegraph.cluster.local import connect
-from tilegraph.engine.job import Job
 from tilegraph.errors import MissingWindowError, TilegraphError
-from tilegraph.infer.spec import describe_model
-from tilegraph.source import open_source
 from tilegraph.source.zarr_source import ZarrSource
-from tilegraph.testing import numpy_identity
+from tilegraph.testing import Stages, numpy_identity
 
 
-def _job(tmp_path, image, **kw):
-    opts = dict(tile=32, overlap=8, blend="cosine", batch_size=2, out_chunks=40, output_dtype=None,
-                overwrite=False, pad_mode="reflect", scratch=str(tmp_path / "scratch"), progress=False)
+def _stages(tmp_path, image, **kw) -> Stages:
+    opts = dict(tile=32, overlap=8, blend="cosine", batch_size=2, out_chunks=40, scratch=str(tmp_path / "scratch"),
+                progress=False)
     opts.update(kw)
-    return Job(open_source(image), str(tmp_path / "out.zarr"), spec=describe_model(numpy_identity),
-               model_obj=numpy_identity, executor=connect("inprocess"), **opts)
+    return Stages(image, str(tmp_path / "out.zarr"), model=numpy_identity, **opts)
 
 
 def test_deleted_window_fails_naming_it(tmp_path):
     image = np.random.default_rng(0).integers(0, 255, (100, 100, 3), dtype=np.uint8)
-    job = _job(tmp_path, image)
-    plan = job.prepare()
-    job.infer()
+    stages = _stages(tmp_path, image)
+    plan = stages.prepare().plan
+    stages.infer()
     victim = plan.window(4)  # row 1, col 1 of a 4 x 4 grid
-    chunk = job.tiles.chunk_path(4)
+    chunk = stages.run.context.tile_store.chunk_path(4)
     assert os.path.isfile(chunk)
     os.remove(chunk)
     with pytest.raises(MissingWindowError) as info:
-        job.blend()
-        job.finish()
+        stages.assemble()
     assert info.value.window == (victim.row, victim.col)
     assert f"window ({victim.row}, {victim.col})" in str(info.value)
     # the output never looks complete
@@ -45,12 +39,9 @@ def test_deleted_window_fails_naming_it(tmp_path):
 
 def test_tile_store_removed_after_success(tmp_path):
     image = np.zeros((50, 50, 3), np.uint8)
-    job = _job(tmp_path, image)
-    job.prepare()
-    job.infer()
-    job.blend()
-    res = job.finish()
-    assert not os.path.exists(job.tile_store)
+    stages = _stages(tmp_path, image)
+    res = stages.all()
+    assert not os.path.exists(stages.run.context.tile_store.path)
     assert res.output.attrs["tilegraph"]["complete"] is True
 
 
@@ -59,24 +50,21 @@ def test_results_independent_of_order(tmp_path):
     image = np.random.default_rng(1).random((90, 120, 3)).astype(np.float32)
     outs = []
     for i, bs in enumerate((1, 3, 7)):
-        job = _job(tmp_path / str(i), image, batch_size=bs, blend="gaussian")
-        job.prepare()
-        job.infer()
-        job.blend()
-        outs.append(np.asarray(job.finish().output[:]))
+        res = _stages(tmp_path / str(i), image, batch_size=bs, blend="gaussian").all()
+        outs.append(np.asarray(res.output[:]))
     assert all(np.array_equal(outs[0], o) for o in outs[1:])
 
 
 def test_deleted_window_detected_in_integer_crop_store(tmp_path):
     """crop with an integer output keeps the store in the output dtype; a lost window is still caught."""
     image = np.random.default_rng(0).integers(0, 255, (100, 100, 3), dtype=np.uint8)
-    job = _job(tmp_path, image, blend="crop")
-    plan = job.prepare()
+    stages = _stages(tmp_path, image, blend="crop")
+    plan = stages.prepare().plan
     assert plan.tile_store_dtype == "uint8"
-    job.infer()
-    os.remove(job.tiles.chunk_path(5))
+    stages.infer()
+    os.remove(stages.run.context.tile_store.chunk_path(5))
     with pytest.raises(MissingWindowError) as info:
-        job.blend()
+        stages.assemble()
     assert info.value.window == (plan.window(5).row, plan.window(5).col)
 
 
@@ -88,7 +76,7 @@ def test_direct_chunk_files_are_the_zarr_array(tmp_path, dtype):
     """Chunks written straight to files read back through zarr, and zarr-written chunks read directly."""
     import zarr
 
-    from tilegraph.engine.tile_store import TileStore
+    from tilegraph.sink.tile_store import TileStore
 
     rng = np.random.default_rng(1)
     shape = (5, 3, 24, 40)
@@ -110,7 +98,7 @@ def test_direct_chunk_files_are_the_zarr_array(tmp_path, dtype):
 
 
 def test_store_behind_a_url_goes_through_zarr(tmp_path):
-    from tilegraph.engine.tile_store import TileStore
+    from tilegraph.sink.tile_store import TileStore
 
     tiles = TileStore.create(f"memory://tiles-{os.getpid()}-{id(tmp_path)}", (3, 1, 8, 8), "float16")
     assert not tiles.direct
@@ -122,8 +110,8 @@ def test_store_behind_a_url_goes_through_zarr(tmp_path):
 
 
 def test_truncated_chunk_is_an_error_naming_the_file(tmp_path):
-    from tilegraph.engine.tile_store import TileStore
     from tilegraph.errors import TileStoreError
+    from tilegraph.sink.tile_store import TileStore
 
     tiles = TileStore.create(str(tmp_path / "t.zarr"), (2, 2, 16, 16), "float32")
     tiles.write(0, np.ones((2, 16, 16), np.float32))

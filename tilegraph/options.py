@@ -43,6 +43,7 @@ __all__ = [
     "FlatField",
     "flat_fields",
     "load_config",
+    "GROUP_KEYWORDS",
     "Precision",
     "PadMode",
     "Layout",
@@ -61,9 +62,15 @@ Device = Literal["auto", "cpu", "cuda"]
 S = TypeVar("S")
 
 
-def _opt(default: Any, help: str, *, flat: str | None = None, cli: bool = True, factory: Any = None) -> Any:
-    """A dataclass field with its keyword in ``run()`` (``flat``) and help text."""
-    meta = {"help": help, "flat": flat, "cli": cli}
+def _opt(
+    default: Any, help: str, *, flat: str | None = None, cli: bool = True, run: bool = True, factory: Any = None
+) -> Any:
+    """A dataclass field with its flat name (``flat``), help text, and whether ``run()`` and the CLI take it.
+
+    Fields with ``run=False`` reach :func:`tilegraph.run` through their group's keyword
+    (``source_options=``, ``reconcile_options=``, ``export_options=``, ``quality_options=``).
+    """
+    meta = {"help": help, "flat": flat, "cli": cli, "run": run}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -98,12 +105,12 @@ def _frozen_mapping(value: Mapping | None, name: str) -> Mapping | None:
 class SourceOptions:
     """How the source is opened (reader options)."""
 
-    level: int = _opt(0, "pyramid level of a TIFF/OME-Zarr source (0 = full resolution)")
-    series: int = _opt(0, "TIFF series")
-    layout: Layout | None = _opt(None, "axis order of the stored data when it cannot be inferred")
-    allow_nonfinite: bool = _opt(False, "accept NaN/Inf in float TIFF sources (they are refused per window later)")
-    max_pixels: int | None = _opt(None, "refuse headers claiming more pixels (default TILEGRAPH_MAX_PIXELS)")
-    storage_options: Mapping | None = _opt(None, "fsspec options for URLs", cli=False)
+    level: int = _opt(0, "pyramid level of a TIFF/OME-Zarr source (0 = full resolution)", run=False)
+    series: int = _opt(0, "TIFF series", run=False)
+    layout: Layout | None = _opt(None, "axis order of the stored data when it cannot be inferred", run=False)
+    allow_nonfinite: bool = _opt(False, "accept NaN/Inf in float TIFF sources (they are refused per window later)", run=False)
+    max_pixels: int | None = _opt(None, "refuse headers claiming more pixels (default TILEGRAPH_MAX_PIXELS)", run=False)
+    storage_options: Mapping | None = _opt(None, "fsspec options for URLs", cli=False, run=False)
 
     def __post_init__(self) -> None:
         _int(self.level, "source level", minimum=0)
@@ -190,11 +197,11 @@ class ReconcileOptions:
 
     mode: ReconcileMode | None = _opt(None, "colour reconciliation: offset or gain-offset", flat="reconcile")
     reference: ReconcileReference | None = _opt(
-        "input", "what the colours are anchored to: input, thumbnail (the model run on a thumbnail) or none"
+        "input", "what the colours are anchored to: input, thumbnail (the model run on a thumbnail) or none", run=False
     )
-    strength: float = _opt(1.0, "fraction of the solved correction applied (0..1)")
-    field: bool = _opt(False, "interpolate corrections smoothly between window centres")
-    sigma: float = _opt(2.0, "low-pass sigma (output pixels) of the statistics")
+    strength: float = _opt(1.0, "fraction of the solved correction applied (0..1)", run=False)
+    field: bool = _opt(False, "interpolate corrections smoothly between window centres", run=False)
+    sigma: float = _opt(2.0, "low-pass sigma (output pixels) of the statistics", run=False)
 
     def __post_init__(self) -> None:
         _choice(self.mode, get_args(ReconcileMode), "reconcile", none=True)
@@ -238,10 +245,10 @@ class OutputOptions:
 class ExportOptions:
     """TIFF, PNG and JPEG writing (ignored for Zarr destinations)."""
 
-    compression: str | None = _opt(None, "TIFF compression (default: the source's, else zlib)")
-    tile: Any = _opt((512, 512), "TIFF tile extent", cli=False)
-    bigtiff: bool | None = _opt(None, "force BigTIFF on or off (default: by size)", cli=False)
-    quality: int = _opt(95, "JPEG quality", flat="jpeg_quality")
+    compression: str | None = _opt(None, "TIFF compression (default: the source's, else zlib)", run=False)
+    tile: Any = _opt((512, 512), "TIFF tile extent", cli=False, run=False)
+    bigtiff: bool | None = _opt(None, "force BigTIFF on or off (default: by size)", cli=False, run=False)
+    quality: int = _opt(95, "JPEG quality", flat="jpeg_quality", run=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.tile, int):
@@ -256,8 +263,8 @@ class QualityOptions:
     """Seam metrics and the QA report."""
 
     enabled: bool = _opt(False, "measure seams and write report.json/report.html", flat="qa")
-    report_dir: str | None = _opt(None, "report folder (default DESTINATION.qa)", flat="qa_dir")
-    psnr_max_megapixels: float = _opt(64.0, "compare with whole-image inference up to this image size")
+    report_dir: str | None = _opt(None, "report folder (default DESTINATION.qa)", flat="qa_dir", run=False)
+    psnr_max_megapixels: float = _opt(64.0, "compare with whole-image inference up to this image size (megapixels)", run=False)
 
 
 @dataclass(frozen=True)
@@ -280,10 +287,11 @@ _GROUPS = {
 }
 
 #: Keywords of ``run()`` that take a whole sub-option (object or dict).
-_GROUP_KEYWORDS = {
+GROUP_KEYWORDS = {
     "source_options": "source",
     "reconcile_options": "reconcile",
     "export_options": "export",
+    "quality_options": "quality",
 }
 
 
@@ -297,6 +305,7 @@ class FlatField:
     default: Any
     help: str
     cli: bool
+    run: bool
     annotation: Any
 
 
@@ -321,6 +330,7 @@ class RunOptions:
         None, "longest side of the one thumbnail inference of a run (default: the window, at least 256)"
     )
     task: str = _opt("image", "what the run produces (a registered output kind)")
+    passes: tuple[str, ...] = _opt((), "registered passes to run after blending, in order")
 
     def __post_init__(self) -> None:
         for name, cls in _GROUPS.items():
@@ -328,15 +338,22 @@ class RunOptions:
             if not isinstance(value, cls):
                 object.__setattr__(self, name, _coerce_group(cls, value, name))
         _int(self.thumbnail, "thumbnail", minimum=16, none=True)
+        if isinstance(self.passes, str):
+            object.__setattr__(self, "passes", (self.passes,))
+        object.__setattr__(self, "passes", tuple(self.passes or ()))
+        if not all(isinstance(p, str) and p for p in self.passes):
+            raise InputError(f"passes must be names of registered passes, got {self.passes!r}")
+        if not isinstance(self.task, str) or not self.task:
+            raise InputError(f"task must be the name of an output kind, got {self.task!r}")
 
     # ----------------------------------------------------------------- construction
     @classmethod
     def from_kwargs(cls, base: RunOptions | None = None, **kwargs: Any) -> RunOptions:
         """Options from ``run()``'s flat keywords, on top of ``base`` (default: all defaults).
 
-        Whole sub-options may be given as ``source_options=``, ``reconcile_options=`` and
-        ``export_options=`` (objects or dicts); a flat keyword such as ``reconcile="offset"`` then
-        still applies on top.
+        Whole sub-options may be given as ``source_options=``, ``reconcile_options=``,
+        ``export_options=`` and ``quality_options=`` (objects or dicts); a flat keyword such as
+        ``reconcile="offset"`` then still applies on top. ``qa`` may be a folder (the report's).
 
         Raises
         ------
@@ -348,16 +365,19 @@ class RunOptions:
         groups: dict[str, dict] = {}
         top: dict[str, Any] = {}
         for key, value in kwargs.items():
-            if key in _GROUP_KEYWORDS:
+            if key in GROUP_KEYWORDS:
                 if value is None:
                     continue
-                group = _GROUP_KEYWORDS[key]
+                group = GROUP_KEYWORDS[key]
                 current = getattr(opts, group)
                 if isinstance(value, type(current)):
                     opts = replace(opts, **{group: value})
                 else:
                     merged = {**dataclasses.asdict(current), **_as_dict(value, key, type(current))}
                     opts = replace(opts, **{group: _coerce_group(type(current), merged, key)})
+                continue
+            if key == "qa" and isinstance(value, str | os.PathLike) and not isinstance(value, bool):
+                groups.setdefault("quality", {}).update(enabled=True, report_dir=os.fspath(value))
                 continue
             f = table.get(key)
             if f is None:
@@ -458,6 +478,7 @@ def flat_fields() -> Iterator[FlatField]:
                     default=default,
                     help=g.metadata.get("help", ""),
                     cli=bool(g.metadata.get("cli", True)),
+                    run=bool(g.metadata.get("run", True)),
                     annotation=g.type,
                 )
         else:
@@ -468,6 +489,7 @@ def flat_fields() -> Iterator[FlatField]:
                 default=f.default,
                 help=f.metadata.get("help", ""),
                 cli=bool(f.metadata.get("cli", True)),
+                run=bool(f.metadata.get("run", True)),
                 annotation=f.type,
             )
 

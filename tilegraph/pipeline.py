@@ -1,32 +1,41 @@
-"""The one module that composes the stages: :func:`run`."""
+"""The one module that composes the stages: :func:`run`.
+
+::
+
+    source ──> plan ──> infer ──> reconcile ──> blend ──> sink ──> quality
+
+Options are normalised once, here, into a frozen :class:`~tilegraph.options.RunOptions`; each stage
+(:mod:`tilegraph.engine.prepare`, ``.infer``, ``.reconcile``, ``.assemble``, ``.passes``,
+``.finish``) takes and returns typed values.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
+from typing import Any
 
-from tilegraph.cluster.local import connect
-from tilegraph.engine.job import Job, RunResult
-from tilegraph.infer.spec import describe_model
-from tilegraph.source import open_source
+from tilegraph.engine.result import RunResult
+from tilegraph.options import RunOptions, load_config
 
-__all__ = ["run"]
+__all__ = ["run", "RunResult"]
 
 
 def run(
-    source,
-    destination,
+    source: Any,
+    destination: str | os.PathLike,
     *,
-    model,
-    tile=512,
-    overlap=64,
+    model: Any,
+    tile: Any = 512,
+    overlap: Any = 64,
     blend: str = "cosine",
-    client=None,
-    scale=None,
+    client: Any = None,
+    scale: Any = None,
     batch_size: int = 4,
     batches_per_task: int = 1,
-    out_chunks=1024,
-    out_shards=None,
-    output_dtype=None,
+    out_chunks: Any = 1024,
+    out_shards: Any = None,
+    output_dtype: str | None = None,
     overwrite: bool = False,
     pad_mode: str = "reflect",
     precision: str = "fp32",
@@ -39,14 +48,19 @@ def run(
     out_channels: int | None = None,
     model_stride: int | None = None,
     halo: int | None = None,
-    source_options: dict | None = None,
-    export_options: dict | None = None,
+    source_options: Any = None,
+    export_options: Any = None,
     scratch: str | None = None,
     progress: bool | None = None,
     keep_tile_store: bool = False,
     reconcile: str | None = None,
-    reconcile_options: dict | None = None,
+    reconcile_options: Any = None,
     qa: bool | str = False,
+    quality_options: Any = None,
+    thumbnail: int | None = None,
+    task: str = "image",
+    passes: Any = (),
+    options: RunOptions | str | os.PathLike | None = None,
 ) -> RunResult:
     """Run ``model`` over ``source`` tile by tile and write a seam-free output to ``destination``.
 
@@ -55,8 +69,8 @@ def run(
     source
         Path or URL (Zarr, OME-Zarr, TIFF, PNG, JPEG), a numpy/dask/zarr array, or a :class:`~tilegraph.source.Source`.
     destination
-        Output path or URL: a Zarr v3 array, or a ``.tif``/``.png``/``.jpg`` file (written from a Zarr
-        scratch output in one final step).
+        Output path or URL: a Zarr v3 array (``.zarr`` or no suffix), or a ``.tif``/``.png``/``.jpg``
+        file (written from a Zarr in scratch space in one final step). Other suffixes are refused.
     model
         A ``torch.nn.Module``, an import path ``"package.module:factory"`` (with ``weights=``), or a
         numpy callable on ``(N, C, H, W)`` float32 batches.
@@ -65,7 +79,8 @@ def run(
         probes the real model on a worker's device and picks the largest window and batch that fit
         its memory with a margin (recorded in ``result.extra["autotile"]`` and the output's metadata).
     blend
-        ``"crop"``, ``"linear"``, ``"cosine"`` (default) or ``"gaussian"``.
+        ``"crop"``, ``"linear"``, ``"cosine"`` (default), ``"gaussian"``, or a registered mode
+        (:func:`tilegraph.blend.register_blender`).
     client
         ``None`` starts an embedded local cluster; ``"inprocess"`` runs here without a cluster; a
         scheduler address or a ``distributed.Client`` uses that cluster.
@@ -73,10 +88,7 @@ def run(
         Override what the model declares (``scale`` is also measured with a probe and checked).
     batch_size, batches_per_task
         Windows per forward pass, and forward passes per model task. Two model tasks run at once per
-        worker and take turns on the model, so one reads and writes while the other computes; with
-        one batch per task (the default) blending follows inference closely and the job ends soon
-        after its last forward pass. More batches per task mean fewer, longer tasks (a task also
-        reads its next batch while the current one runs).
+        worker and take turns on the model, so one reads and writes while the other computes.
     out_chunks, out_shards
         Output Zarr chunk extent (independent of the window grid) and, optionally, shard extent (a
         multiple of the chunks). Each output chunk, or each shard when sharded, is written by one task.
@@ -84,25 +96,34 @@ def run(
         Defaults to the source dtype; pass ``"float32"`` for latents.
     overwrite
         Replace an existing destination (never the source itself).
-    precision, channels_last, compile, device
-        Opt-in speed options, recorded in the output's metadata.
+    pad_mode, precision, channels_last, compile, device, weights, factory_kwargs
+        See :class:`~tilegraph.options.TilingOptions` and :class:`~tilegraph.options.ModelOptions`.
+    source_options, export_options, reconcile_options, quality_options
+        :class:`~tilegraph.options.SourceOptions` (``level=``, ``series=``...),
+        :class:`~tilegraph.options.ExportOptions` (TIFF compression, JPEG quality...),
+        :class:`~tilegraph.options.ReconcileOptions` (``reference``, ``strength``, ``field``,
+        ``sigma``), :class:`~tilegraph.options.QualityOptions`; objects or dicts (an unknown key is
+        an error naming it).
+    scratch, keep_tile_store
+        Folder for intermediate data (default: beside the destination), and keeping the per-window
+        store after success (debugging).
     progress
         Show progress (default: on when stderr is a terminal or in Jupyter).
-    keep_tile_store
-        Keep the intermediate per-window store (for debugging).
     reconcile
         Colour reconciliation across windows: ``None`` (default), ``"offset"`` or ``"gain-offset"``.
-        Each model task gathers small statistics of every overlap and of each window against the
-        input; one global least-squares solve (robust, anchored to the input) gives a per-window,
-        per-channel correction applied before blending.
-    reconcile_options
-        ``{"reference": "input" | "thumbnail" | None, "strength": 1.0, "field": False, "sigma": 2.0,
-        "thumbnail_size": None}``. ``"thumbnail"`` anchors to the model run once on a thumbnail of the
-        whole image (longest side ``thumbnail_size``, default the window or 256 px), for models that
-        change colour; ``field`` interpolates the corrections smoothly between window centres.
     qa
         Measure seams on the output and write a report (``report.json``, ``report.html``) to
         ``<destination>.qa`` (or to the folder given).
+    thumbnail
+        Longest side of the run's one thumbnail inference (used by the thumbnail reference and by
+        passes that need the whole picture).
+    task
+        What the run produces: ``"image"`` (default) or a registered output kind.
+    passes
+        Names of registered passes (:func:`tilegraph.passes.register_pass`) run after blending, in order.
+    options
+        A :class:`~tilegraph.options.RunOptions`, or a TOML/YAML file of options; the keywords above
+        that differ from their defaults apply on top of it.
 
     Returns
     -------
@@ -114,65 +135,111 @@ def run(
     tilegraph.errors.TilegraphError
         A typed error naming the file or window at fault; the output is then left marked incomplete.
     """
-    src = open_source(source, **(source_options or {}))
+    given = {k: v for k, v in locals().items() if k not in ("source", "destination", "model", "client", "options")}
+    opts = _options(options, given)
+    return execute(source, os.fspath(destination), model=model, options=opts, client=client)
+
+
+def _options(options: RunOptions | str | os.PathLike | None, given: dict) -> RunOptions:
+    """Normalise ``run()``'s keywords once: on top of ``options`` only those that differ from the defaults."""
+    import inspect
+
+    if options is None:
+        return RunOptions.from_kwargs(**given)
+    base = options if isinstance(options, RunOptions) else load_config(options)
+    defaults = {k: p.default for k, p in inspect.signature(run).parameters.items()}
+    changed = {k: v for k, v in given.items() if not _same(v, defaults.get(k))}
+    return RunOptions.from_kwargs(base, **changed)
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b) and type(a) is type(b)
+    except Exception:
+        return a is b
+
+
+def execute(source: Any, destination: str, *, model: Any, options: RunOptions, client: Any = None) -> RunResult:
+    """Run with options already normalised (the CLI and :func:`run` end here): the stages in order."""
+    from tilegraph.cluster.local import connect
+    from tilegraph.engine.assemble import assemble
+    from tilegraph.engine.finish import abort, finish
+    from tilegraph.engine.infer import gather_inference, submit_inference
+    from tilegraph.engine.passes import run_passes
+    from tilegraph.engine.prepare import prepare
+    from tilegraph.engine.progress import Progress
+    from tilegraph.engine.reconcile import solve_corrections
+    from tilegraph.infer.spec import describe_model
+    from tilegraph.source import open_source
+
+    src = open_source(source, **options.source.reader_kwargs())
+    m = options.model
     spec = describe_model(
         model,
-        weights=weights,
-        scale=scale,
-        in_channels=in_channels,
-        out_channels=out_channels,
-        stride=model_stride,
-        halo=halo,
-        precision=precision,
-        channels_last=channels_last,
-        compile=compile,
-        device=device,
-        factory_kwargs=factory_kwargs,
+        weights=m.weights,
+        scale=m.scale,
+        in_channels=m.in_channels,
+        out_channels=m.out_channels,
+        stride=m.stride,
+        halo=m.halo,
+        precision=m.precision,
+        channels_last=m.channels_last,
+        compile=m.compile,
+        device=m.device,
+        factory_kwargs=dict(m.factory_kwargs or {}),
     )
-    if progress is None:
-        progress = _interactive()
+    show = options.execution.progress
+    if show is None:
+        show = _interactive()
     executor = connect(client)
+    run_ = None
+    handles: list = []
     try:
-        if progress and getattr(executor, "dashboard_link", None):
+        if show and executor.dashboard_link:
             print(f"tilegraph: dashboard at {executor.dashboard_link}", flush=True)
-        job = Job(
-            src,
-            os.fspath(destination),
-            spec=spec,
-            model_obj=None if spec.kind == "path" else model,
-            executor=executor,
-            tile=tile,
-            overlap=overlap,
-            blend=blend,
-            batch_size=batch_size,
-            batches_per_task=batches_per_task,
-            out_chunks=out_chunks,
-            out_shards=out_shards,
-            output_dtype=output_dtype,
-            overwrite=overwrite,
-            pad_mode=pad_mode,
-            scratch=scratch,
-            progress=progress,
-            export_options=export_options,
-            reconcile=reconcile,
-            reconcile_options=reconcile_options,
-            qa=qa,
+        progress = Progress(enabled=show)
+        run_ = prepare(
+            src, destination, spec=spec, model=model if spec.kind != "path" else None, options=options,
+            executor=executor, progress=progress,
         )
-        try:
-            job.prepare()
-            job.infer()
-            job.blend(job.solve_corrections() if reconcile else None)
-            return job.finish(keep_tile_store=keep_tile_store)
-        except BaseException:
-            job.abort()
-            raise
+        progress.megapixels_per_window = run_.plan.shape[0] * run_.plan.shape[1] / 1e6 / run_.plan.n_windows
+        import time
+
+        started = time.perf_counter()
+        inference = submit_inference(run_, executor)
+        handles = list(inference.handles)
+        report = reconciliation = None
+        if run_.options.reconcile.mode or run_.context.kind.needs_all_results:
+            report = gather_inference(inference, executor, progress)
+            if run_.options.reconcile.mode:
+                reconciliation = solve_corrections(run_, report)
+        assembled, report = assemble(
+            run_,
+            executor,
+            inference,
+            corrections=reconciliation.corrections if reconciliation is not None else None,
+            report=report,
+            progress=progress,
+        )
+        passed = run_passes(run_, executor, progress)
+        return finish(
+            run_,
+            executor,
+            inference=report,
+            assembled=assembled,
+            reconciliation=reconciliation,
+            passes=passed,
+            started=started,
+            progress=progress,
+        )
+    except BaseException:
+        abort(run_, executor, handles)
+        raise
     finally:
         executor.close()
 
 
 def _interactive() -> bool:
-    import sys
+    from tilegraph.engine.progress import in_notebook
 
-    from tilegraph.engine.executor import _in_notebook
-
-    return _in_notebook() or (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
+    return in_notebook() or (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())

@@ -23,6 +23,57 @@ def _tile(text: str):
     return text if text == "auto" else int(text)
 
 
+def _pair_or_int(text: str):
+    if "x" in text.lower():
+        a, b = text.lower().split("x", 1)
+        return (int(a), int(b))
+    return int(text)
+
+
+def _tile_any(text: str):
+    return "auto" if text == "auto" else _pair_or_int(text)
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(t for t in (p.strip() for p in text.split(",")) if t)
+
+
+#: Parsers of fields whose annotation is not a plain type.
+_SPECIAL = {"tile": _tile_any, "overlap": _overlap, "out_chunks": _pair_or_int, "out_shards": _pair_or_int, "passes": _csv}
+
+
+def _add_option_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per option of :func:`tilegraph.run`, generated from :mod:`tilegraph.options`.
+
+    Flags default to "not given", so a ``--config`` file and then the options' own defaults apply.
+    """
+    import typing
+
+    from tilegraph import options as o
+
+    aliases = {name: typing.get_args(getattr(o, name)) for name in
+               ("Precision", "PadMode", "Layout", "ReconcileMode", "ReconcileReference", "Device")}
+    for f in o.flat_fields():
+        if not f.cli:
+            continue
+        flag = "--" + f.flat.replace("_", "-")
+        ann = str(f.annotation)
+        kw: dict = {"dest": f.flat, "default": argparse.SUPPRESS, "help": f"{f.help} (default {f.default!r})"}
+        if f.flat in _SPECIAL:
+            kw["type"] = _SPECIAL[f.flat]
+        elif ann.startswith("bool"):
+            kw["action"] = argparse.BooleanOptionalAction
+        elif ann.split(" ")[0] in aliases:
+            kw["choices"] = list(aliases[ann.split(" ")[0]]) + (["none"] if "None" in ann else [])
+        elif ann.startswith("int"):
+            kw["type"] = int
+        elif ann.startswith("float"):
+            kw["type"] = float
+        else:
+            kw["type"] = str
+        p.add_argument(flag, **kw)
+
+
 def _common_geometry(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile", type=_tile, default=512, help="model window in source pixels (default 512)")
     p.add_argument("--overlap", type=_overlap, default=64, help="pixels, or a fraction of tile (default 64)")
@@ -40,14 +91,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("source")
     p.add_argument("destination")
     p.add_argument("--model", required=True, help="import path 'package.module:factory'")
-    p.add_argument("--weights", default=None, help="safetensors or torch checkpoint")
-    _common_geometry(p)
+    p.add_argument("--config", default=None, help="TOML or YAML file of options (flags given here win)")
     p.add_argument("--scheduler", default=None, help="scheduler address (default: embedded local cluster)")
     p.add_argument("--inprocess", action="store_true", help="run without any cluster")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--output-dtype", default=None)
-    p.add_argument("--overwrite", action="store_true")
+    _add_option_flags(p)
 
     p = sub.add_parser("plan", help="print the plan of a run without running anything")
     p.add_argument("source")
@@ -88,29 +135,28 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    from tilegraph.pipeline import run
+    from tilegraph.options import RunOptions, load_config
+    from tilegraph.pipeline import execute
 
     client = "inprocess" if args.inprocess else args.scheduler
-    result = run(
-        args.source,
-        args.destination,
-        model=args.model,
-        weights=args.weights,
-        tile=args.tile,
-        overlap=args.overlap,
-        blend=args.blend,
-        scale=args.scale,
-        batch_size=args.batch_size,
-        out_chunks=args.chunks,
-        client=client,
-        precision=args.precision,
-        channels_last=args.channels_last,
-        output_dtype=args.output_dtype,
-        overwrite=args.overwrite,
-        progress=True,
-    )
+    given = {}
+    for f in _flat_cli_fields():
+        if hasattr(args, f.flat):
+            value = getattr(args, f.flat)
+            given[f.flat] = None if value == "none" and "None" in str(f.annotation) else value
+    if "progress" not in given:
+        given["progress"] = True
+    base = load_config(args.config) if args.config else None
+    options = RunOptions.from_kwargs(base, **given)
+    result = execute(args.source, args.destination, model=args.model, options=options, client=client)
     print(json.dumps(result.summary(), indent=2))
     return 0
+
+
+def _flat_cli_fields():
+    from tilegraph.options import flat_fields
+
+    return [f for f in flat_fields() if f.cli]
 
 
 def _plan(args) -> int:
@@ -177,7 +223,7 @@ def _info(args) -> int:
 
 
 def _qa(args) -> int:
-    from tilegraph.engine.qa import measure_output
+    from tilegraph.qa import measure_output
 
     out = measure_output(args.output, source=args.source, model=args.model, grid_shift=args.grid_shift,
                          out_dir=args.out)

@@ -15,13 +15,77 @@ finished, from :meth:`DaskExecutor.wait`.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
+from tilegraph.engine.progress import Progress
 from tilegraph.errors import ResourceRestrictionError
 
-__all__ = ["InProcessExecutor", "DaskExecutor", "Deferred", "Done"]
+__all__ = ["Executor", "InProcessExecutor", "DaskExecutor", "Deferred", "Done"]
+
+
+class Executor(Protocol):
+    """What the stages need from an executor (in-process or Dask).
+
+    Attributes
+    ----------
+    model_resources : dict or None
+        Restriction for exclusive model work (the probe, ``tile="auto"``).
+    infer_resources : dict or None
+        Restriction of each model task.
+    dashboard_link : str or None
+    """
+
+    model_resources: dict | None
+    infer_resources: dict | None
+    dashboard_link: str | None
+
+    def share(self, obj: Any, *, model_only: bool = False) -> Any:
+        """Send ``obj`` to the workers once; returns what tasks take in its place."""
+        ...
+
+    def submit(self, fn: Callable, *args: Any, key: str, resources: dict | None = None) -> Any:
+        """Run ``fn(*args)`` as one task; returns a handle with ``result()``."""
+        ...
+
+    def map(
+        self,
+        fn: Callable,
+        *iterables: Sequence,
+        keys: Sequence[str],
+        resources: dict | None = None,
+        after: Sequence[Sequence] | None = None,
+    ) -> list:
+        """One task per key over zipped arguments; ``after``: handles each task must wait for."""
+        ...
+
+    def wait(
+        self,
+        handles: Sequence,
+        *,
+        progress: Progress | None = None,
+        label: str | Sequence[str] = "",
+        units: Sequence[int] | None = None,
+    ) -> list:
+        """Results of ``handles``, in order; the first failure cancels the rest and raises.
+
+        ``label`` names the work for the progress display, one for all or one per handle;
+        ``units`` weighs each handle (windows per model task), default one.
+        """
+        ...
+
+    def check_restrictions(self, handles: Sequence, want: dict | None = None) -> None:
+        """Raise if model tasks reached the scheduler without their resource restriction."""
+        ...
+
+    def cancel(self, handles: Sequence) -> None:
+        """Cancel what still runs."""
+        ...
+
+    def close(self) -> None:
+        """Release the cluster if this executor started it."""
+        ...
 
 
 class Done:
@@ -79,7 +143,7 @@ class InProcessExecutor:
         """Objects are used as they are."""
         return obj
 
-    def submit(self, fn: Callable, *args, key: str, resources: dict | None = None, deps: Sequence = ()):
+    def submit(self, fn: Callable, *args, key: str, resources: dict | None = None):
         args = tuple(a.value if isinstance(a, Done) else a for a in args)
         return Done(fn(*args), key)
 
@@ -94,10 +158,21 @@ class InProcessExecutor:
         """Submit ``fn`` over zipped arguments (one task per key); ``after`` already ran here."""
         return [self.submit(fn, *args, key=k) for k, *args in zip(keys, *iterables, strict=True)]
 
-    def wait(self, handles: Sequence, *, progress=None, label: str = "") -> list:
+    def wait(
+        self,
+        handles: Sequence,
+        *,
+        progress: Progress | None = None,
+        label: str | Sequence[str] = "",
+        units: Sequence[int] | None = None,
+    ) -> list:
         if progress is not None:
-            progress.update(label, len(handles), len(handles))
+            for name, (_, total) in _tally(handles, label, units).items():
+                progress.update(name, total, total)
         return [h.result() for h in handles]
+
+    def check_restrictions(self, handles: Sequence, want: dict | None = None) -> None:
+        """Nothing is restricted here."""
 
     def cancel(self, handles) -> None:
         """Nothing runs in the background."""
@@ -155,8 +230,8 @@ class DaskExecutor:
             workers = _workers_with(self.client, name) or None
         return self.client.scatter(obj, broadcast=True, hash=False, workers=workers)
 
-    def submit(self, fn: Callable, *args, key: str, resources: dict | None = None, deps: Sequence = ()):
-        return self.client.submit(fn, *args, *deps, key=key, resources=resources, pure=False, retries=1)
+    def submit(self, fn: Callable, *args, key: str, resources: dict | None = None):
+        return self.client.submit(fn, *args, key=key, resources=resources, pure=False, retries=1)
 
     def map(
         self,
@@ -263,10 +338,19 @@ class DaskExecutor:
                 hint="a graph optimisation dropped them; report this as a tilegraph bug",
             )
 
-    def wait(self, handles: Sequence, *, progress=None, label: str = "") -> list:
+    def wait(
+        self,
+        handles: Sequence,
+        *,
+        progress: Progress | None = None,
+        label: str | Sequence[str] = "",
+        units: Sequence[int] | None = None,
+    ) -> list:
         """Wait for ``handles`` (futures and :class:`Deferred`), submitting deferred tasks as they become ready.
 
-        The first task to fail cancels the others and raises its own exception.
+        ``units`` counts each handle's work for the progress display (windows per model task);
+        default one per handle. The first task to fail cancels the others and raises its own
+        exception.
         """
         from distributed import as_completed
 
@@ -281,11 +365,12 @@ class DaskExecutor:
                 watched.setdefault(h.key, h)
             if d.future is not None:
                 watched[d.key] = d.future
-        wanted = {h.key for h in handles}
-        done = 0
-        total = len(handles)
+        labels = [label] * len(handles) if isinstance(label, str) else list(label)
+        weight = {h.key: (lab, 1 if units is None else int(u)) for h, lab, u in zip(handles, labels, units or [1] * len(handles), strict=True)}
+        tally = {name: [0, total] for name, (_, total) in _tally(handles, label, units).items()}
         if progress is not None:
-            progress.update(label, 0, total)
+            for name, (d, t) in tally.items():
+                progress.update(name, d, t)
         try:
             self._release(deferred)
             for d in deferred:
@@ -297,10 +382,11 @@ class DaskExecutor:
                     fut.result()  # raises the task's own exception (or CancelledError)
                 for f in self._release(waiting.pop(fut.key, ())):
                     pending.add(f)
-                if fut.key in wanted:
-                    done += 1
+                if fut.key in weight:
+                    name, w = weight[fut.key]
+                    tally[name][0] += w
                     if progress is not None:
-                        progress.update(label, done, total)
+                        progress.update(name, tally[name][0], tally[name][1])
         except BaseException:
             self.cancel(handles)
             raise
@@ -326,6 +412,15 @@ class DaskExecutor:
             self.client.close()
             if cluster is not None:
                 cluster.close()
+
+
+def _tally(handles: Sequence, label: str | Sequence[str], units: Sequence[int] | None) -> dict[str, tuple[int, int]]:
+    """``{label: (0, total units)}`` of a wait's handles."""
+    labels = [label] * len(handles) if isinstance(label, str) else list(label)
+    out: dict[str, tuple[int, int]] = {}
+    for lab, u in zip(labels, units or [1] * len(handles), strict=True):
+        out[lab] = (0, out.get(lab, (0, 0))[1] + int(u))
+    return out
 
 
 def _restrictions_on_scheduler(dask_scheduler, keys):
@@ -368,50 +463,3 @@ def _accepts_n_workers(client) -> bool:
         return "n_workers" in inspect.signature(client.scheduler_info).parameters
     except (TypeError, ValueError):
         return False
-
-
-class Progress:
-    """A one-line progress display: a bar on a terminal, an ipywidgets bar in Jupyter, or nothing."""
-
-    def __init__(self, enabled: bool = True, stream=None):
-        self.enabled = enabled
-        self.stream = stream or sys.stderr
-        self._widget = None
-        self._t0 = time.perf_counter()
-        self._last = 0.0
-        if enabled and _in_notebook():
-            try:
-                import ipywidgets
-                from IPython.display import display
-
-                self._widget = ipywidgets.IntProgress(min=0, max=1, description="tilegraph")
-                display(self._widget)
-            except ImportError:
-                self._widget = None
-
-    def update(self, label: str, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        if self._widget is not None:
-            self._widget.max, self._widget.value, self._widget.description = max(total, 1), done, label
-            return
-        now = time.perf_counter()
-        if done < total and now - self._last < 0.5:
-            return
-        self._last = now
-        width = 30
-        filled = int(width * done / max(total, 1))
-        self.stream.write(
-            f"\r{label:>8} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {now - self._t0:6.1f}s"
-        )
-        if done >= total:
-            self.stream.write("\n")
-        self.stream.flush()
-
-
-def _in_notebook() -> bool:
-    ipython = sys.modules.get("IPython")
-    if ipython is None:
-        return False
-    shell = ipython.get_ipython() if hasattr(ipython, "get_ipython") else None
-    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"

@@ -23,7 +23,7 @@ import numpy as np
 
 from tilegraph.errors import OutOfMemoryError
 
-__all__ = ["is_oom", "run_splitting", "SplitResult", "free_device_cache"]
+__all__ = ["is_oom", "run_splitting", "run_window_split", "SplitResult", "free_device_cache"]
 
 # Messages of out-of-memory errors raised as plain RuntimeError (older torch, MPS, cuBLAS/cuDNN
 # workspaces, torch's CPU allocator). Compared in lower case.
@@ -100,6 +100,8 @@ def run_splitting(
     max_batch: int | None = None,
     windows: Sequence[tuple[int, int]] | None = None,
     device: str | None = None,
+    single: Callable[[int, np.ndarray], np.ndarray | tuple] | None = None,
+    per_window: Sequence | None = None,
 ) -> SplitResult:
     """Call ``fn`` on ``raw``; on an out-of-memory error, halve the batch and go on, in order.
 
@@ -130,6 +132,11 @@ def run_splitting(
         Grid position ``(row, col)`` of each window, used as the error's ``window``.
     device
         Device name, used in the error message only.
+    single
+        ``single(i, raw[i:i + 1])`` computes window ``i`` alone another way (split into sub-windows,
+        :func:`run_window_split`) when it does not fit even alone; without it that is final.
+    per_window
+        One item per window; when given, ``fn`` is called as ``fn(part, per_window[start:stop])``.
 
     Returns
     -------
@@ -149,14 +156,14 @@ def run_splitting(
         raise ValueError(f"min_batch must be >= 1, got {min_batch}")
     n = int(raw.shape[0])
     if n == 0:
-        return SplitResult(fn(raw), 0, 0)
+        return SplitResult(fn(raw) if per_window is None else fn(raw, per_window), 0, 0)  # type: ignore[call-arg]
     size = n if max_batch is None else max(1, min(n, int(max_batch)))
     parts: list[np.ndarray] = []
     start = splits = largest = 0
     while start < n:
         stop = min(n, start + size)
         try:
-            y = fn(raw[start:stop])
+            y = fn(raw[start:stop]) if per_window is None else fn(raw[start:stop], per_window[start:stop])  # type: ignore[call-arg]
         except Exception as exc:
             if not is_oom(exc):
                 element = getattr(exc, "element", None)
@@ -164,11 +171,22 @@ def run_splitting(
                     exc.element = element + start
                 raise
             if stop - start <= min_batch:
-                raise _final_error(raw, start, stop, exc, windows, device) from exc
+                if single is None or stop - start != 1:
+                    raise _final_error(raw, start, stop, exc, windows, device) from exc
+                failed: int | None = start  # not the exception: its traceback holds device memory
+            else:
+                failed = None
         else:
             parts.append(y)
             largest = max(largest, stop - start)
             start = stop
+            continue
+        if failed is not None:  # one window alone does not fit: the caller splits it (outside the except)
+            assert single is not None
+            free_device_cache()
+            parts.append(single(failed, raw[failed : failed + 1]))
+            splits += 1
+            start += 1
             continue
         # out of memory, and the chunk can still be split: retry outside the except clause
         free_device_cache()
@@ -204,3 +222,99 @@ def _final_error(raw, start, stop, exc, windows, device) -> OutOfMemoryError:
         window=window,
         hint='use a smaller tile, or tile="auto" to size windows and batches to the device',
     )
+
+
+def _axis_parts(length: int, halo: int, align: int) -> list[tuple[int, int, int, int]] | None:
+    """Split ``[0, length)`` in two: ``(read_lo, read_hi, keep_lo, keep_hi)`` per part, or ``None``.
+
+    Cuts, reads and keeps fall on multiples of ``align``; each part reads ``halo`` (rounded up to
+    ``align``) beyond what it keeps, inside the window.
+    """
+    h = -(-halo // align) * align
+    cut = (length // 2) // align * align
+    if cut <= 0 or cut >= length or (cut + h >= length and cut - h <= 0):
+        return None  # no smaller part than the window itself
+    return [(0, min(length, cut + h), 0, cut), (max(0, cut - h), length, cut, length)]
+
+
+def run_window_split(
+    fn: Callable[[np.ndarray, tuple[slice, slice] | None], tuple],
+    raw: np.ndarray,
+    *,
+    halo: int,
+    align: int,
+    scale,
+    count_box: tuple[slice, slice] | None = None,
+    window: tuple[int, int] | None = None,
+    device: str | None = None,
+    exc: BaseException | None = None,
+) -> tuple:
+    """Run one window ``raw`` ``(1, H, W, C)`` that does not fit, as overlapping sub-windows.
+
+    The window is cut in two along its longer axis (then again, recursively, while a part still runs
+    out of memory); each part reads ``halo`` source pixels of context beyond the part it keeps, and
+    the kept parts of the outputs are stitched as ``crop`` stitches windows. The result equals the
+    whole window's output wherever the model's receptive field fits in ``halo`` (exact for ``crop``
+    when the declared halo, or half the overlap, covers it).
+
+    Parameters
+    ----------
+    fn
+        ``fn(part, count_box)`` runs one raw part ``(1, h, w, C)`` and returns ``(y, clipped)`` with
+        ``y`` ``(1, C', h*s, w*s)``, counting clipped values inside ``count_box`` (output slices of
+        the part) when it is not ``None`` (``BatchRunner.run_raw`` with its options bound).
+    halo
+        Context in source pixels (the model's declared halo, else half the overlap).
+    count_box
+        Output slices of the whole window where clipped values count (``None``: everywhere).
+    align
+        Sub-window starts and sizes are multiples of this (the model's stride and down-scale).
+    scale
+        Output pixels per source pixel (a :class:`fractions.Fraction` or number).
+
+    Returns
+    -------
+    tuple
+        ``(y, clipped)`` for the whole window; ``clipped`` sums the parts' counts.
+
+    Raises
+    ------
+    tilegraph.errors.OutOfMemoryError
+        Parts as small as the alignment allows still do not fit.
+    """
+    _, h, w, _ = raw.shape
+    axis = 1 if h >= w else 2
+    parts = _axis_parts(raw.shape[axis], halo, align)
+    if parts is None:
+        err = _final_error(raw, 0, 1, exc or MemoryError("out of memory"), [window] if window else None, device)
+        raise err
+    outs = []
+    clipped = 0
+    for r0, r1, k0, k1 in parts:
+        part = raw[:, r0:r1] if axis == 1 else raw[:, :, r0:r1]
+        part = np.ascontiguousarray(part)
+        a, b = int((k0 - r0) * scale), int((k1 - r0) * scale)
+        box = None
+        if count_box is not None:  # the window's box, cut to what this part keeps, in the part's coordinates
+            along = count_box[axis - 1]
+            lo, hi, _ = along.indices(1 << 62)
+            off = int(r0 * scale)
+            cut = slice(max(lo - off, a), max(min(hi - off, b), max(lo - off, a)))
+            box = (cut, count_box[1]) if axis == 1 else (count_box[0], cut)
+        else:
+            box = (slice(a, b), slice(None)) if axis == 1 else (slice(None), slice(a, b))
+        try:
+            y, c = fn(part, box)
+        except Exception as inner:
+            if not is_oom(inner):
+                raise
+            y = None
+            failure = inner
+        if y is None:
+            free_device_cache()
+            y, c = run_window_split(
+                fn, part, halo=halo, align=align, scale=scale, count_box=box, window=window, device=device, exc=failure
+            )
+        outs.append(y[:, :, a:b] if axis == 1 else y[:, :, :, a:b])
+        clipped += int(c)
+    return np.concatenate(outs, axis=axis + 1), clipped

@@ -46,7 +46,11 @@ class BatchRunner:
 
     def __init__(self, fn, spec: ModelSpec):
         self.spec = spec
-        self.is_torch = spec.kind in ("module", "path")
+        torch_mod = sys.modules.get("torch")
+        #: The model as built or received (before any copy or device move): what it declares is read here.
+        self.model = fn
+        # a factory given by import path may return a numpy callable as well as a torch module
+        self.is_torch = torch_mod is not None and isinstance(fn, torch_mod.nn.Module)
         self._pinned: dict = {}
         self._device_lock = threading.Lock()
         self._times = threading.local()  # per thread: seconds holding the model and waiting for it
@@ -88,13 +92,17 @@ class BatchRunner:
                 x = x.pin_memory().to(self.device, non_blocking=True)
             return self._forward(x)
 
-    def run_raw(self, raw: np.ndarray, *, channels: int, out_dtype) -> tuple[np.ndarray, int]:
+    def run_raw(
+        self, raw: np.ndarray, *, channels: int, out_dtype, count_boxes: list | None = None
+    ) -> tuple[np.ndarray, int]:
         """Run on raw windows ``(N, H, W, C)`` in the source dtype; returns ``(N, C', H', W')`` and clips.
 
         The dtype conversion (integers to [0, 1]) happens on the model's device, after the copy, so
         only source bytes cross the bus; the output is cast to ``out_dtype`` on the device too. For
         an integer ``out_dtype`` the output is scaled by its maximum, rounded and clipped there, and
-        the number of clipped values is returned (0 otherwise).
+        the number of clipped values is returned (0 otherwise), counted only inside
+        ``count_boxes`` (one ``(rows, cols)`` pair of slices per window, e.g. the region ``crop``
+        keeps) when given.
 
         Raises
         ------
@@ -109,9 +117,9 @@ class BatchRunner:
             x = np.ascontiguousarray(x)
             with self._turn():  # one batch at a time (see the class notes)
                 y = np.asarray(self.fn(x))
-            return _to_numpy(y, out_dtype, with_clips=True)
+            return _to_numpy(y, out_dtype, with_clips=True, count_boxes=count_boxes)
         with self._turn():
-            return self._run_torch(raw, channels, integer_max, out_dtype)
+            return self._run_torch(raw, channels, integer_max, out_dtype, count_boxes)
 
     @contextlib.contextmanager
     def _turn(self):
@@ -133,7 +141,7 @@ class BatchRunner:
         times.held = times.wait = 0.0
         return held, wait
 
-    def _run_torch(self, raw, channels, integer_max, out_dtype):
+    def _run_torch(self, raw, channels, integer_max, out_dtype, count_boxes=None):
         import torch
 
         with torch.inference_mode():
@@ -146,7 +154,7 @@ class BatchRunner:
             if not self.spec.channels_last and x.device.type != "cpu":
                 x = x.contiguous()  # on CPU the NHWC view is as fast or faster; on GPUs keep one format
             y = self._forward(x)
-            return _to_numpy(y, out_dtype, with_clips=True)
+            return _to_numpy(y, out_dtype, with_clips=True, count_boxes=count_boxes)
 
     def _staged(self, t):
         """Copy ``t`` into a reused page-locked host buffer (one per shape and dtype).
@@ -185,11 +193,18 @@ class BadOutput(Exception):
         self.kind, self.detail, self.element = kind, detail, element
 
 
-def _to_numpy(y, out_dtype, *, with_clips: bool = False):
+def _count_outside(bad, count_boxes) -> int:
+    """Clipped values counted over the whole batch, or inside each window's box only."""
+    if count_boxes is None:
+        return int(bad.sum())
+    return int(sum(bad[k, :, rows, cols].sum() for k, (rows, cols) in enumerate(count_boxes)))
+
+
+def _to_numpy(y, out_dtype, *, with_clips: bool = False, count_boxes=None):
     """Check dtype and finiteness (on the device for tensors) and return numpy in ``out_dtype``.
 
     Integer ``out_dtype``: ``round(y * max)`` clipped to the dtype's range; with ``with_clips`` the
-    result is ``(array, clipped count)``.
+    result is ``(array, clipped count)``, counted inside ``count_boxes`` only when given.
     """
     target = np.dtype(np.float32 if out_dtype is None else out_dtype)
     torch = sys.modules.get("torch")
@@ -210,7 +225,7 @@ def _to_numpy(y, out_dtype, *, with_clips: bool = False):
             y.round_()
             lo, hi = torch.aminmax(y)
             if float(lo) < 0 or float(hi) > top:
-                clipped = int(torch.count_nonzero((y < 0) | (y > top)))
+                clipped = _count_outside((y < 0) | (y > top), count_boxes)
                 y.clamp_(0, top)
             wide = torch.uint8 if target.itemsize == 1 else torch.int32
             out = y.to(wide).contiguous().cpu().numpy()  # NCHW on the device: no host-side transpose
@@ -233,7 +248,7 @@ def _to_numpy(y, out_dtype, *, with_clips: bool = False):
     if target.kind == "u":
         top = float(np.iinfo(target).max)
         r = np.rint(y.astype(np.float32) * np.float32(top))
-        clipped = int(np.count_nonzero((r < 0) | (r > top)))
+        clipped = _count_outside((r < 0) | (r > top), count_boxes)
         out = np.clip(r, 0, top).astype(target)
     else:
         out = y if y.dtype == target else astype_float(y, target)

@@ -3,7 +3,10 @@
 Contract: a model takes a batch ``(N, C, H, W)`` float32 and returns ``(N, C', H*s, W*s)``. It may
 declare, as attributes, ``scale`` (``2``, ``4``, ``"1/8"``), ``in_channels``, ``out_channels``,
 ``stride`` (its total stride: window starts and sizes are multiples of it) and ``halo`` (pixels of
-context each side needs). Arguments given to :func:`tilegraph.run` override the attributes.
+context each side needs), read by :func:`tilegraph.infer.declare.declarations` wherever the model
+exists (the probe reads them on a worker for every kind of model). Arguments given to
+:func:`tilegraph.run` override the attributes: :func:`describe_model` records only those, and
+:meth:`ModelSpec.with_declarations` fills the rest from what the probe read.
 
 Three forms are accepted:
 
@@ -50,7 +53,11 @@ class ModelSpec:
     device : str
         ``"auto"`` (the worker's GPU if it has one, else CPU), ``"cpu"`` or ``"cuda"``.
     token : str
-        Identity of the model for the per-process cache.
+        Identity of the model for the per-process cache: for instances a hash of the class and of
+        the weights' bytes (a model changed in place gets a new token), for import paths the path,
+        the weights file's hash and the factory's arguments.
+    declared : dict
+        What the model itself declared (filled after the probe), for the metadata.
     """
 
     kind: str
@@ -69,10 +76,23 @@ class ModelSpec:
     device: str = "auto"
     token: str = ""
     weights_sha256: str | None = None
+    declared: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """Plain data for metadata."""
         return asdict(self)
+
+    @property
+    def overrides(self) -> tuple[str, ...]:
+        """Declarable properties given explicitly (they win over the model's own attributes)."""
+        return tuple(k for k in ("scale", "in_channels", "out_channels", "stride", "halo") if getattr(self, k) is not None)
+
+    def with_declarations(self, declared: dict) -> ModelSpec:
+        """This spec with the properties not given explicitly taken from ``declared``."""
+        from dataclasses import replace
+
+        fill = {k: v for k, v in declared.items() if getattr(self, k, None) is None}
+        return replace(self, **fill, declared=dict(declared))
 
 
 def _is_torch_module(obj) -> bool:
@@ -93,6 +113,32 @@ def _weights_hash(path: str | None) -> str | None:
     return h.hexdigest()
 
 
+def _content_token(model) -> str:
+    """Hash of a model instance's content: its pickled bytes (code, settings and weights).
+
+    A model changed in place, or a new one reusing a freed object's memory, gets a new token, so
+    workers reload it. Pickling copies the weights once (about as fast as hashing them). A model
+    that cannot be pickled falls back to its class, its tensors' bytes and its identity.
+    """
+    h = hashlib.sha256()
+    cls = type(model)
+    h.update(f"{cls.__module__}.{cls.__qualname__}".encode())
+    try:
+        import cloudpickle
+
+        h.update(cloudpickle.dumps(model))
+        return h.hexdigest()
+    except Exception:
+        pass
+    h.update(f"id:{id(model)}".encode())
+    if _is_torch_module(model):
+        for name, t in model.state_dict().items():
+            h.update(name.encode())
+            data = t.detach().cpu().contiguous().view(-1)
+            h.update(data.view(__import__("torch").uint8).numpy().tobytes() if data.numel() else b"")
+    return h.hexdigest()
+
+
 def describe_model(
     model,
     *,
@@ -108,9 +154,11 @@ def describe_model(
     device: str = "auto",
     factory_kwargs: dict | None = None,
 ) -> ModelSpec:
-    """Build the :class:`ModelSpec` of ``model``; explicit arguments override declared attributes.
+    """Build the :class:`ModelSpec` of ``model`` with the explicit overrides given here.
 
-    Never imports or builds a model given by path (that happens on the workers).
+    What the model itself declares is read by the probe on a worker (every kind of model alike)
+    and merged with :meth:`ModelSpec.with_declarations`. Never imports or builds a model given by
+    path (that happens on the workers).
     """
     if precision not in PRECISIONS:
         raise ModelLoadError(f"precision {precision!r} not supported; use one of {PRECISIONS}")
@@ -121,7 +169,6 @@ def describe_model(
                 hint="name the module and the function or class that builds the model",
             )
         kind, name, target = "path", model, model
-        declared = {}
         weights_sha = _weights_hash(weights)  # read once; recorded in the output's provenance
         token_src = f"path|{model}|{weights_sha}|{sorted((factory_kwargs or {}).items())}"
     elif callable(model):
@@ -129,17 +176,12 @@ def describe_model(
         name = type(model).__name__ if kind == "module" else getattr(model, "__name__", type(model).__name__)
         target = None
         weights_sha = None
-        declared = {k: getattr(model, k, None) for k in ("scale", "in_channels", "out_channels", "stride", "halo")}
-        token_src = f"{kind}|{name}|{id(model)}"
+        token_src = f"{kind}|{_content_token(model)}"
         if weights:
             raise ModelLoadError("weights= applies only to a model given by import path")
     else:
         raise ModelLoadError(f"a model must be a torch module, a callable or an import path, got {type(model).__name__}")
 
-    def pick(given, key):
-        return given if given is not None else declared.get(key)
-
-    sc = pick(scale, "scale")
     token = hashlib.sha1(f"{token_src}|{precision}|{channels_last}|{compile}|{device}".encode()).hexdigest()[:16]
     return ModelSpec(
         kind=kind,
@@ -147,11 +189,11 @@ def describe_model(
         target=target,
         weights=weights,
         factory_kwargs=dict(factory_kwargs or {}),
-        scale=None if sc is None else str(sc),
-        in_channels=pick(in_channels, "in_channels"),
-        out_channels=pick(out_channels, "out_channels"),
-        stride=pick(stride, "stride"),
-        halo=pick(halo, "halo"),
+        scale=None if scale is None else str(scale),
+        in_channels=in_channels,
+        out_channels=out_channels,
+        stride=stride,
+        halo=halo,
         precision=precision,
         channels_last=bool(channels_last),
         compile=bool(compile),

@@ -5,7 +5,9 @@ torch is imported only when a name from :mod:`tilegraph.testing.models` is reque
 
 * :mod:`tilegraph.testing.models`: test models (exact local, non-local, slow, out-of-memory, broken);
 * :mod:`tilegraph.testing.images`: :func:`coordinate_image`, :func:`decode_coordinates`, :func:`gradient_photo`;
-* :mod:`tilegraph.testing.reference`: :func:`whole_image_inference`.
+* :mod:`tilegraph.testing.reference`: :func:`whole_image_inference`;
+* :mod:`tilegraph.testing.stages`: :class:`Stages`, a run driven stage by stage;
+* :mod:`tilegraph.testing.blenders`: :class:`FirstWindow` (a blend mode) and :class:`Negate` (a pass).
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ _IMAGES = ("coordinate_image", "decode_coordinates", "gradient_photo", "smooth_g
 _REFERENCE = ("whole_image_inference",)
 
 _WHERE = {
+    "Stages": "tilegraph.testing.stages",
+    "FirstWindow": "tilegraph.testing.blenders",
+    "Negate": "tilegraph.testing.blenders",
     **{name: "tilegraph.testing.models" for name in _MODELS},
     **{name: "tilegraph.testing.images" for name in _IMAGES},
     **{name: "tilegraph.testing.reference" for name in _REFERENCE},

@@ -1,4 +1,9 @@
-"""``tilegraph qa``: measure a finished output's seams, optionally rerun a region on a shifted grid."""
+"""``tilegraph qa``: measure a finished output's seams, optionally rerun a region on a shifted grid.
+
+It sits beside :mod:`tilegraph.pipeline` (the grid-shift check runs the pipeline on a region). Nothing
+recorded in an output is ever imported or executed: the grid-shift check runs only a model given by
+the caller.
+"""
 
 from __future__ import annotations
 
@@ -100,7 +105,8 @@ def measure_output(
         The input (default: the path recorded in the output); used as the colour reference when its
         channels match, and by the grid-shift check.
     model
-        The model for the grid-shift check (default: the import path recorded, if any).
+        The model for the grid-shift check (an instance or an import path given by the caller; the
+        model recorded in the output is never imported).
     grid_shift
         Rerun a central region with the grid shifted by half a stride and report the difference.
     out_dir
@@ -124,12 +130,13 @@ def measure_output(
     metrics = seam_metrics(image, plan, reference=reference, icc_profile=icc)
     if grid_shift:
         if model is None:
-            recorded = meta.get("model") or {}
-            if recorded.get("kind") != "path":
-                raise InputError(
-                    "the grid-shift check needs the model", path=path, hint="pass --model package.module:factory"
-                )
-            model = recorded["target"]
+            recorded = (meta.get("model") or {}).get("target")
+            hint = f"pass --model {recorded}" if recorded else "pass --model package.module:factory"
+            raise InputError(
+                "the grid-shift check needs the model on the command line (nothing recorded in an output is run)",
+                path=path,
+                hint=hint,
+            )
         if source is None:
             raise InputError("the grid-shift check needs the source", path=path, hint="pass --source")
         metrics["grid_shift"] = grid_shift_check(source, image, plan, model)

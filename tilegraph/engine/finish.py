@@ -1,0 +1,95 @@
+"""The finish stage: mark the output complete through its sink, export if asked, measure, clean up."""
+
+from __future__ import annotations
+
+import time
+
+from tilegraph.engine.context import PreparedRun
+from tilegraph.engine.executor import Executor
+from tilegraph.engine.infer import InferenceReport
+from tilegraph.engine.progress import Progress
+from tilegraph.engine.reconcile import Reconciliation
+from tilegraph.engine.result import RunResult
+from tilegraph.outputs.abc import KindResult
+from tilegraph.sink.zarr_sink import exists, remove_path
+
+__all__ = ["finish", "abort"]
+
+
+def finish(
+    run: PreparedRun,
+    executor: Executor,
+    *,
+    inference: InferenceReport,
+    assembled: KindResult,
+    reconciliation: Reconciliation | None,
+    passes: tuple[int, float],
+    started: float,
+    progress: Progress | None,
+) -> RunResult:
+    """Write the completion marker (through the sink), run the export and QA, remove scratch space."""
+    plan = run.plan
+    pass_clipped, pass_s = passes
+    clipped = (pass_clipped if run.passes else assembled.clipped) + inference.clipped
+    timings = dict(run.timings)
+    timings["run_s"] = time.perf_counter() - started
+    timings["model_s_sum"] = inference.model_s
+    timings["model_wait_s_sum"] = inference.model_wait_s
+    timings["read_s_sum"] = inference.read_s
+    timings["write_s_sum"] = inference.write_s
+    timings["blend_s_sum"] = assembled.seconds
+    if run.passes:
+        timings["passes_s_sum"] = pass_s
+    if reconciliation is not None:
+        timings["reconcile_s"] = reconciliation.seconds
+    timings["total_s"] = timings["prepare_s"] + timings["run_s"]
+    megapixels = plan.shape[0] * plan.shape[1] / 1e6
+    timings["megapixels_per_s"] = megapixels / max(timings["total_s"], 1e-9)
+    final = {
+        "oom_splits": inference.oom_splits,
+        "clipped": clipped,
+        "reconcile": reconciliation.summary if reconciliation is not None else None,
+        "timings": {k: round(v, 4) for k, v in timings.items()},
+        "devices": list(inference.devices),
+    }
+    output, path, report = assembled.data, run.destination, None
+    if run.final_writer is not None:
+        step = run.sink.finish(run.final_writer, final)
+        if run.options.quality.enabled:
+            from tilegraph.engine.quality import quality_report
+
+            report = quality_report(run, executor, run.final_writer.path)
+            timings["qa_s"] = report.pop("seconds")
+        path = run.final_writer.path
+        if step is not None:
+            h = executor.submit(step.fn, *step.args, key=f"tg-{step.label}-{run.token}")
+            path = executor.wait([h], progress=progress, label=step.label)[0]
+        output = run.sink.open_result(path)
+    if not run.options.output.keep_tile_store and exists(run.scratch):  # tile store, staged source, export copy
+        remove_path(run.scratch)
+    return RunResult(
+        output=output,
+        path=path,
+        plan=plan,
+        timings=timings,
+        clipped=clipped,
+        model={"name": run.spec.name, "devices": list(inference.devices)},
+        report=report,
+        extra={
+            "autotile": run.autotile.to_dict() if run.autotile is not None else None,
+            "oom_splits": inference.oom_splits,
+            **assembled.extra,
+        },
+    )
+
+
+def abort(run: PreparedRun | None, executor: Executor, handles: list) -> None:
+    """Cancel what still runs and remove the scratch space (the output stays marked incomplete)."""
+    executor.cancel(handles)
+    if run is None:
+        return
+    try:
+        if exists(run.scratch):
+            remove_path(run.scratch)
+    except OSError:  # best effort: never hide the error that caused the abort
+        pass

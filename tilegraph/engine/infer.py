@@ -1,0 +1,88 @@
+"""The infer stage (client side): one model task per group of windows, then their reports gathered."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from tilegraph.engine.context import PreparedRun
+from tilegraph.engine.executor import Executor
+from tilegraph.engine.infer_task import TaskReport, infer_windows
+from tilegraph.engine.progress import Progress
+
+__all__ = ["Inference", "InferenceReport", "submit_inference", "gather_inference", "summarise"]
+
+
+@dataclass(frozen=True)
+class Inference:
+    """Submitted model tasks: their handles, the windows of each, and when they started."""
+
+    handles: tuple
+    groups: tuple[tuple[int, ...], ...]
+    started: float
+
+    def handles_for(self, windows) -> list:
+        """Handles of the model tasks holding ``windows`` (for ordering later tasks after them)."""
+        task_of = {}
+        for g, group in enumerate(self.groups):
+            for i in group:
+                task_of[i] = g
+        return [self.handles[g] for g in sorted({task_of[int(i)] for i in windows})]
+
+    @property
+    def units(self) -> list[int]:
+        """Windows per model task (what the progress counts)."""
+        return [len(g) for g in self.groups]
+
+
+@dataclass(frozen=True)
+class InferenceReport:
+    """What every model task returned, summed; ``results`` keeps each task's output-kind results."""
+
+    windows: int
+    read_s: float
+    model_s: float
+    model_wait_s: float
+    write_s: float
+    clipped: int
+    oom_splits: int
+    devices: tuple[str, ...]
+    results: tuple
+
+
+def submit_inference(run: PreparedRun, executor: Executor) -> Inference:
+    """Submit one model task per group of windows (resource-restricted on GPU/model workers)."""
+    started = time.perf_counter()
+    ctx_h = executor.share(run.context)
+    groups = run.plan.tasks()
+    handles = executor.map(
+        infer_windows,
+        [ctx_h] * len(groups),
+        groups,
+        [run.payload] * len(groups),
+        keys=[f"tg-infer-{run.token}-{g}" for g in range(len(groups))],
+        resources=executor.infer_resources,
+    )
+    executor.check_restrictions(handles)
+    return Inference(tuple(handles), tuple(tuple(g) for g in groups), started)
+
+
+def summarise(reports: list[TaskReport]) -> InferenceReport:
+    """Sum the model tasks' reports."""
+    return InferenceReport(
+        windows=sum(r.windows for r in reports),
+        read_s=float(sum(r.read_s for r in reports)),
+        model_s=float(sum(r.model_s for r in reports)),
+        model_wait_s=float(sum(r.model_wait_s for r in reports)),
+        write_s=float(sum(r.write_s for r in reports)),
+        clipped=int(sum(r.clipped for r in reports)),
+        oom_splits=int(sum(r.oom_splits for r in reports)),
+        devices=tuple(sorted({r.device for r in reports})),
+        results=tuple(tuple(r.results) for r in reports),
+    )
+
+
+def gather_inference(inference: Inference, executor: Executor, progress: Progress | None) -> InferenceReport:
+    """Wait for every model task (progress counts windows) and sum their reports."""
+    reports = executor.wait(list(inference.handles), progress=progress, label="windows", units=inference.units)
+    return summarise(reports)

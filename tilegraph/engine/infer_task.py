@@ -1,0 +1,223 @@
+"""The model task, run on workers: read a group of windows, run the model batch by batch, hand each
+batch's outputs to the run's output kind (which stores them or turns them into small results).
+
+Reading the next batches (up to two ahead) and handing finished ones over run on small thread pools
+that live only for this task, while the current batch is on the model. What returns through Dask is
+a small :class:`TaskReport`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tilegraph.engine.context import RunContext
+from tilegraph.errors import CorruptSourceError, ModelError, ModelOutputError
+from tilegraph.infer.oom import run_splitting, run_window_split
+from tilegraph.infer.runner import BadOutput, BatchRunner, get_runner
+from tilegraph.plan.plan import Plan
+from tilegraph.plan.resample import to_output_scale
+from tilegraph.source import read_padded
+
+__all__ = ["TaskReport", "infer_windows"]
+
+
+@dataclass
+class TaskReport:
+    """What one model task returns (small)."""
+
+    windows: int = 0
+    read_s: float = 0.0
+    model_s: float = 0.0
+    model_wait_s: float = 0.0
+    write_s: float = 0.0
+    clipped: int = 0
+    oom_splits: int = 0
+    device: str = "cpu"
+    results: list = field(default_factory=list)  # what the output kind returned per batch
+
+
+def _rc(plan: Plan, index: int) -> tuple[int, int]:
+    w = plan.window(index)
+    return w.row, w.col
+
+
+def _read_run(ctx: RunContext, run: list[int]) -> list[np.ndarray]:
+    """Windows of one grid row, side by side, read as one region (each source chunk decoded once).
+
+    Neighbouring windows overlap and share source chunks: one read of their union instead of one
+    per window decodes each chunk once and pays the reader's per-call cost once. Padding past the
+    image edges depends only on absolute positions, so the windows cut from the union equal
+    windows read one by one.
+    """
+    plan, src = ctx.plan, ctx.source
+    ws = [plan.window(i) for i in run]
+    y0, y1, x0, x1 = ws[0].y0, ws[0].y1, ws[0].x0, ws[-1].x1
+    block = read_padded(src, y0, y1, x0, x1, plan.pad_mode)
+    if block.dtype.kind == "f" and not np.isfinite(block).all():
+        bad = ~np.isfinite(block)
+        first = next(w for w in ws if bad[:, w.x0 - x0 : w.x1 - x0].any())
+        region = bad[:, first.x0 - x0 : first.x1 - x0]
+        raise CorruptSourceError(
+            f"{int(np.count_nonzero(region))} NaN or Inf values in the input region rows {first.y0}:{first.y1}, "
+            f"cols {first.x0}:{first.x1}",
+            path=src.path,
+            window=(first.row, first.col),
+            hint="replace non-finite values (e.g. numpy.nan_to_num) before tiling",
+        )
+    return [block[:, w.x0 - x0 : w.x1 - x0] for w in ws]
+
+
+def _runs_of(plan: Plan, batch: list[int], longest: int = 4) -> list[list[int]]:
+    """Split a batch into runs of at most ``longest`` consecutive windows of one grid row."""
+    runs: list[list[int]] = []
+    for i in batch:
+        if runs and len(runs[-1]) < longest and i == runs[-1][-1] + 1 and plan.window(i).col > 0:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
+
+
+def _kept_boxes(plan: Plan, indices: list[int]) -> list[tuple[slice, slice]]:
+    """Per window, the output region ``crop`` keeps, in the window's output coordinates."""
+    out = []
+    for i in indices:
+        w = plan.window(i)
+        (ky0, ky1), (kx0, kx1) = plan.y.keep(w.row), plan.x.keep(w.col)
+        oy, ox = plan.y.out_start(w.row), plan.x.out_start(w.col)
+        out.append((slice(ky0 - oy, ky1 - oy), slice(kx0 - ox, kx1 - ox)))
+    return out
+
+
+def _run_model(ctx: RunContext, runner: BatchRunner, raw: np.ndarray, indices: list[int], out_dtype, state: dict):
+    """Model output for one batch, checked against the contract, pass-through channels appended.
+
+    An out-of-memory error splits the batch in halves and retries (the runner, shared by the model
+    tasks of this process, remembers the batch that fitted for the next batches, and ``state``
+    counts the splits of this task); a single window that does not fit alone is split into
+    overlapping sub-windows with the model's halo (:func:`~tilegraph.infer.oom.run_window_split`).
+    """
+    plan = ctx.plan
+    # values clipped when rounding per window count only where the output keeps them (crop stores)
+    boxes = _kept_boxes(plan, indices) if np.dtype(out_dtype).kind in "ui" else None
+
+    def call(part: np.ndarray, part_boxes=None):
+        return runner.run_raw(part, channels=ctx.model_channels, out_dtype=out_dtype, count_boxes=part_boxes)
+
+    def single(i: int, one: np.ndarray):
+        return run_window_split(
+            lambda sub, box: call(sub, None if box is None else [box]),
+            one,
+            halo=ctx.split_halo,
+            align=plan.align,
+            scale=plan.scale_fraction,
+            count_box=None if boxes is None else boxes[i],
+            window=_rc(plan, indices[i]),
+            device=runner.device,
+        )
+
+    try:
+        res = run_splitting(
+            call,
+            raw,
+            max_batch=runner.fitted_batches.get(raw.shape[1:]),
+            windows=[_rc(plan, i) for i in indices],
+            device=runner.device,
+            single=single,
+            per_window=boxes,
+        )
+        y, clipped = res.output
+        if res.splits:
+            runner.fitted_batches[raw.shape[1:]] = res.batch
+            state["splits"] = state.get("splits", 0) + res.splits
+    except BadOutput as exc:
+        hint = (
+            "check the model on this window; try precision='fp32' if it overflows in fp16"
+            if exc.kind == "nonfinite"
+            else "return float32 (or float16/bfloat16) tensors"
+        )
+        raise ModelOutputError(exc.detail, window=_rc(plan, indices[exc.element]), hint=hint) from None
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelOutputError(f"model raised {exc!r}", window=_rc(plan, indices[0])) from exc
+    oy, ox = plan.out_window_shape
+    n_extra = raw.shape[3] - ctx.model_channels
+    expected = (len(indices), (plan.out_channels or 0) - n_extra, oy, ox)
+    if tuple(y.shape) != expected:
+        raise ModelOutputError(
+            f"model returned shape {tuple(y.shape)} for a batch of windows {[_rc(plan, i) for i in indices]}, "
+            f"expected {expected} (scale {plan.scale}, {expected[1]} channels)",
+            window=_rc(plan, indices[0]),
+            hint="declare the model's scale/out_channels or fix its output size",
+        )
+    if n_extra:
+        extra = to_output_scale(plan, raw, ctx.model_channels)
+        if y.dtype.kind == "u":
+            extra = np.rint(extra * np.float32(np.iinfo(y.dtype).max))
+        y = np.concatenate([y, extra.astype(y.dtype)], axis=1)
+    return y, clipped
+
+
+def infer_windows(ctx: RunContext, indices: list[int], model_payload: Any = None) -> TaskReport:
+    """Task: run the model over a group of windows, batch by batch; the output kind takes each batch.
+
+    Reading the next batches (up to two ahead) and handing finished ones to the kind (which writes
+    them to the per-window store) run on thread pools living only for this task.
+    """
+    plan = ctx.plan
+    runner = get_runner(ctx.spec, model_payload)
+    store = ctx.tile_store
+    dtype = np.dtype(store.dtype if store is not None else "float32")
+    b = plan.batch_size
+    batches = [indices[i : i + b] for i in range(0, len(indices), b)]
+    report = TaskReport(windows=len(indices), device=runner.device)
+    state: dict = {}  # out-of-memory splits in this task
+    lock = threading.Lock()  # reads and hand-overs run on pool threads and update the same timings
+
+    def read(batch):
+        t = time.perf_counter()
+        runs = list(window_pool.map(lambda run: _read_run(ctx, run), _runs_of(plan, batch)))
+        raw = np.stack([w for run in runs for w in run])
+        with lock:
+            report.read_s += time.perf_counter() - t
+        return raw
+
+    def hand_over(batch, raw, y):
+        t = time.perf_counter()
+        result = ctx.kind.consume(ctx, batch, raw, y, window_pool)
+        with lock:
+            report.write_s += time.perf_counter() - t
+        return result
+
+    ahead = 2  # batches read ahead, and outputs waiting to be handed over, at most
+    # two pools living only for this task: batch-level jobs, and the per-window reads and writes they
+    # fan out to (separate, so a batch job never waits on its own pool)
+    with (
+        ThreadPoolExecutor(max_workers=2 * ahead, thread_name_prefix="tilegraph-io") as pool,
+        ThreadPoolExecutor(max_workers=max(2, min(16, 2 * b)), thread_name_prefix="tilegraph-window") as window_pool,
+    ):
+        reads = [pool.submit(read, batches[k]) for k in range(min(ahead, len(batches)))]
+        handed: list = []
+        for k, batch in enumerate(batches):
+            raw = reads[k].result()
+            if k + ahead < len(batches):
+                reads.append(pool.submit(read, batches[k + ahead]))
+            runner.take_times()
+            y, clipped = _run_model(ctx, runner, raw, batch, dtype, state)
+            held, waited = runner.take_times()  # the model's own time, and the other task's turn
+            report.model_s += held
+            report.model_wait_s += waited
+            report.clipped += clipped
+            if len(handed) >= ahead:
+                handed[-ahead].result()  # bound the outputs waiting to be handed over
+            handed.append(pool.submit(hand_over, batch, raw, y))
+        report.results = [h.result() for h in handed]
+    report.oom_splits = state.get("splits", 0)
+    return report

@@ -1,0 +1,72 @@
+"""One rule for what a model declares, read identically from an instance, an import path or a file.
+
+A model may declare, as attributes, ``scale`` (``2``, ``4``, ``"1/8"``), ``in_channels``,
+``out_channels``, ``stride`` (its total stride) and ``halo`` (context pixels each side needs).
+The rule is applied where the model object exists: on the client for instances, and on a worker,
+by the probe, for every model (so a model built from an import path or loaded from a file declares
+exactly as an instance does).
+
+Attributes of torch's own layers are not declarations: a bare ``torch.nn.Conv2d`` has a ``stride``
+tuple and ``in_channels``/``out_channels`` describing the layer, which would be wrong as a model's
+total stride; modules defined in ``torch.*`` declare nothing. A declared value of the wrong type is
+an error naming the attribute.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Any
+
+from tilegraph.errors import ModelLoadError
+
+__all__ = ["DECLARABLE", "declarations"]
+
+DECLARABLE = ("scale", "in_channels", "out_channels", "stride", "halo")
+
+
+def _is_torch_layer(model: object) -> bool:
+    module = type(model).__module__ or ""
+    return module == "torch" or module.startswith("torch.")
+
+
+def declarations(model: object, *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """What ``model`` declares (see the module notes); names in ``skip`` are not read (given explicitly).
+
+    Returns
+    -------
+    dict
+        A subset of :data:`DECLARABLE`; ``scale`` as a string (``"2"``, ``"1/8"``), the others ints.
+
+    Raises
+    ------
+    tilegraph.errors.ModelLoadError
+        A declaration of the wrong type (a tuple stride, a negative halo...).
+    """
+    if _is_torch_layer(model):
+        return {}
+    out: dict[str, Any] = {}
+    for name in DECLARABLE:
+        if name in skip:
+            continue
+        value = getattr(model, name, None)
+        if value is None or callable(value):
+            continue
+        if name == "scale":
+            try:
+                frac = Fraction(str(value)) if not isinstance(value, Fraction) else value
+            except (ValueError, ZeroDivisionError):
+                frac = None
+            if isinstance(value, bool) or frac is None or frac <= 0:
+                raise ModelLoadError(
+                    f"the model's scale attribute {value!r} is not a scale",
+                    hint="declare scale as 2, 4 or '1/8', or pass scale= to run()",
+                )
+            out[name] = str(frac)
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "halo" else 1):
+            raise ModelLoadError(
+                f"the model's {name} attribute {value!r} is not a declaration (a positive int was expected)",
+                hint=f"rename the attribute, or pass {'model_stride' if name == 'stride' else name}= to run()",
+            )
+        out[name] = int(value)
+    return out

@@ -1,0 +1,71 @@
+"""The :class:`Pass` contract: distributed work over a finished array, box by box.
+
+A pass reads a box of its input plus a halo and writes that box of its output once (never a
+read-modify-write), so it runs as one task per output chunk, out of core, and retries are safe.
+Passes run after blending, in order: low frequencies from a thumbnail, a seam-refine pass, a
+pyramid level... Each is one class and one registration (:func:`tilegraph.passes.register_pass`,
+or an entry point in the ``tilegraph.passes`` group), asked for with ``run(..., passes=[name])``.
+
+:meth:`Pass.prepare` runs once on the client and returns a small state every task receives (a
+thumbnail, statistics); it gets a :class:`PassContext` from the engine, which gives it the plan and
+the run's one cached thumbnail inference.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+from tilegraph.plan.plan import Plan
+
+__all__ = ["Pass", "PassContext", "Box"]
+
+Box = tuple[int, int, int, int]
+
+
+class PassContext(Protocol):
+    """What the engine offers a pass when it prepares (client side)."""
+
+    plan: Plan
+
+    def thumbnail(self) -> tuple[np.ndarray, float]:
+        """The model run once on a thumbnail of the whole image, ``(h, w, C')`` float32 in the model's
+        units, and how many output pixels one thumbnail pixel spans. Cached: one inference per run."""
+        ...
+
+
+class Pass(ABC):
+    """One distributed pass over a finished array (see the module notes)."""
+
+    name: ClassVar[str] = ""
+
+    def halo(self, plan: Plan) -> int:
+        """Input pixels beyond each box that :meth:`apply` reads (default 0)."""
+        return 0
+
+    def out_shape(self, shape: tuple[int, int]) -> tuple[int, int]:
+        """Output extent for an input of ``shape`` (default: the same)."""
+        return shape
+
+    def in_box(self, plan: Plan, box: Box, shape: tuple[int, int]) -> Box:
+        """Input box :meth:`apply` needs for output ``box``: the box plus :meth:`halo`, clipped."""
+        h = self.halo(plan)
+        y0, y1, x0, x1 = box
+        return max(0, y0 - h), min(shape[0], y1 + h), max(0, x0 - h), min(shape[1], x1 + h)
+
+    def prepare(self, ctx: PassContext) -> Any:
+        """Small state for every task, computed once on the client (default ``None``)."""
+        return None
+
+    @abstractmethod
+    def apply(self, plan: Plan, box: Box, block: np.ndarray, in_box: Box, state: Any) -> np.ndarray:
+        """Output ``box`` ``(rows, cols, C)`` float32 from ``block``, the input over ``in_box``.
+
+        ``block`` is float32 in the model's units (integers as ``[0, 1]``); must not be modified.
+        """
+
+    def describe(self) -> dict:
+        """Plain data for the output's metadata."""
+        return {"name": self.name}

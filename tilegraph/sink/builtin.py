@@ -1,0 +1,199 @@
+"""The built-in sinks: Zarr v3, and TIFF/PNG/JPEG exports, on the :class:`~tilegraph.sink.abc.Sink` contract."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar
+
+import numpy as np
+
+from tilegraph._cast import to_output_dtype
+from tilegraph.errors import DestinationError, SinkError
+from tilegraph.metadata import SourceMetadata
+from tilegraph.metadata.attrs import metadata_to_attrs
+from tilegraph.sink.abc import Box, ChunkWriter, FinishTask, OutputLayout, Sink
+from tilegraph.sink.zarr_sink import create_output, exists, mark_complete, same_location, write_every_chunk
+
+__all__ = ["ZarrWriter", "ZarrSink", "ExportSink", "TiffSink", "RasterSink", "scratch_writer"]
+
+
+class ZarrWriter(ChunkWriter):
+    """Writes boxes of a Zarr v3 array (each box is whole chunks, or the array's edge)."""
+
+    def __init__(self, path: str, layout: OutputLayout) -> None:
+        self.path = path
+        self.layout = layout
+
+    def _open(self, mode: str = "r+") -> Any:
+        import zarr
+
+        return zarr.open_array(self.path, mode=mode)
+
+    def write(self, box: Box, block: np.ndarray, *, integer_scaled: bool = True) -> int:
+        out, clipped = to_output_dtype(block, self.layout.dtype, integer_scaled=integer_scaled)
+        y0, y1, x0, x1 = box
+        target = write_every_chunk(self._open())
+        try:
+            if self.layout.layout == "YX":
+                target[y0:y1, x0:x1] = out[:, :, 0]
+            elif self.layout.layout == "CYX":
+                target[:, y0:y1, x0:x1] = np.moveaxis(out, -1, 0)
+            else:
+                target[y0:y1, x0:x1, :] = out
+        except OSError as exc:
+            raise SinkError(f"cannot write output box {box}: {exc.strerror or exc}", path=self.path) from exc
+        return clipped
+
+    def read(self, box: Box) -> np.ndarray:
+        y0, y1, x0, x1 = box
+        arr = self._open("r")
+        if self.layout.layout == "YX":
+            return np.asarray(arr[y0:y1, x0:x1])[..., None]
+        if self.layout.layout == "CYX":
+            return np.moveaxis(np.asarray(arr[:, y0:y1, x0:x1]), 0, -1)
+        return np.asarray(arr[y0:y1, x0:x1, :])
+
+
+class ZarrSink(Sink):
+    """A Zarr v3 array at the destination, with provenance attributes and a completion marker."""
+
+    name: ClassVar[str] = "zarr"
+    suffixes: ClassVar[tuple[str, ...]] = (".zarr",)
+
+    def check(self, *, source_path: str | None, overwrite: bool) -> None:
+        if same_location(self.destination, source_path):
+            raise DestinationError(
+                "destination is the source itself",
+                path=self.destination,
+                hint="write to a new path; sources are never overwritten",
+            )
+        if exists(self.destination) and not overwrite:
+            raise DestinationError(
+                "destination exists", path=self.destination, hint="pass overwrite=True or choose a new path"
+            )
+
+    def _target(self, scratch: str) -> str:
+        return self.destination
+
+    def create(
+        self,
+        out: OutputLayout,
+        *,
+        attrs: dict,
+        metadata: SourceMetadata,
+        scratch: str,
+        source_path: str | None,
+        overwrite: bool,
+    ) -> ChunkWriter:
+        path = self._target(scratch)
+        create_output(
+            path,
+            shape=out.shape,
+            channels=out.channels,
+            dtype=out.dtype,
+            chunks=out.chunks,
+            shards=out.shards,
+            layout=out.layout,
+            attrs=attrs,
+            extra_attrs=metadata_to_attrs(metadata),
+            source_path=source_path,
+            overwrite=overwrite or path != self.destination,
+        )
+        return ZarrWriter(path, out)
+
+    def finish(self, writer: ChunkWriter, final: dict) -> FinishTask | None:
+        mark_complete(writer.path, final)
+        return None
+
+    def open_result(self, path: str) -> Any:
+        import zarr
+
+        return zarr.open_array(path, mode="r")
+
+
+class ExportSink(ZarrSink):
+    """A file written in one final task from a Zarr in the run's scratch space."""
+
+    @property
+    def exports(self) -> bool:
+        return True
+
+    def _target(self, scratch: str) -> str:
+        return f"{scratch}/output.zarr"
+
+    def _export_kwargs(self) -> dict:
+        o = self.options
+        return {"compression": o.compression, "tile": tuple(o.tile), "bigtiff": o.bigtiff, "quality": o.quality}
+
+    def validate(self, out: OutputLayout, metadata: SourceMetadata) -> None:
+        from tilegraph.sink.tiff_sink import validate_export
+
+        validate_export(
+            self.destination,
+            shape=(*out.shape, out.channels),
+            dtype=out.dtype,
+            metadata=metadata,
+            **self._export_kwargs(),
+        )
+
+    def create(
+        self,
+        out: OutputLayout,
+        *,
+        attrs: dict,
+        metadata: SourceMetadata,
+        scratch: str,
+        source_path: str | None,
+        overwrite: bool,
+    ) -> ChunkWriter:
+        self._metadata = metadata
+        self._attrs = attrs
+        return super().create(
+            out, attrs=attrs, metadata=metadata, scratch=scratch, source_path=source_path, overwrite=overwrite
+        )
+
+    def finish(self, writer: ChunkWriter, final: dict) -> FinishTask | None:
+        super().finish(writer, final)
+        provenance = {**self._attrs, **final}  # version, model, plan, timings, clipped, ...
+        return FinishTask(_export, (writer.path, self.destination, self._metadata, provenance, self._export_kwargs()))
+
+    def open_result(self, path: str) -> Any:
+        return path
+
+
+def _export(zarr_path: str, destination: str, metadata: SourceMetadata, provenance: dict, kwargs: dict) -> str:
+    """Task: write ``destination`` from the finished Zarr at ``zarr_path``."""
+    from tilegraph.sink.tiff_sink import export
+
+    return export(zarr_path, os.fspath(destination), metadata=metadata, provenance=provenance, **kwargs)
+
+
+class TiffSink(ExportSink):
+    """Tiled TIFF or BigTIFF (``.btf``), written tile by tile."""
+
+    name: ClassVar[str] = "tiff"
+    suffixes: ClassVar[tuple[str, ...]] = (".tif", ".tiff", ".btf")
+
+
+class RasterSink(ExportSink):
+    """PNG (8 or 16 bit) or JPEG (8 bit)."""
+
+    name: ClassVar[str] = "raster"
+    suffixes: ClassVar[tuple[str, ...]] = (".png", ".jpg", ".jpeg")
+
+
+def scratch_writer(path: str, layout: OutputLayout) -> ZarrWriter:
+    """A new, uncompressed Zarr array in scratch space for intermediate results (blends before passes)."""
+    create_output(
+        path,
+        shape=layout.shape,
+        channels=layout.channels,
+        dtype=layout.dtype,
+        chunks=layout.chunks,
+        shards=layout.shards,
+        layout=layout.layout,
+        attrs={"scratch": True},
+        overwrite=True,
+        compressors=None,
+    )
+    return ZarrWriter(path, layout)
