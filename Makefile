@@ -21,10 +21,14 @@ demo: setup
 
 test: setup
 	$(PY) -m ruff check tilegraph tests bench examples
+	$(PY) -m ruff format --check tilegraph tests bench examples
+	$(PY) -m mypy
 	$(PY) -m pytest -q
 
 lint: setup
 	$(PY) -m ruff check tilegraph tests bench examples
+	$(PY) -m ruff format --check tilegraph tests bench examples
+	$(PY) -m mypy
 
 clean:
 	rm -rf $(VENV) tilegraph-demo-output .pytest_cache

@@ -17,16 +17,18 @@ import numpy as np
 MiB = 2**20
 
 
-def write_random_zarr(path: str, shape: tuple[int, int], channels: int = 3, chunk: int = 1024, seed: int = 0,
-                      compressors="auto") -> None:
+def write_random_zarr(
+    path: str, shape: tuple[int, int], channels: int = 3, chunk: int = 1024, seed: int = 0, compressors="auto"
+) -> None:
     """A random uint8 Zarr (YXC, or YX for one channel) written chunk by chunk (never whole in memory)."""
     import zarr
 
     h, w = shape
     full = (h, w, channels) if channels > 1 else (h, w)
     chunks = (chunk, chunk, channels) if channels > 1 else (chunk, chunk)
-    z = zarr.create_array(store=path, shape=full, chunks=chunks, dtype="uint8", overwrite=True,
-                          compressors=compressors)
+    z = zarr.create_array(
+        store=path, shape=full, chunks=chunks, dtype="uint8", overwrite=True, compressors=compressors
+    )
     rng = np.random.default_rng(seed)
     for y in range(0, h, chunk):
         for x in range(0, w, chunk):
@@ -123,7 +125,11 @@ def fmt_rows(headers: list[str], rows: list[list], aligns: str | None = None) ->
     aligns = aligns or ("<" + ">" * (len(headers) - 1))
     out = []
     for k, r in enumerate(cells):
-        out.append("  ".join(c.ljust(w) if a == "<" else c.rjust(w) for c, w, a in zip(r, widths, aligns, strict=True)))
+        out.append(
+            "  ".join(
+                c.ljust(w) if a == "<" else c.rjust(w) for c, w, a in zip(r, widths, aligns, strict=True)
+            )
+        )
         if k == 0:
             out.append("  ".join("-" * w for w in widths))
     return "\n".join(out)

@@ -54,7 +54,9 @@ def main(argv=None) -> int:
     p.add_argument("--blends", default="cosine", help="comma list of tilegraph blends (crop, cosine, ...)")
     p.add_argument("--mo-threads", default="1", help="comma list of dask thread counts for map_overlap")
     p.add_argument("--channels-last", action="store_true", help="channels_last in every row (default off)")
-    p.add_argument("--base", type=int, default=32, help="U-Net base width (32 = the anchor; smaller for smoke tests)")
+    p.add_argument(
+        "--base", type=int, default=32, help="U-Net base width (32 = the anchor; smaller for smoke tests)"
+    )
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--workdir", default=None)
     args = p.parse_args(argv)
@@ -74,11 +76,13 @@ def main(argv=None) -> int:
     dev_model = model.to(memory_format=torch.channels_last) if cl else model
     plan = bg.plan_for(n, tile, ov, model, batch)
     chunk, depth = tile - ov, ov // 2
-    print(f"bench_core_cpu: {n}x{n} uint8 RGB Zarr ({mp:.2f} MP), ReferenceUNet(base={args.base}) float32, tile {tile}, "
-          f"overlap {ov}, {plan.grid[0]}x{plan.grid[1]} = {plan.n_windows} windows (window work "
-          f"{plan.window_work:.2f} x image), batch {batch}, channels_last {cl}; torch {torch.__version__}, "
-          f"tilegraph {tilegraph.__version__}, {os.cpu_count()} cpus, torch threads {torch.get_num_threads()}",
-          flush=True)
+    print(
+        f"bench_core_cpu: {n}x{n} uint8 RGB Zarr ({mp:.2f} MP), ReferenceUNet(base={args.base}) float32, tile {tile}, "
+        f"overlap {ov}, {plan.grid[0]}x{plan.grid[1]} = {plan.n_windows} windows (window work "
+        f"{plan.window_work:.2f} x image), batch {batch}, channels_last {cl}; torch {torch.__version__}, "
+        f"tilegraph {tilegraph.__version__}, {os.cpu_count()} cpus, torch threads {torch.get_num_threads()}",
+        flush=True,
+    )
     work = tempfile.mkdtemp(prefix="tg-core-", dir=args.workdir)
     cluster = client = None
     best: dict[str, float] = {}
@@ -90,7 +94,9 @@ def main(argv=None) -> int:
         mo_in = f"{work}/mo_in.zarr"
         import zarr
 
-        zarr.create_array(store=mo_in, shape=img.shape, chunks=(chunk, chunk, 3), dtype="uint8", overwrite=True)[...] = img
+        zarr.create_array(
+            store=mo_in, shape=img.shape, chunks=(chunk, chunk, 3), dtype="uint8", overwrite=True
+        )[...] = img
         # the windows in NHWC strides (torch's channels_last), as tilegraph's CPU runner feeds them (a permuted
         # view of the uint8 window) and as the anchor's map_overlap does (``permute(2, 0, 1)`` of the block);
         # with NCHW-contiguous input the same model takes about 1.4 x the CPU time here
@@ -107,8 +113,18 @@ def main(argv=None) -> int:
         worker_threads = sorted(set(client.run(torch.get_num_threads).values()))
         print(f"worker torch threads: default {default_threads} -> set to {worker_threads}", flush=True)
         t = time.perf_counter()
-        bg.tilegraph_row(client, model, warm, f"{work}/warm_out.zarr", tile=tile, overlap=ov, blend="crop", batch=batch,
-                         precision="fp32", channels_last=cl)
+        bg.tilegraph_row(
+            client,
+            model,
+            warm,
+            f"{work}/warm_out.zarr",
+            tile=tile,
+            overlap=ov,
+            blend="crop",
+            batch=batch,
+            precision="fp32",
+            channels_last=cl,
+        )
         print(f"tilegraph warm-up (one window) {time.perf_counter() - t:.1f} s, not counted", flush=True)
 
         def cpu_now() -> float:
@@ -127,20 +143,45 @@ def main(argv=None) -> int:
             note("model alone", bg.model_alone(b, dev_model, batches, autocast=False, reps=1), c0)
             for blend in args.blends.split(","):
                 c0 = cpu_now()
-                s, res = bg.tilegraph_row(client, model, in_path, f"{work}/out.zarr", tile=tile, overlap=ov, blend=blend,
-                                          batch=batch, precision="fp32", channels_last=cl)
+                s, res = bg.tilegraph_row(
+                    client,
+                    model,
+                    in_path,
+                    f"{work}/out.zarr",
+                    tile=tile,
+                    overlap=ov,
+                    blend=blend,
+                    batch=batch,
+                    precision="fp32",
+                    channels_last=cl,
+                )
                 key = f"tilegraph {blend}"
                 note(key, s, c0)
                 same = bg.window_boxes(res.plan) == bg.window_boxes(plan)
-                t_ = {k: res.timings.get(k, float("nan")) for k in (
-                    "total_s", "prepare_s", "probe_s", "run_s", "model_s_sum", "read_s_sum", "write_s_sum", "blend_s_sum")}
-                extra[key] = (f"windows identical to row 1: {same}; total_s {t_['total_s']:.2f} = prepare {t_['prepare_s']:.2f}"
-                              f" (probe {t_['probe_s']:.2f}) + run {t_['run_s']:.2f}; sums over tasks: model "
-                              f"{t_['model_s_sum']:.2f}, read {t_['read_s_sum']:.2f}, write {t_['write_s_sum']:.2f}, "
-                              f"blend {t_['blend_s_sum']:.2f}; wall - model_s_sum = {s - t_['model_s_sum']:.2f} s")
+                t_ = {
+                    k: res.timings.get(k, float("nan"))
+                    for k in (
+                        "total_s",
+                        "prepare_s",
+                        "probe_s",
+                        "run_s",
+                        "model_s_sum",
+                        "read_s_sum",
+                        "write_s_sum",
+                        "blend_s_sum",
+                    )
+                }
+                extra[key] = (
+                    f"windows identical to row 1: {same}; total_s {t_['total_s']:.2f} = prepare {t_['prepare_s']:.2f}"
+                    f" (probe {t_['probe_s']:.2f}) + run {t_['run_s']:.2f}; sums over tasks: model "
+                    f"{t_['model_s_sum']:.2f}, read {t_['read_s_sum']:.2f}, write {t_['write_s_sum']:.2f}, "
+                    f"blend {t_['blend_s_sum']:.2f}; wall - model_s_sum = {s - t_['model_s_sum']:.2f} s"
+                )
             for th in (int(x) for x in args.mo_threads.split(",")):
                 c0 = cpu_now()
-                s, _ = bg.map_overlap_row(b, dev_model, mo_in, f"{work}/mo_out.zarr", depth, (th,), cl, int(model.stride))
+                s, _ = bg.map_overlap_row(
+                    b, dev_model, mo_in, f"{work}/mo_out.zarr", depth, (th,), cl, int(model.stride)
+                )
                 note(f"map_overlap threads {th}", s, c0)
         end_threads = sorted(set(client.run(torch.get_num_threads).values()))
     finally:
@@ -161,16 +202,20 @@ def main(argv=None) -> int:
     mo_best = min(v for k, v in best.items() if k.startswith("map_overlap"))
     mo_cpu = min(v for k, v in best_cpu.items() if k.startswith("map_overlap"))
     print()
-    print(f"== bench_core_cpu (issue 2 a): {n}x{n} uint8 RGB, ReferenceUNet(base={args.base}) float32, tile {tile}, "
-          f"overlap {ov}, {plan.n_windows} windows, batch {batch}, torch threads {args.threads} in every row "
-          f"(worker default was {default_threads}, at the end {end_threads}), best of {args.rounds} round(s)")
+    print(
+        f"== bench_core_cpu (issue 2 a): {n}x{n} uint8 RGB, ReferenceUNet(base={args.base}) float32, tile {tile}, "
+        f"overlap {ov}, {plan.n_windows} windows, batch {batch}, torch threads {args.threads} in every row "
+        f"(worker default was {default_threads}, at the end {end_threads}), best of {args.rounds} round(s)"
+    )
     labels = {
         "model alone": "1 model alone over tilegraph's windows (in memory, NHWC input)",
         "map_overlap": f"3 hand-written map_overlap chunks {chunk} depth {depth}",
     }
     alone_cpu = best_cpu["model alone"]
-    print(f"{'row':<66} {'model MP':>9} {'seconds':>9} {'MP/s':>8} {'time / model alone':>19} {'CPU s':>8} "
-          f"{'CPU / model alone':>18}")
+    print(
+        f"{'row':<66} {'model MP':>9} {'seconds':>9} {'MP/s':>8} {'time / model alone':>19} {'CPU s':>8} "
+        f"{'CPU / model alone':>18}"
+    )
     for key, s in best.items():
         if key.startswith("tilegraph"):
             label = f"2 {key} (embedded cluster, 1 worker, started before the clock)"
@@ -180,18 +225,26 @@ def main(argv=None) -> int:
             label = labels[key]
         work_mp = mo_mp if key.startswith("map_overlap") else win_mp
         c = best_cpu[key]
-        print(f"{label:<66} {work_mp:>9.2f} {s:>9.2f} {mp / s:>8.3f} {s / alone:>19.3f} {c:>8.1f} {c / alone_cpu:>18.3f}")
-    print(f"model MP: pixels the model runs on (tilegraph's {plan.n_windows} windows of {tile}^2; map_overlap's "
-          f"{len(edges)}x{len(edges)} blocks of chunk + 2 x depth, padded to multiples of {stride}); MP/s: image pixels; "
-          "CPU s: user+system seconds of this process and the worker during the row (steadier than wall time on a "
-          "shared machine)")
+        print(
+            f"{label:<66} {work_mp:>9.2f} {s:>9.2f} {mp / s:>8.3f} {s / alone:>19.3f} {c:>8.1f} {c / alone_cpu:>18.3f}"
+        )
+    print(
+        f"model MP: pixels the model runs on (tilegraph's {plan.n_windows} windows of {tile}^2; map_overlap's "
+        f"{len(edges)}x{len(edges)} blocks of chunk + 2 x depth, padded to multiples of {stride}); MP/s: image pixels; "
+        "CPU s: user+system seconds of this process and the worker during the row (steadier than wall time on a "
+        "shared machine)"
+    )
     for key, s in best.items():
         if key.startswith("tilegraph"):
             r1, r2 = s / alone, s / mo_best
-            print(f"ratio {key} / model alone = {r1:.3f} (acceptance <= 1.3: {'PASS' if r1 <= 1.3 else 'FAIL'}); "
-                  f"{key} / best map_overlap = {r2:.3f} (acceptance <= 1.0: {'PASS' if r2 <= 1.0 else 'FAIL'})")
-            print(f"  CPU-time ratios: {key} / model alone = {best_cpu[key] / alone_cpu:.3f}, "
-                  f"{key} / best map_overlap = {best_cpu[key] / mo_cpu:.3f}")
+            print(
+                f"ratio {key} / model alone = {r1:.3f} (acceptance <= 1.3: {'PASS' if r1 <= 1.3 else 'FAIL'}); "
+                f"{key} / best map_overlap = {r2:.3f} (acceptance <= 1.0: {'PASS' if r2 <= 1.0 else 'FAIL'})"
+            )
+            print(
+                f"  CPU-time ratios: {key} / model alone = {best_cpu[key] / alone_cpu:.3f}, "
+                f"{key} / best map_overlap = {best_cpu[key] / mo_cpu:.3f}"
+            )
             print(f"  {key}: {extra[key]}")
     return 0
 

@@ -72,7 +72,9 @@ def log(msg: str) -> None:
 class DenseBlock(nn.Module):
     def __init__(self, nf=64, gc=32):
         super().__init__()
-        self.convs = nn.ModuleList([nn.Conv2d(nf + i * gc, gc if i < 4 else nf, 3, padding=1) for i in range(5)])
+        self.convs = nn.ModuleList(
+            [nn.Conv2d(nf + i * gc, gc if i < 4 else nf, 3, padding=1) for i in range(5)]
+        )
 
     def forward(self, x):
         feats = [x]
@@ -174,7 +176,9 @@ def write_random_zarr(path: str, size: int, chunk: int, seed: int = 0) -> np.nda
     """Random uint8 RGB ``size x size`` Zarr (YXC, chunks ``chunk``), written strip by strip; returns it."""
     import zarr
 
-    z = zarr.create_array(store=path, shape=(size, size, 3), chunks=(chunk, chunk, 3), dtype="uint8", overwrite=True)
+    z = zarr.create_array(
+        store=path, shape=(size, size, 3), chunks=(chunk, chunk, 3), dtype="uint8", overwrite=True
+    )
     rng = np.random.default_rng(seed)
     img = np.empty((size, size, 3), dtype=np.uint8)
     for y in range(0, size, chunk):
@@ -262,7 +266,9 @@ def model_alone(b: Bench, model, batches, *, autocast: bool, reps: int) -> float
     return time_passes(b, all_batches, reps)
 
 
-def monai_row(b: Bench, model, img: np.ndarray, roi: int, sw_batches, channels_last: bool) -> tuple[float, int]:
+def monai_row(
+    b: Bench, model, img: np.ndarray, roi: int, sw_batches, channels_last: bool
+) -> tuple[float, int]:
     """MONAI sliding_window_inference over the whole image resident on the device; (best seconds, sw_batch)."""
     from monai.inferers import sliding_window_inference
 
@@ -294,8 +300,9 @@ def monai_row(b: Bench, model, img: np.ndarray, roi: int, sw_batches, channels_l
     return best
 
 
-def map_overlap_row(b: Bench, model, in_path: str, out_path: str, depth: int, threads_list, channels_last: bool,
-                    stride: int) -> tuple[float, int]:
+def map_overlap_row(
+    b: Bench, model, in_path: str, out_path: str, depth: int, threads_list, channels_last: bool, stride: int
+) -> tuple[float, int]:
     """The anchor's part C: ``da.from_zarr`` -> ``map_overlap(infer)`` -> ``da.to_zarr``; (best s, threads).
 
     Blocks are reflect-padded up to a multiple of the model stride and cropped back (the anchor needs no
@@ -306,7 +313,13 @@ def map_overlap_row(b: Bench, model, in_path: str, out_path: str, depth: int, th
 
     @torch.inference_mode()
     def infer(block):
-        x = torch.from_numpy(np.ascontiguousarray(block)).to(b.dev).permute(2, 0, 1)[None].to(b.dtype).div_(255)
+        x = (
+            torch.from_numpy(np.ascontiguousarray(block))
+            .to(b.dev)
+            .permute(2, 0, 1)[None]
+            .to(b.dtype)
+            .div_(255)
+        )
         h, w = x.shape[-2:]
         ph, pw = (-h) % stride, (-w) % stride
         if ph or pw:
@@ -331,8 +344,9 @@ def map_overlap_row(b: Bench, model, in_path: str, out_path: str, depth: int, th
     return best
 
 
-def tilegraph_row(client, model, in_path: str, out_path: str, *, tile, overlap, blend, batch, precision,
-                  channels_last) -> tuple[float, object]:
+def tilegraph_row(
+    client, model, in_path: str, out_path: str, *, tile, overlap, blend, batch, precision, channels_last
+) -> tuple[float, object]:
     """Wall seconds of one ``tilegraph.run`` Zarr -> Zarr on ``client``, and its RunResult."""
     import tilegraph
 
@@ -359,7 +373,16 @@ def tilegraph_row(client, model, in_path: str, out_path: str, *, tile, overlap, 
 
 def timing_note(res) -> str:
     t = res.timings
-    keys = ("prepare_s", "probe_s", "stage_s", "run_s", "model_s_sum", "read_s_sum", "write_s_sum", "blend_s_sum")
+    keys = (
+        "prepare_s",
+        "probe_s",
+        "stage_s",
+        "run_s",
+        "model_s_sum",
+        "read_s_sum",
+        "write_s_sum",
+        "blend_s_sum",
+    )
     return ", ".join(f"{k}={t[k]:.2f}" for k in keys if k in t)
 
 
@@ -383,8 +406,13 @@ def start_cluster(b: Bench):
         from distributed import LocalCluster
 
         res = {"GPU": 1} if b.dev.type == "cuda" else {"MODEL": 1}
-        cluster = LocalCluster(n_workers=1, threads_per_worker=max(2, os.cpu_count() or 2), processes=True,
-                               resources=res, dashboard_address=":0")
+        cluster = LocalCluster(
+            n_workers=1,
+            threads_per_worker=max(2, os.cpu_count() or 2),
+            processes=True,
+            resources=res,
+            dashboard_address=":0",
+        )
         how = f"LocalCluster(1 worker, resources {res}) because embedded_cluster failed: {exc!r}"
     client = Client(cluster)  # default client: DaskExecutor.wait needs one (as_completed without a loop)
     expected = len(getattr(cluster, "worker_spec", None) or {}) or 1
@@ -426,7 +454,9 @@ def fmt_table(title: str, rows: list[dict], ratios: list[tuple[str, str, str]]) 
     for num, den, text in ratios:
         a, c = by_key.get(num), by_key.get(den)
         if a and c and a["s"] and c["s"]:
-            lines.append(f"ratio {text}: {a['mp_s'] / c['mp_s']:.3f} (throughput; time ratio {a['s'] / c['s']:.3f})")
+            lines.append(
+                f"ratio {text}: {a['mp_s'] / c['mp_s']:.3f} (throughput; time ratio {a['s'] / c['s']:.3f})"
+            )
         else:
             lines.append(f"ratio {text}: n/a")
     return "\n".join(lines)
@@ -444,27 +474,59 @@ def parse_args(argv=None):
     p.add_argument("--overlap", type=int, default=None, help="U-Net overlap (GPU 128, CPU 64)")
     p.add_argument("--batch", type=int, default=4, help="tilegraph batch_size and the model-alone batch")
     p.add_argument("--roi", type=int, default=512, help="MONAI roi (clipped to half the image)")
-    p.add_argument("--mo-chunk", type=int, default=None, help="map_overlap chunk (GPU 1024 as the anchor; CPU tile-overlap)")
-    p.add_argument("--mo-depth", type=int, default=None, help="map_overlap depth (GPU 64 as the anchor; CPU overlap/2)")
+    p.add_argument(
+        "--mo-chunk",
+        type=int,
+        default=None,
+        help="map_overlap chunk (GPU 1024 as the anchor; CPU tile-overlap)",
+    )
+    p.add_argument(
+        "--mo-depth", type=int, default=None, help="map_overlap depth (GPU 64 as the anchor; CPU overlap/2)"
+    )
     p.add_argument("--rrdb-size", type=int, default=None, help="RRDB input side (GPU 2048, CPU 32)")
     p.add_argument("--rrdb-tile", type=int, default=None, help="RRDB tile (GPU 256, CPU 16)")
     p.add_argument("--rrdb-overlap", type=int, default=None, help="RRDB overlap (GPU 32, CPU 4)")
     p.add_argument("--rrdb-blocks", type=int, default=None, help="RRDB blocks (GPU 23 as the anchor, CPU 1)")
     p.add_argument("--precision", default=None, choices=("fp32", "fp16", "bf16"), help="GPU fp16, CPU fp32")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads on CPU (every row)")
+    p.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="torch threads on CPU (every row)"
+    )
     p.add_argument("--reps", type=int, default=None, help="timed passes for the model-alone rows (best of)")
     p.add_argument("--parts", default="a,a2,b,c,d,rrdb", help="comma list of a,a2,b,c,d,rrdb")
     p.add_argument("--blends", default="crop,cosine", help="tilegraph rows (d): comma list of crop, cosine")
-    p.add_argument("--budget", type=float, default=None, help="seconds (default $BUDGET_S, else GPU 330, CPU 3600)")
+    p.add_argument(
+        "--budget", type=float, default=None, help="seconds (default $BUDGET_S, else GPU 330, CPU 3600)"
+    )
     p.add_argument("--workdir", default=None, help="where the Zarr stores go (default: a temp dir)")
     p.add_argument("--json", default=None, help="write every number to this JSON file")
     a = p.parse_args(argv)
     gpu = cuda and not a.cpu
     a.device = "cuda" if gpu else "cpu"
-    dflt = dict(size=16256, tile=1024, overlap=128, rrdb_size=2048, rrdb_tile=256, rrdb_overlap=32, rrdb_blocks=23,
-                precision="fp16", reps=3) if gpu else dict(
-                size=1024, tile=512, overlap=64, rrdb_size=32, rrdb_tile=16, rrdb_overlap=4, rrdb_blocks=1,
-                precision="fp32", reps=1)
+    dflt = (
+        dict(
+            size=16256,
+            tile=1024,
+            overlap=128,
+            rrdb_size=2048,
+            rrdb_tile=256,
+            rrdb_overlap=32,
+            rrdb_blocks=23,
+            precision="fp16",
+            reps=3,
+        )
+        if gpu
+        else dict(
+            size=1024,
+            tile=512,
+            overlap=64,
+            rrdb_size=32,
+            rrdb_tile=16,
+            rrdb_overlap=4,
+            rrdb_blocks=1,
+            precision="fp32",
+            reps=1,
+        )
+    )
     for k, v in dflt.items():
         if getattr(a, k) is None:
             setattr(a, k, v)
@@ -493,10 +555,12 @@ def main(argv=None) -> int:
 
     import tilegraph
 
-    head = (f"device: {card}; torch {torch.__version__}; python {sys.version.split()[0]}; numpy {np.__version__}; "
-            f"dask {dask.__version__}; distributed {distributed.__version__}; zarr {zarr.__version__}; "
-            f"tilegraph {tilegraph.__version__}; cpus {os.cpu_count()}; precision {args.precision}; "
-            f"torch threads {torch.get_num_threads()}")
+    head = (
+        f"device: {card}; torch {torch.__version__}; python {sys.version.split()[0]}; numpy {np.__version__}; "
+        f"dask {dask.__version__}; distributed {distributed.__version__}; zarr {zarr.__version__}; "
+        f"tilegraph {tilegraph.__version__}; cpus {os.cpu_count()}; precision {args.precision}; "
+        f"torch threads {torch.get_num_threads()}"
+    )
     RESULTS["head"] = head
     RESULTS["args"] = {k: (sorted(v) if isinstance(v, set) else v) for k, v in vars(args).items()}
     log(head)
@@ -509,7 +573,9 @@ def main(argv=None) -> int:
         cluster, client = start_cluster(b)
         if not gpu:
             got = client.run(_set_torch_threads, args.threads)
-            log(f"worker torch threads set to {sorted(set(got.values()))} (Dask starts workers with OMP_NUM_THREADS=1)")
+            log(
+                f"worker torch threads set to {sorted(set(got.values()))} (Dask starts workers with OMP_NUM_THREADS=1)"
+            )
         tables.append(unet_table(b, client, work))
         if "rrdb" in args.parts:
             tables.append(rrdb_table(b, client, work))
@@ -551,8 +617,9 @@ def guarded(b: Bench, rows: list, table: str, key: str, label: str, mpix: float)
             b.free()
 
 
-def tilegraph_rows(b: Bench, client, model, plan, rows, tab, labels, in_path, out_path, work, *, n, tile, ov, batch,
-                   need_s) -> None:
+def tilegraph_rows(
+    b: Bench, client, model, plan, rows, tab, labels, in_path, out_path, work, *, n, tile, ov, batch, need_s
+) -> None:
     """Rows (d): a small warm-up run (not counted), then one timed run per blend."""
     args = b.args
     mp = n * n / 1e6
@@ -561,8 +628,18 @@ def tilegraph_rows(b: Bench, client, model, plan, rows, tab, labels, in_path, ou
     write_random_zarr(warm, wn, min(1024, wn), seed=1)
     t = time.perf_counter()
     try:
-        tilegraph_row(client, model, warm, f"{work}/warm-{tab}-out.zarr", tile=tile, overlap=ov, blend="crop",
-                      batch=batch, precision=args.precision, channels_last=True)
+        tilegraph_row(
+            client,
+            model,
+            warm,
+            f"{work}/warm-{tab}-out.zarr",
+            tile=tile,
+            overlap=ov,
+            blend="crop",
+            batch=batch,
+            precision=args.precision,
+            channels_last=True,
+        )
         log(f"tilegraph warm-up run ({wn}^2) took {time.perf_counter() - t:.1f} s (not counted)")
     except Exception as exc:
         traceback.print_exc()
@@ -575,11 +652,32 @@ def tilegraph_rows(b: Bench, client, model, plan, rows, tab, labels, in_path, ou
             rows.append(b.skip(tab, key, labels[key], mp, f"budget ({b.left():.0f} s left)"))
             continue
         with guarded(b, rows, tab, key, labels[key], mp):
-            s, res = tilegraph_row(client, model, in_path, out_path, tile=tile, overlap=ov, blend=blend, batch=batch,
-                                   precision=args.precision, channels_last=True)
+            s, res = tilegraph_row(
+                client,
+                model,
+                in_path,
+                out_path,
+                tile=tile,
+                overlap=ov,
+                blend=blend,
+                batch=batch,
+                precision=args.precision,
+                channels_last=True,
+            )
             same = window_boxes(res.plan) == window_boxes(plan)
-            rows.append(b.row(tab, key, labels[key], s, mp, timings=res.timings, windows_match=same,
-                              devices=res.model.get("devices"), clipped=res.clipped))
+            rows.append(
+                b.row(
+                    tab,
+                    key,
+                    labels[key],
+                    s,
+                    mp,
+                    timings=res.timings,
+                    windows_match=same,
+                    devices=res.model.get("devices"),
+                    clipped=res.clipped,
+                )
+            )
             note = f"{tab} {key}: windows identical to row (a): {same}; timings: {timing_note(res)}"
             RESULTS["notes"].append(note)
             log(note)
@@ -595,9 +693,11 @@ def unet_table(b: Bench, client, work: str) -> str:
     unet = ReferenceUNet()  # float32, CPU: what tilegraph gets (it applies precision/channels_last itself)
     dev_model = copy.deepcopy(unet).to(b.dev, b.dtype).to(memory_format=torch.channels_last)
     plan = plan_for(n, tile, ov, unet, batch)
-    title = (f"U-Net table: {n}x{n} uint8 RGB Zarr ({mp:.1f} MP), tile {tile}, overlap {ov}, "
-             f"{plan.grid[0]}x{plan.grid[1]} windows, window work {plan.window_work:.2f} x image, batch {batch}, "
-             f"{args.precision}, channels_last")
+    title = (
+        f"U-Net table: {n}x{n} uint8 RGB Zarr ({mp:.1f} MP), tile {tile}, overlap {ov}, "
+        f"{plan.grid[0]}x{plan.grid[1]} windows, window work {plan.window_work:.2f} x image, batch {batch}, "
+        f"{args.precision}, channels_last"
+    )
     log(title)
     in_path, out_path = f"{work}/unet_in.zarr", f"{work}/unet_out.zarr"
     t = time.perf_counter()
@@ -610,7 +710,7 @@ def unet_table(b: Bench, client, work: str) -> str:
         "a2": "model alone, tilegraph runner arithmetic (fp32 weights + autocast, cudnn.benchmark off)",
         "b": f"MONAI sliding_window_inference, image on device, roi {args.roi}, overlap 0.25, gaussian",
         "c": f"hand-written map_overlap Zarr->Zarr (chunk {args.mo_chunk}, depth {args.mo_depth}, "
-             f"dask threads {'/'.join(map(str, mo_threads))})",
+        f"dask threads {'/'.join(map(str, mo_threads))})",
         "d-crop": "tilegraph.run Zarr->Zarr, blend crop, embedded cluster (started before the clock)",
         "d-cos": "tilegraph.run Zarr->Zarr, blend cosine, embedded cluster (started before the clock)",
     }
@@ -639,8 +739,23 @@ def unet_table(b: Bench, client, work: str) -> str:
         b.free()
     # (d) tilegraph, warmed by one small run (worker CUDA context, model transfer) before the clock
     if "d" in args.parts:
-        tilegraph_rows(b, client, unet, plan, rows, tab, labels, in_path, out_path, work, n=n, tile=tile, ov=ov,
-                       batch=batch, need_s=1.5 * mp / 20 + 10 if gpu else 0)
+        tilegraph_rows(
+            b,
+            client,
+            unet,
+            plan,
+            rows,
+            tab,
+            labels,
+            in_path,
+            out_path,
+            work,
+            n=n,
+            tile=tile,
+            ov=ov,
+            batch=batch,
+            need_s=1.5 * mp / 20 + 10 if gpu else 0,
+        )
     # (b) MONAI
     if "b" in args.parts:
         if b.left() < (30 if gpu else 0):
@@ -665,11 +780,24 @@ def unet_table(b: Bench, client, work: str) -> str:
                     import zarr
 
                     mo_in = f"{work}/mo_in.zarr"
-                    z = zarr.create_array(store=mo_in, shape=img.shape, chunks=(args.mo_chunk, args.mo_chunk, 3),
-                                          dtype="uint8", overwrite=True)
+                    z = zarr.create_array(
+                        store=mo_in,
+                        shape=img.shape,
+                        chunks=(args.mo_chunk, args.mo_chunk, 3),
+                        dtype="uint8",
+                        overwrite=True,
+                    )
                     z[...] = img
-                s, th = map_overlap_row(b, dev_model, mo_in, f"{work}/mo_out.zarr", args.mo_depth, mo_threads, True,
-                                        int(unet.stride))
+                s, th = map_overlap_row(
+                    b,
+                    dev_model,
+                    mo_in,
+                    f"{work}/mo_out.zarr",
+                    args.mo_depth,
+                    mo_threads,
+                    True,
+                    int(unet.stride),
+                )
                 rows.append(b.row(tab, "c", labels["c"] + f", best threads {th}", s, mp))
     img = dev_model = None
     b.free()
@@ -693,9 +821,11 @@ def rrdb_table(b: Bench, client, work: str) -> str:
     tab = "rrdb"
     model = make_rrdb(args.rrdb_blocks)
     plan = plan_for(n, tile, ov, model, batch)
-    title = (f"RRDB x4 table ({args.rrdb_blocks} blocks): {n}x{n} input ({mp:.2f} input MP), tile {tile}, "
-             f"overlap {ov}, {plan.grid[0]}x{plan.grid[1]} windows, batch {batch}, {args.precision}, channels_last; "
-             "MP/s of input")
+    title = (
+        f"RRDB x4 table ({args.rrdb_blocks} blocks): {n}x{n} input ({mp:.2f} input MP), tile {tile}, "
+        f"overlap {ov}, {plan.grid[0]}x{plan.grid[1]} windows, batch {batch}, {args.precision}, channels_last; "
+        "MP/s of input"
+    )
     log(title)
     in_path, out_path = f"{work}/rrdb_in.zarr", f"{work}/rrdb_out.zarr"
     img = write_random_zarr(in_path, n, min(1024, n), seed=2)
@@ -715,8 +845,23 @@ def rrdb_table(b: Bench, client, work: str) -> str:
             rows.append(b.row(tab, "a", labels["a"], s, mp))
         dev_model = batches = None
         b.free()
-    tilegraph_rows(b, client, model, plan, rows, tab, labels, in_path, out_path, work, n=n, tile=tile, ov=ov,
-                   batch=batch, need_s=30 if gpu else 0)
+    tilegraph_rows(
+        b,
+        client,
+        model,
+        plan,
+        rows,
+        tab,
+        labels,
+        in_path,
+        out_path,
+        work,
+        n=n,
+        tile=tile,
+        ov=ov,
+        batch=batch,
+        need_s=30 if gpu else 0,
+    )
     ratios = [("d-crop", "a", "(d) crop / (a) model alone"), ("d-cos", "a", "(d) cosine / (a) model alone")]
     return fmt_table(title, rows, ratios)
 

@@ -52,8 +52,17 @@ def run_size(size: int, args, work: str) -> dict:
         client.run(w_start_rss)
         local = RssSampler()
         t = time.perf_counter()
-        res = tilegraph.run(in_path, out_path, model=model, tile=args.tile, overlap=args.overlap, blend=args.blend,
-                            client=client, overwrite=True, progress=False)
+        res = tilegraph.run(
+            in_path,
+            out_path,
+            model=model,
+            tile=args.tile,
+            overlap=args.overlap,
+            blend=args.blend,
+            client=client,
+            overwrite=True,
+            progress=False,
+        )
         wall = time.perf_counter() - t
         client_rss = local.stop()
         workers = client.run(w_stop_rss)
@@ -93,52 +102,84 @@ def main(argv=None) -> int:
 
     import tilegraph
 
-    print(f"bench_memory: sizes {sizes}, LocalConv(layers=1) float32, tile {args.tile}, overlap {args.overlap}, "
-          f"blend {args.blend}, {args.workers} worker processes; tilegraph {tilegraph.__version__}, torch "
-          f"{torch.__version__}, {os.cpu_count()} cpus", flush=True)
+    print(
+        f"bench_memory: sizes {sizes}, LocalConv(layers=1) float32, tile {args.tile}, overlap {args.overlap}, "
+        f"blend {args.blend}, {args.workers} worker processes; tilegraph {tilegraph.__version__}, torch "
+        f"{torch.__version__}, {os.cpu_count()} cpus",
+        flush=True,
+    )
     results = []
     try:
         for size in sizes:
             r = run_size(size, args, work)
             peaks = ", ".join(f"{x['peak'] / MiB:.0f}" for x in r["workers"])
-            print(f"  {size}^2: {r['windows']} windows, {r['wall_s']:.1f} s ({r['mp_s']:.2f} MP/s), input written in "
-                  f"{r['gen_s']:.1f} s; worker peaks MiB [{peaks}], client peak {r['client']['peak'] / MiB:.0f} MiB",
-                  flush=True)
+            print(
+                f"  {size}^2: {r['windows']} windows, {r['wall_s']:.1f} s ({r['mp_s']:.2f} MP/s), input written in "
+                f"{r['gen_s']:.1f} s; worker peaks MiB [{peaks}], client peak {r['client']['peak'] / MiB:.0f} MiB",
+                flush=True,
+            )
             results.append(r)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     print()
-    print(f"== bench_memory (issue 2 b): peak RSS, LocalConv(layers=1), tile {args.tile}, overlap {args.overlap}, "
-          f"blend {args.blend}, {args.workers} worker processes, a fresh cluster per size")
+    print(
+        f"== bench_memory (issue 2 b): peak RSS, LocalConv(layers=1), tile {args.tile}, overlap {args.overlap}, "
+        f"blend {args.blend}, {args.workers} worker processes, a fresh cluster per size"
+    )
     rows = []
     for r in results:
         w = r["workers"]
-        rows.append([
-            f"{r['size']}^2", r["windows"], f"{r['wall_s']:.1f}", f"{r['mp_s']:.2f}",
-            " / ".join(f"{x['peak'] / MiB:.0f}" for x in w),
-            " / ".join(f"{x['ru_maxrss'] / MiB:.0f}" for x in w),
-            " / ".join(f"{x['start'] / MiB:.0f}" for x in w),
-            f"{r['client']['peak'] / MiB:.0f}",
-            f"{r['client']['start'] / MiB:.0f}",
-        ])
-    print(fmt_rows(["image", "windows", "seconds", "MP/s", "worker peak MiB (sampled)", "worker ru_maxrss MiB",
-                    "worker RSS before MiB", "client peak MiB", "client before MiB"], rows))
+        rows.append(
+            [
+                f"{r['size']}^2",
+                r["windows"],
+                f"{r['wall_s']:.1f}",
+                f"{r['mp_s']:.2f}",
+                " / ".join(f"{x['peak'] / MiB:.0f}" for x in w),
+                " / ".join(f"{x['ru_maxrss'] / MiB:.0f}" for x in w),
+                " / ".join(f"{x['start'] / MiB:.0f}" for x in w),
+                f"{r['client']['peak'] / MiB:.0f}",
+                f"{r['client']['start'] / MiB:.0f}",
+            ]
+        )
+    print(
+        fmt_rows(
+            [
+                "image",
+                "windows",
+                "seconds",
+                "MP/s",
+                "worker peak MiB (sampled)",
+                "worker ru_maxrss MiB",
+                "worker RSS before MiB",
+                "client peak MiB",
+                "client before MiB",
+            ],
+            rows,
+        )
+    )
     wmax = [max(x["peak"] for x in r["workers"]) for r in results]
     wmax_ru = [max(x["ru_maxrss"] for x in r["workers"]) for r in results]
     cmax = max(r["client"]["peak"] for r in results)
     ratio = max(wmax) / min(wmax)
     ratio_ru = max(wmax_ru) / min(wmax_ru)
-    print(f"ratio max/min over sizes of the largest worker peak: {ratio:.3f} sampled, {ratio_ru:.3f} ru_maxrss "
-          f"(acceptance <= 1.5: {'PASS' if max(ratio, ratio_ru) <= 1.5 else 'FAIL'})")
-    print(f"largest worker peak {max(max(wmax), max(wmax_ru)) / MiB:.0f} MiB (acceptance < 2048: "
-          f"{'PASS' if max(max(wmax), max(wmax_ru)) < 2 * 1024 * MiB else 'FAIL'}); largest client peak during a run "
-          f"{cmax / MiB:.0f} MiB (acceptance < 1024: {'PASS' if cmax < 1024 * MiB else 'FAIL'})")
+    print(
+        f"ratio max/min over sizes of the largest worker peak: {ratio:.3f} sampled, {ratio_ru:.3f} ru_maxrss "
+        f"(acceptance <= 1.5: {'PASS' if max(ratio, ratio_ru) <= 1.5 else 'FAIL'})"
+    )
+    print(
+        f"largest worker peak {max(max(wmax), max(wmax_ru)) / MiB:.0f} MiB (acceptance < 2048: "
+        f"{'PASS' if max(max(wmax), max(wmax_ru)) < 2 * 1024 * MiB else 'FAIL'}); largest client peak during a run "
+        f"{cmax / MiB:.0f} MiB (acceptance < 1024: {'PASS' if cmax < 1024 * MiB else 'FAIL'})"
+    )
     for r in results:
         t = r["timings"]
-        print(f"  {r['size']}^2 timings: total {t['total_s']:.1f} s = prepare {t['prepare_s']:.1f} + run {t['run_s']:.1f}; "
-              f"task sums: read {t['read_s_sum']:.1f}, model {t['model_s_sum']:.1f}, write {t['write_s_sum']:.1f}, "
-              f"blend {t['blend_s_sum']:.1f}")
+        print(
+            f"  {r['size']}^2 timings: total {t['total_s']:.1f} s = prepare {t['prepare_s']:.1f} + run {t['run_s']:.1f}; "
+            f"task sums: read {t['read_s_sum']:.1f}, model {t['model_s_sum']:.1f}, write {t['write_s_sum']:.1f}, "
+            f"blend {t['blend_s_sum']:.1f}"
+        )
     return 0
 
 

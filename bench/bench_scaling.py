@@ -81,10 +81,22 @@ def run_n(n: int, args, work: str, model) -> dict:
     # that no worker pays its first imports (torch: about 3 s here) on the clock
     warm = f"{work}/warm-{n}.zarr"
     warm_rows = -(-n * args.batch * _batches_per_task(args) // args.cols) + 1
-    write_random_zarr(warm, (warm_rows * stride + args.overlap, args.cols * stride + args.overlap), args.channels,
-                      chunk=1024, seed=0)
-    kw = dict(model=model, tile=args.tile, overlap=args.overlap, blend=args.blend, batch_size=args.batch,
-              overwrite=True, progress=False)
+    write_random_zarr(
+        warm,
+        (warm_rows * stride + args.overlap, args.cols * stride + args.overlap),
+        args.channels,
+        chunk=1024,
+        seed=0,
+    )
+    kw = dict(
+        model=model,
+        tile=args.tile,
+        overlap=args.overlap,
+        blend=args.blend,
+        batch_size=args.batch,
+        overwrite=True,
+        progress=False,
+    )
     if args.batches_per_task is not None:
         kw["batches_per_task"] = args.batches_per_task
     cluster = embedded_cluster(n_workers=n, threads_per_worker=args.threads_per_worker)
@@ -144,10 +156,14 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--blend", default="cosine")
     p.add_argument("--channels", type=int, default=1)
-    p.add_argument("--batches-per-task", type=int, default=None, help="passed to tilegraph.run (default: its own)")
+    p.add_argument(
+        "--batches-per-task", type=int, default=None, help="passed to tilegraph.run (default: its own)"
+    )
     p.add_argument("--threads-per-worker", type=int, default=None, help="default: embedded_cluster's choice")
     p.add_argument("--model", choices=("numpy", "torch"), default="numpy")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per N on the same cluster; the median counts")
+    p.add_argument(
+        "--repeats", type=int, default=3, help="timed runs per N on the same cluster; the median counts"
+    )
     p.add_argument("--workdir", default=None)
     args = p.parse_args(argv)
     if args.per_worker % args.cols:
@@ -156,47 +172,86 @@ def main(argv=None) -> int:
     import tilegraph
 
     model = make_model(args.model, args.sleep)
-    print(f"bench_scaling: N in {ns}, {args.model} model sleeping {args.sleep * 1000:.0f} ms per window, tile {args.tile}, "
-          f"overlap {args.overlap}, blend {args.blend}, batch {args.batch}, batches per task "
-          f"{args.batches_per_task or 'tilegraph default'}, {args.channels}-channel uint8, "
-          f"{args.per_worker} windows per worker; tilegraph {tilegraph.__version__}, {os.cpu_count()} cpus", flush=True)
+    print(
+        f"bench_scaling: N in {ns}, {args.model} model sleeping {args.sleep * 1000:.0f} ms per window, tile {args.tile}, "
+        f"overlap {args.overlap}, blend {args.blend}, batch {args.batch}, batches per task "
+        f"{args.batches_per_task or 'tilegraph default'}, {args.channels}-channel uint8, "
+        f"{args.per_worker} windows per worker; tilegraph {tilegraph.__version__}, {os.cpu_count()} cpus",
+        flush=True,
+    )
     work = tempfile.mkdtemp(prefix="tg-scale-", dir=args.workdir)
     results = []
     try:
         for n in ns:
             r = run_n(n, args, work, model)
             results.append(r)
-            print(f"  N={n}: {r['windows']} windows in {r['tasks']} model tasks on {r['shape'][0]}x{r['shape'][1]}, "
-                  f"{r['wall_s']:.2f} s (median of {' / '.join(f'{w:.2f}' for w in r['walls'])}), "
-                  f"{r['wps']:.2f} windows/s (warm-up {r['warm_s']:.1f} s, threads/worker {r['threads']})", flush=True)
+            print(
+                f"  N={n}: {r['windows']} windows in {r['tasks']} model tasks on {r['shape'][0]}x{r['shape'][1]}, "
+                f"{r['wall_s']:.2f} s (median of {' / '.join(f'{w:.2f}' for w in r['walls'])}), "
+                f"{r['wps']:.2f} windows/s (warm-up {r['warm_s']:.1f} s, threads/worker {r['threads']})",
+                flush=True,
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     single = next((r["wps"] for r in results if r["n"] == 1), None)
     print()
-    print(f"== bench_scaling (issue 4): model sleeping {args.sleep * 1000:.0f} ms per {args.tile}^2 window, no CPU work; "
-          f"{os.cpu_count()} cpus; a fresh cluster per N, started and warmed before the clock")
+    print(
+        f"== bench_scaling (issue 4): model sleeping {args.sleep * 1000:.0f} ms per {args.tile}^2 window, no CPU work; "
+        f"{os.cpu_count()} cpus; a fresh cluster per N, started and warmed before the clock"
+    )
     rows = []
     for r in results:
         ideal = r["n"] * single if single else None
         eff = r["wps"] / ideal if ideal else None
         bound = r["windows"] * args.sleep / r["n"]
-        rows.append([
-            r["n"], r["windows"], r["tasks"], f"{r['wall_s']:.2f}", f"{bound:.2f}", f"{r['wps']:.2f}",
-            f"{ideal:.2f}" if ideal else "-", f"{eff:.3f}" if eff else "-",
-            f"{1000 * r['worker_cpu_s'] / r['windows']:.1f}", f"{1000 * r['client_cpu_s'] / r['windows']:.1f}",
-            f"{1000 * r['all_cpu_s'] / r['windows']:.1f}", f"{r['all_cpu_s'] / r['wall_s']:.2f}",
-        ])
-    print(fmt_rows(["N", "windows", "model tasks", "seconds", "sleep-bound s", "windows/s", "ideal N x single", "efficiency",
-                    "worker CPU ms/window", "client+scheduler CPU ms/window", "all processes CPU ms/window", "cores busy"], rows))
+        rows.append(
+            [
+                r["n"],
+                r["windows"],
+                r["tasks"],
+                f"{r['wall_s']:.2f}",
+                f"{bound:.2f}",
+                f"{r['wps']:.2f}",
+                f"{ideal:.2f}" if ideal else "-",
+                f"{eff:.3f}" if eff else "-",
+                f"{1000 * r['worker_cpu_s'] / r['windows']:.1f}",
+                f"{1000 * r['client_cpu_s'] / r['windows']:.1f}",
+                f"{1000 * r['all_cpu_s'] / r['windows']:.1f}",
+                f"{r['all_cpu_s'] / r['wall_s']:.2f}",
+            ]
+        )
+    print(
+        fmt_rows(
+            [
+                "N",
+                "windows",
+                "model tasks",
+                "seconds",
+                "sleep-bound s",
+                "windows/s",
+                "ideal N x single",
+                "efficiency",
+                "worker CPU ms/window",
+                "client+scheduler CPU ms/window",
+                "all processes CPU ms/window",
+                "cores busy",
+            ],
+            rows,
+        )
+    )
     effs = [r["wps"] / (r["n"] * single) for r in results if single]
     if effs:
         low = min(effs)
-        print(f"lowest efficiency {low:.3f} (acceptance >= 0.9 up to N = 8: {'PASS' if low >= 0.9 else 'FAIL'})")
+        print(
+            f"lowest efficiency {low:.3f} (acceptance >= 0.9 up to N = 8: {'PASS' if low >= 0.9 else 'FAIL'})"
+        )
     for r in results:
         t = r["timings"]
-        print(f"  N={r['n']} timings: total {t['total_s']:.2f} = prepare {t['prepare_s']:.2f} + run {t['run_s']:.2f}; "
-              f"task sums: read {t['read_s_sum']:.2f}, model {t['model_s_sum']:.2f}, write {t['write_s_sum']:.2f}, "
-              f"blend {t['blend_s_sum']:.2f}")
+        print(
+            f"  N={r['n']} timings: total {t['total_s']:.2f} = prepare {t['prepare_s']:.2f} + run {t['run_s']:.2f}; "
+            f"task sums: read {t['read_s_sum']:.2f}, model {t['model_s_sum']:.2f}, write {t['write_s_sum']:.2f}, "
+            f"blend {t['blend_s_sum']:.2f}"
+        )
     return 0
 
 

@@ -17,8 +17,9 @@ def main() -> None:
     image = gradient_photo((700, 900), "uint16")
     model = LocalConv(channels=3, layers=2)
     with tempfile.TemporaryDirectory() as tmp:
-        result = tilegraph.run(image, f"{tmp}/out.zarr", model=model, tile=256, overlap=32, blend="crop",
-                               client="inprocess")
+        result = tilegraph.run(
+            image, f"{tmp}/out.zarr", model=model, tile=256, overlap=32, blend="crop", client="inprocess"
+        )
         tiled = np.asarray(result.output[:]).astype(np.int64)
         whole = whole_image_inference(image, model, result.plan)
         whole = np.rint(np.clip(whole, 0, 1) * 65535).astype(np.int64)

@@ -284,8 +284,9 @@ def test_run_recovers_from_out_of_memory_by_splitting_batches(tmp_path):
 
     image = np.random.default_rng(0).integers(0, 255, (100, 160, 3), dtype=np.uint8)
     model = OOMModel(max_batch=2)
-    res = tilegraph.run(image, tmp_path / "o.zarr", model=model, tile=32, overlap=8, batch_size=8,
-                        client="inprocess")
+    res = tilegraph.run(
+        image, tmp_path / "o.zarr", model=model, tile=32, overlap=8, batch_size=8, client="inprocess"
+    )
     np.testing.assert_array_equal(np.asarray(res.output[:]), image)
     assert res.extra["oom_splits"] >= 1
     assert res.output.attrs["tilegraph"]["oom_splits"] == res.extra["oom_splits"]
@@ -301,8 +302,15 @@ def test_run_single_window_out_of_memory_is_named(tmp_path):
 
     image = np.zeros((150, 150, 3), np.uint8)
     with pytest.raises(OutOfMemoryError, match="96 x 96") as info:  # the 64 x 64 probe fits, windows do not
-        tilegraph.run(image, tmp_path / "o.zarr", model=OOMModel(max_pixels=90 * 90), tile=96, overlap=8,
-                      halo=64, client="inprocess")
+        tilegraph.run(
+            image,
+            tmp_path / "o.zarr",
+            model=OOMModel(max_pixels=90 * 90),
+            tile=96,
+            overlap=8,
+            halo=64,
+            client="inprocess",
+        )
     assert info.value.window == (0, 0)
 
 
@@ -318,7 +326,9 @@ class _OOMConv(torch.nn.Module):
         if x.shape[2] * x.shape[3] > self.limit:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
         self.shapes.append((x.shape[2], x.shape[3]))
-        return torch.nn.functional.avg_pool2d(torch.nn.functional.pad(x, (2, 2, 2, 2), mode="replicate"), 5, 1)
+        return torch.nn.functional.avg_pool2d(
+            torch.nn.functional.pad(x, (2, 2, 2, 2), mode="replicate"), 5, 1
+        )
 
 
 @pytest.mark.parametrize("blend", ["crop", "cosine"])
@@ -330,12 +340,20 @@ def test_window_that_does_not_fit_alone_is_split_with_its_halo(tmp_path, blend):
 
     image = np.random.default_rng(3).integers(0, 255, (150, 170, 3), dtype=np.uint8)
     model = _OOMConv(limit=70 * 70)  # the 64 x 64 probe fits; 96 x 96 windows do not
-    res = tilegraph.run(image, tmp_path / "s.zarr", model=model, tile=96, overlap=16, halo=4, blend=blend,
-                        client="inprocess")
+    res = tilegraph.run(
+        image, tmp_path / "s.zarr", model=model, tile=96, overlap=16, halo=4, blend=blend, client="inprocess"
+    )
     assert res.extra["oom_splits"] >= 1
     tiled = np.asarray(res.output[:])
-    plain = tilegraph.run(image, tmp_path / "p.zarr", model=_OOMConv(limit=10**9), tile=96, overlap=16,
-                          blend=blend, client="inprocess")
+    plain = tilegraph.run(
+        image,
+        tmp_path / "p.zarr",
+        model=_OOMConv(limit=10**9),
+        tile=96,
+        overlap=16,
+        blend=blend,
+        client="inprocess",
+    )
     np.testing.assert_array_equal(tiled, np.asarray(plain.output[:]))  # split windows equal whole windows
     if blend == "crop":
         whole = whole_image_inference(image, _OOMConv(limit=10**9), res.plan)
@@ -347,8 +365,14 @@ def test_run_with_tile_auto_records_choice(tmp_path):
     from tilegraph.testing.models import OOMModel
 
     image = np.random.default_rng(1).integers(0, 255, (900, 1000, 3), dtype=np.uint8)
-    res = tilegraph.run(image, tmp_path / "a.zarr", model=OOMModel(max_pixels=600 * 600), tile="auto",
-                        overlap=32, client="inprocess")
+    res = tilegraph.run(
+        image,
+        tmp_path / "a.zarr",
+        model=OOMModel(max_pixels=600 * 600),
+        tile="auto",
+        overlap=32,
+        client="inprocess",
+    )
     auto = res.extra["autotile"]
     assert auto["tile"] * auto["tile"] <= 600 * 600 and auto["tile"] >= 256
     assert res.plan.tile == (auto["tile"], auto["tile"])

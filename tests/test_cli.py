@@ -33,8 +33,21 @@ def test_plan_prints_geometry_without_a_model(tmp_path, capsys):
 
 def test_plan_with_model_measures_receptive_field(tmp_path, capsys):
     path, _ = _zarr(tmp_path, (100, 120, 3))
-    assert main(["plan", path, "--tile", "64", "--overlap", "16",
-                 "--model", "tilegraph.testing.models:make_local_conv"]) == 0
+    assert (
+        main(
+            [
+                "plan",
+                path,
+                "--tile",
+                "64",
+                "--overlap",
+                "16",
+                "--model",
+                "tilegraph.testing.models:make_local_conv",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "receptive field radius  2 px" in out  # LocalConv(layers=2)
     assert "proposed overlap  4" in out
@@ -58,8 +71,22 @@ def test_info_and_missing_file(tmp_path, capsys):
 def test_run_inprocess(tmp_path, capsys):
     path, img = _zarr(tmp_path)
     out = str(tmp_path / "out.zarr")
-    code = main(["run", path, out, "--model", "tilegraph.testing.models:make_identity", "--tile", "128",
-                 "--overlap", "32", "--inprocess", "--blend", "linear"])
+    code = main(
+        [
+            "run",
+            path,
+            out,
+            "--model",
+            "tilegraph.testing.models:make_identity",
+            "--tile",
+            "128",
+            "--overlap",
+            "32",
+            "--inprocess",
+            "--blend",
+            "linear",
+        ]
+    )
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["windows"] == 12 and summary["clipped"] == 0
@@ -69,9 +96,26 @@ def test_run_inprocess(tmp_path, capsys):
 def test_demo_small_inprocess(tmp_path):
     out = tmp_path / "demo"
     proc = subprocess.run(
-        [sys.executable, "-m", "tilegraph.cli", "demo", "--output", str(out), "--height", "600", "--width", "800",
-         "--tile", "256", "--overlap", "32", "--inprocess"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "tilegraph.cli",
+            "demo",
+            "--output",
+            str(out),
+            "--height",
+            "600",
+            "--width",
+            "800",
+            "--tile",
+            "256",
+            "--overlap",
+            "32",
+            "--inprocess",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert "windows (3 x 4)" in proc.stdout
@@ -88,11 +132,30 @@ def test_qa_with_grid_shift(tmp_path, capsys):
     src = str(tmp_path / "g.zarr")
     zarr.create_array(store=src, shape=img.shape, chunks=(128, 128, 3), dtype="uint16")[:] = img
     reports = {}
-    for name, model in (("exact", "tilegraph.testing.models:make_local_conv"),
-                        ("drift", "tilegraph.testing.models:make_drift_model")):
+    for name, model in (
+        ("exact", "tilegraph.testing.models:make_local_conv"),
+        ("drift", "tilegraph.testing.models:make_drift_model"),
+    ):
         out = str(tmp_path / f"{name}.zarr")
-        assert main(["run", src, out, "--model", model, "--tile", "64", "--overlap", "16", "--blend", "crop",
-                     "--inprocess"]) == 0
+        assert (
+            main(
+                [
+                    "run",
+                    src,
+                    out,
+                    "--model",
+                    model,
+                    "--tile",
+                    "64",
+                    "--overlap",
+                    "16",
+                    "--blend",
+                    "crop",
+                    "--inprocess",
+                ]
+            )
+            == 0
+        )
         capsys.readouterr()
         assert main(["qa", out, "--grid-shift"]) == 2  # nothing recorded in the output is imported or run
         assert f"pass --model {model}" in capsys.readouterr().err

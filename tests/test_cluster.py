@@ -597,8 +597,14 @@ def test_two_model_tasks_per_worker_take_turns_on_the_model(gpu_client, tmp_path
     log_dir.mkdir()
     image = _image(256, 256, seed=3)
     with get_task_stream(gpu_client) as stream:
-        result = tilegraph.run(image, tmp_path / "o.zarr", model=_turn_taking_model(str(log_dir)),
-                               batch_size=2, client=gpu_client, **JOB)
+        result = tilegraph.run(
+            image,
+            tmp_path / "o.zarr",
+            model=_turn_taking_model(str(log_dir)),
+            batch_size=2,
+            client=gpu_client,
+            **JOB,
+        )
     np.testing.assert_array_equal(result.output[...], image)
     # forward passes within one worker process never overlap
     for log in log_dir.iterdir():

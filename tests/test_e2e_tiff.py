@@ -5,7 +5,6 @@ Slow (a few minutes on 2 cores) but part of CI: ``pytest -m slow tests/test_e2e_
 
 from __future__ import annotations
 
-import functools
 import os
 import resource
 import time
@@ -18,19 +17,13 @@ import tifffile
 import tilegraph
 from tilegraph.sink.tiff_sink import PROVENANCE_TAG, _append_sub_ifds
 from tilegraph.source.tiff_source import TiffSource, segment_decode_count
+from tilegraph.testing.windows import srgb_icc
 
 # the acceptance size; the environment may shrink it for a quick local try (never in CI)
 HEIGHT = int(os.environ.get("TILEGRAPH_E2E_HEIGHT", 15_000))
 WIDTH = int(os.environ.get("TILEGRAPH_E2E_WIDTH", 20_000))
 ROWS_PER_STRIP = 16
 MEMORY_LIMIT = 2 * 2**30
-
-
-@functools.lru_cache(maxsize=1)
-def _srgb_icc() -> bytes:
-    from PIL import ImageCms
-
-    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 
 def write_striped_lzw_tiff(
@@ -119,7 +112,7 @@ def test_user_scale_striped_lzw_tiff_to_tiled_bigtiff(tmp_path):
 
     src = str(tmp_path / "original.tif")
     t0 = time.perf_counter()
-    n_strips = write_striped_lzw_tiff(src, HEIGHT, WIDTH, icc=_srgb_icc())
+    n_strips = write_striped_lzw_tiff(src, HEIGHT, WIDTH, icc=srgb_icc())
     t_gen = time.perf_counter() - t0
     with tifffile.TiffFile(src) as tif:  # the input is what the issue describes
         page = tif.pages[0]
@@ -173,7 +166,7 @@ def test_user_scale_striped_lzw_tiff_to_tiled_bigtiff(tmp_path):
         assert tif.is_bigtiff and page.is_tiled
         assert page.dtype == np.uint16 and page.shape == (HEIGHT, WIDTH, 3)
         tags = page.tags
-        assert tags["InterColorProfile"].value == _srgb_icc()  # byte for byte
+        assert tags["InterColorProfile"].value == srgb_icc()  # byte for byte
         assert tags["ExifTag"].value["ExposureTime"] == (1, 125) and tags["Make"].value == "Phase One"
         assert tags[PROVENANCE_TAG].value
     got = TiffSource(out)

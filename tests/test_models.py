@@ -30,15 +30,19 @@ def _img(seed=0):
 
 
 def test_import_tilegraph_is_light():
-    code = "import sys, tilegraph, tilegraph.plan, tilegraph.source, tilegraph.testing; " \
-           "print(sorted(m for m in ('torch', 'distributed', 'dask') if m in sys.modules))"
+    code = (
+        "import sys, tilegraph, tilegraph.plan, tilegraph.source, tilegraph.testing; "
+        "print(sorted(m for m in ('torch', 'distributed', 'dask') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
 
 def test_instance_travels_once_per_worker(tmp_path, client):
     model = countingmodels.CountingIdentity()
-    res = tilegraph.run(_img(), tmp_path / "o.zarr", model=model, tile=32, overlap=8, batch_size=1, client=client)
+    res = tilegraph.run(
+        _img(), tmp_path / "o.zarr", model=model, tile=32, overlap=8, batch_size=1, client=client
+    )
     assert res.plan.n_windows >= 20
     counts = client.run(countingmodels.counts)
     used = [c["unpickled"] for c in counts.values()]
@@ -55,8 +59,16 @@ def test_import_path_with_weights_loaded_once_per_worker(tmp_path, client):
     torch.save({"gain": torch.tensor([0.25])}, str(pt))
     img = _img(1)
     for i, (weights, gain) in enumerate(((st, 0.5), (pt, 0.25))):
-        res = tilegraph.run(img, tmp_path / f"o{i}.zarr", model="countingmodels:make_scale", weights=str(weights),
-                            tile=32, overlap=8, batch_size=1, client=client)
+        res = tilegraph.run(
+            img,
+            tmp_path / f"o{i}.zarr",
+            model="countingmodels:make_scale",
+            weights=str(weights),
+            tile=32,
+            overlap=8,
+            batch_size=1,
+            client=client,
+        )
         expect = np.rint(img.astype(np.float32) / 255 * gain * 255).astype(np.uint8)
         assert np.abs(np.asarray(res.output[:]).astype(int) - expect).max() <= 1
         meta = res.output.attrs["tilegraph"]["model"]
@@ -70,17 +82,27 @@ def test_bad_import_path_and_weights(tmp_path):
     with pytest.raises(ModelLoadError, match="package.module:factory"):
         tilegraph.run(_img(), tmp_path / "a.zarr", model="nocolon", tile=32, overlap=8, client="inprocess")
     with pytest.raises(ModelLoadError, match="cannot import"):
-        tilegraph.run(_img(), tmp_path / "b.zarr", model="no_such_mod:f", tile=32, overlap=8, client="inprocess")
+        tilegraph.run(
+            _img(), tmp_path / "b.zarr", model="no_such_mod:f", tile=32, overlap=8, client="inprocess"
+        )
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"garbage")
     with pytest.raises(ModelLoadError, match="bad.safetensors"):
-        tilegraph.run(_img(), tmp_path / "c.zarr", model="countingmodels:make_scale", weights=str(bad), tile=32,
-                      overlap=8, client="inprocess")
+        tilegraph.run(
+            _img(),
+            tmp_path / "c.zarr",
+            model="countingmodels:make_scale",
+            weights=str(bad),
+            tile=32,
+            overlap=8,
+            client="inprocess",
+        )
 
 
 def test_numpy_callable(tmp_path):
-    res = tilegraph.run(_img(), tmp_path / "o.zarr", model=countingmodels.numpy_half, tile=32, overlap=8,
-                        client="inprocess")
+    res = tilegraph.run(
+        _img(), tmp_path / "o.zarr", model=countingmodels.numpy_half, tile=32, overlap=8, client="inprocess"
+    )
     expect = np.rint(_img().astype(np.float32) / 255 * 0.5 * 255)
     assert np.abs(np.asarray(res.output[:]).astype(int) - expect).max() <= 1
 
@@ -92,8 +114,16 @@ def test_reduced_precision_recorded(tmp_path, precision):
     img = _img()
     model = LocalConv(channels=3, layers=1)
     try:
-        res = tilegraph.run(img, tmp_path / "o.zarr", model=model, tile=32, overlap=8, client="inprocess",
-                            precision=precision, channels_last=True)
+        res = tilegraph.run(
+            img,
+            tmp_path / "o.zarr",
+            model=model,
+            tile=32,
+            overlap=8,
+            client="inprocess",
+            precision=precision,
+            channels_last=True,
+        )
     except Exception as exc:  # fp16 conv may be unsupported on some CPU builds
         pytest.skip(f"{precision} autocast unsupported on this CPU: {exc}")
     meta = res.output.attrs["tilegraph"]["model"]
@@ -101,4 +131,6 @@ def test_reduced_precision_recorded(tmp_path, precision):
     ref = tilegraph.run(img, tmp_path / "r.zarr", model=model, tile=32, overlap=8, client="inprocess")
     diff = np.abs(np.asarray(res.output[:]).astype(int) - np.asarray(ref.output[:]).astype(int))
     assert diff.max() <= 4  # reduced precision, same image
-    assert not model.convs[0].weight.is_contiguous(memory_format=torch.channels_last) or model.training is False
+    assert (
+        not model.convs[0].weight.is_contiguous(memory_format=torch.channels_last) or model.training is False
+    )

@@ -12,8 +12,6 @@ import pytest
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from tilegraph.blend.merge import blend_box
-from tilegraph.plan import make_plan
 from tilegraph.quality.metrics import (
     delta_e2000,
     difference_metrics,
@@ -23,6 +21,7 @@ from tilegraph.quality.metrics import (
     to_dn,
 )
 from tilegraph.quality.report import summary_html, summary_rows, write_report
+from tilegraph.testing.windows import blend_windows, grid_plan, window_outputs
 
 torch = pytest.importorskip("torch")
 models = pytest.importorskip("tilegraph.testing.models")
@@ -40,22 +39,8 @@ def textured_gradient(h: int, w: int, seed: int = 0) -> np.ndarray:
     return (base + 0.006 * noise).astype(np.float32)  # grain of about 0.4 DN per pixel
 
 
-def window_inputs(plan, image: np.ndarray) -> np.ndarray:
-    py, px = plan.padded_shape
-    pad = np.pad(image, ((0, py - image.shape[0]), (0, px - image.shape[1]), (0, 0)), mode=plan.pad_mode)
-    return np.stack([np.moveaxis(pad[w.y0 : w.y1, w.x0 : w.x1], -1, 0) for w in plan.windows()])
-
-
 def tiled(plan, model, image: np.ndarray) -> np.ndarray:
-    with torch.inference_mode():
-        outputs = model(torch.from_numpy(window_inputs(plan, image))).numpy()
-    h, w = plan.out_shape
-    return blend_box(plan, 0, h, 0, w, lambda i, r, c: outputs[i][:, r, c])
-
-
-def grid_plan(n: int, *, blend: str, tile: int = 64, overlap: int = 16):
-    size = (n - 1) * (tile - overlap) + tile
-    return make_plan((size, size), tile=tile, overlap=overlap, channels=3, dtype="float32", blend=blend)
+    return blend_windows(plan, window_outputs(model, plan, image))
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import os
@@ -24,14 +23,7 @@ from tilegraph.sink.tiff_sink import export, read_provenance
 from tilegraph.source import open_source
 from tilegraph.source.raster_source import JpegSource, PngSource
 from tilegraph.testing.models import numpy_identity
-
-
-@functools.lru_cache(maxsize=1)
-def _srgb_icc() -> bytes:
-    """A real ICC profile (its header holds a creation time: build it once)."""
-    from PIL import ImageCms
-
-    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+from tilegraph.testing.windows import srgb_icc
 
 
 def _noise(shape, dtype=np.uint16, seed=0):
@@ -214,7 +206,7 @@ def test_palette_trns_and_low_bit_depth(tmp_path):
 
 
 def test_icc_exif_xmp_resolution_survive_png_jpeg_tiff(tmp_path):
-    icc = _srgb_icc()
+    icc = srgb_icc()
     xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:Description tiff:Orientation="1"/></x:xmpmeta>'
     ex = Image.Exif()
     ex[271] = "Fujifilm"
@@ -249,7 +241,7 @@ def test_icc_exif_xmp_resolution_survive_png_jpeg_tiff(tmp_path):
 
 
 def test_jpeg_icc_larger_than_one_segment(tmp_path):
-    icc = _srgb_icc() + bytes(range(256)) * 400  # > 64 KiB: split over several APP2 segments
+    icc = srgb_icc() + bytes(range(256)) * 400  # > 64 KiB: split over several APP2 segments
     path = str(tmp_path / "bigicc.jpg")
     Image.fromarray(_photo8((16, 16))).save(path, icc_profile=icc)
     m = open_source(path).metadata
@@ -309,21 +301,21 @@ def test_outputs_too_large_for_memory_are_refused(tmp_path, monkeypatch):
 def test_raster_sources_pickle_small_and_stage_once(tmp_path):
     a = _noise((50, 70, 3), np.uint16, seed=8)
     png = imagecodecs.png_encode(a)
-    chunk = b"iCCP" + b"p\x00\x00" + zlib.compress(_srgb_icc())
+    chunk = b"iCCP" + b"p\x00\x00" + zlib.compress(srgb_icc())
     body = struct.pack(">I", len(chunk) - 4) + chunk + struct.pack(">I", zlib.crc32(chunk) & 0xFFFFFFFF)
     path = str(tmp_path / "s.png")
     with open(path, "wb") as f:
         f.write(png[:33] + body + png[33:])
     src = open_source(path)
-    assert src.metadata.icc_profile == _srgb_icc()
+    assert src.metadata.icc_profile == srgb_icc()
     blob = pickle.dumps(src)
-    assert len(blob) < 4000 + len(_srgb_icc())  # header facts and metadata, never pixels
+    assert len(blob) < 4000 + len(srgb_icc())  # header facts and metadata, never pixels
     assert not src.region_reads
     tasks, staged = src.stage_tasks(str(tmp_path / "st.zarr"), band_rows=16)
     assert len(tasks) == 1
     pickle.loads(pickle.dumps(tasks[0]))()
     np.testing.assert_array_equal(_full(staged), a)
-    assert staged.metadata.icc_profile == _srgb_icc()
+    assert staged.metadata.icc_profile == srgb_icc()
 
 
 def test_png_header_admits_300_megapixels(tmp_path):

@@ -12,8 +12,6 @@ import time
 import numpy as np
 import pytest
 
-from tilegraph.blend.merge import blend_box
-from tilegraph.plan import make_plan
 from tilegraph.quality.metrics import seam_metrics
 from tilegraph.reconcile.apply import Corrections
 from tilegraph.reconcile.solve import solve_global, solve_sequential
@@ -28,31 +26,20 @@ from tilegraph.reconcile.stats import (
     window_stats,
 )
 from tilegraph.testing import smooth_gradient
+from tilegraph.testing.windows import blend_windows, grid_plan, window_inputs
 
 torch = pytest.importorskip("torch")
 models = pytest.importorskip("tilegraph.testing.models")
 
 
 # ----------------------------------------------------------------------------- helpers
-def window_inputs(plan, image: np.ndarray) -> np.ndarray:
-    py, px = plan.padded_shape
-    pad = np.pad(image, ((0, py - image.shape[0]), (0, px - image.shape[1]), (0, 0)), mode=plan.pad_mode)
-    return np.stack([np.moveaxis(pad[w.y0 : w.y1, w.x0 : w.x1], -1, 0) for w in plan.windows()])
-
-
 def run_model(model, inputs: np.ndarray) -> np.ndarray:
     with torch.inference_mode():
         return model(torch.from_numpy(np.ascontiguousarray(inputs))).numpy()
 
 
 def blend_all(plan, outputs, transform=None) -> np.ndarray:
-    h, w = plan.out_shape
-    return blend_box(plan, 0, h, 0, w, lambda i, r, c: outputs[i][:, r, c], transform=transform)
-
-
-def grid_plan(n: int, *, tile: int = 64, overlap: int = 16, blend: str = "cosine"):
-    size = (n - 1) * (tile - overlap) + tile
-    return make_plan((size, size), tile=tile, overlap=overlap, channels=3, dtype="float32", blend=blend)
+    return blend_windows(plan, outputs, transform=transform)
 
 
 @pytest.fixture(scope="module")

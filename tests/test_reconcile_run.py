@@ -28,8 +28,16 @@ def image():
 
 
 def _run(tmp_path, image, model, name, **kw):
-    return tilegraph.run(image, tmp_path / f"{name}.zarr", model=model, tile=TILE, overlap=OVERLAP,
-                         client="inprocess", qa=str(tmp_path / f"{name}.qa"), **kw)
+    return tilegraph.run(
+        image,
+        tmp_path / f"{name}.zarr",
+        model=model,
+        tile=TILE,
+        overlap=OVERLAP,
+        client="inprocess",
+        qa=str(tmp_path / f"{name}.qa"),
+        **kw,
+    )
 
 
 def test_drift_model_seams_fall_below_half_a_dn(tmp_path, image):
@@ -65,11 +73,20 @@ def test_instance_norm_worst_neighbour_colour_difference_halved(tmp_path):
     model = models.InstanceNormModel(channels=3)
     kw = dict(tile=TILE, overlap=OVERLAP, client="inprocess", blend="cosine")
     raw = tilegraph.run(image, tmp_path / "a.zarr", model=model, qa=str(tmp_path / "a.qa"), **kw)
-    fixed = tilegraph.run(image, tmp_path / "b.zarr", model=model, qa=str(tmp_path / "b.qa"),
-                          reconcile="gain-offset", reconcile_options={"reference": "thumbnail"}, **kw)
+    fixed = tilegraph.run(
+        image,
+        tmp_path / "b.zarr",
+        model=model,
+        qa=str(tmp_path / "b.qa"),
+        reconcile="gain-offset",
+        reconcile_options={"reference": "thumbnail"},
+        **kw,
+    )
     # both measured against the same reference: the model run on the thumbnail (what the run anchors to)
     factor = -(-size // 256)  # the default thumbnail: longest side max(tile, 256)
-    thumb = thumbnail_inference(open_source(image), describe_model(model), model, factor=factor, align=1, channels=3)
+    thumb = thumbnail_inference(
+        open_source(image), describe_model(model), model, factor=factor, align=1, channels=3
+    )
     before = seam_metrics(np.asarray(raw.output[:]), raw.plan, reference=thumb)["colour"]["neighbour"]["max"]
     after = fixed.report["metrics"]["colour"]["neighbour"]["max"]
     assert after <= 0.5 * before, (before, after)
@@ -82,8 +99,15 @@ def test_smooth_field_brings_a_seamless_output_back_without_new_steps(tmp_path, 
         return batch * np.float32(1.04) + np.float32(0.01)
 
     raw = _run(tmp_path, image, warm, "warm", blend="cosine")
-    res = _run(tmp_path, image, warm, "field", blend="cosine", reconcile="gain-offset",
-               reconcile_options={"field": True})
+    res = _run(
+        tmp_path,
+        image,
+        warm,
+        "field",
+        blend="cosine",
+        reconcile="gain-offset",
+        reconcile_options={"field": True},
+    )
     assert res.output.attrs["tilegraph"]["reconcile"]["options"]["field"] is True
     assert res.report["metrics"]["seams"]["worst_step"] < 0.5
     assert res.report["metrics"]["colour"]["mean"] < 0.5 * raw.report["metrics"]["colour"]["mean"]

@@ -19,8 +19,16 @@ def test_identity_round_trip_exact(tmp_path, mode, dtype):
     image = rng.integers(0, info.max, size=(211, 317, 3), endpoint=True).astype(dtype)
     image[0, 0] = info.max  # extremes survive
     image[1, 1] = 0
-    res = tilegraph.run(image, tmp_path / "o.zarr", model=numpy_identity, tile=64, overlap=24, blend=mode,
-                        client="inprocess", out_chunks=50)
+    res = tilegraph.run(
+        image,
+        tmp_path / "o.zarr",
+        model=numpy_identity,
+        tile=64,
+        overlap=24,
+        blend=mode,
+        client="inprocess",
+        out_chunks=50,
+    )
     out = np.asarray(res.output[:])
     assert out.dtype == image.dtype
     np.testing.assert_array_equal(out, image)
@@ -30,8 +38,16 @@ def test_identity_round_trip_exact(tmp_path, mode, dtype):
 @pytest.mark.parametrize("mode", MODES)
 def test_coordinate_image_lands_in_place(tmp_path, mode):
     image = coordinate_image((300, 520), "uint16")
-    res = tilegraph.run(image, tmp_path / "c.zarr", model=numpy_identity, tile=96, overlap=32, blend=mode,
-                        client="inprocess", out_chunks=128)
+    res = tilegraph.run(
+        image,
+        tmp_path / "c.zarr",
+        model=numpy_identity,
+        tile=96,
+        overlap=32,
+        blend=mode,
+        client="inprocess",
+        out_chunks=128,
+    )
     out = np.asarray(res.output[:])
     rows, cols = decode_coordinates(out)
     yy, xx = np.mgrid[0:300, 0:520]
@@ -43,8 +59,15 @@ def test_coordinate_image_lands_in_place(tmp_path, mode):
 def test_layouts_round_trip(tmp_path, layout):
     rng = np.random.default_rng(3)
     image = rng.integers(0, 255, size=(2, 90, 130) if layout == "CYX" else (90, 130), dtype=np.uint8)
-    res = tilegraph.run(image, tmp_path / "l.zarr", model=numpy_identity, tile=32, overlap=8,
-                        client="inprocess", out_chunks=40)
+    res = tilegraph.run(
+        image,
+        tmp_path / "l.zarr",
+        model=numpy_identity,
+        tile=32,
+        overlap=8,
+        client="inprocess",
+        out_chunks=40,
+    )
     out = np.asarray(res.output[:])
     assert out.shape == image.shape
     np.testing.assert_array_equal(out, image)
@@ -53,7 +76,9 @@ def test_layouts_round_trip(tmp_path, layout):
 
 def test_float16_source(tmp_path):
     image = np.random.default_rng(4).random((60, 70, 3)).astype(np.float16)
-    res = tilegraph.run(image, tmp_path / "f.zarr", model=numpy_identity, tile=32, overlap=8, client="inprocess")
+    res = tilegraph.run(
+        image, tmp_path / "f.zarr", model=numpy_identity, tile=32, overlap=8, client="inprocess"
+    )
     out = np.asarray(res.output[:])
     assert out.dtype == np.float16
     np.testing.assert_array_equal(out, image)
@@ -73,8 +98,16 @@ def test_clipping_counted_and_recorded(tmp_path):
 
 def test_sharded_output_written_once_per_shard(tmp_path):
     image = np.random.default_rng(5).integers(0, 255, (150, 230, 3), dtype=np.uint8)
-    res = tilegraph.run(image, tmp_path / "s.zarr", model=numpy_identity, tile=64, overlap=16, client="inprocess",
-                        out_chunks=32, out_shards=96)
+    res = tilegraph.run(
+        image,
+        tmp_path / "s.zarr",
+        model=numpy_identity,
+        tile=64,
+        overlap=16,
+        client="inprocess",
+        out_chunks=32,
+        out_shards=96,
+    )
     assert res.output.chunks == (32, 32, 3)
     assert res.output.shards == (96, 96, 3)
     assert res.plan.out_chunks == (96, 96)  # the write unit is the shard

@@ -36,7 +36,9 @@ def test_zarr_versions_and_dtypes(tmp_path, fmt, dtype):
     src = open_source(path)
     assert isinstance(src, ZarrSource)
     assert (src.shape, src.channels, src.dtype, src.layout) == ((70, 90), 3, np.dtype(dtype), "YXC")
-    res = tilegraph.run(path, tmp_path / "out.zarr", model=numpy_identity, tile=32, overlap=8, client="inprocess")
+    res = tilegraph.run(
+        path, tmp_path / "out.zarr", model=numpy_identity, tile=32, overlap=8, client="inprocess"
+    )
     out = np.asarray(res.output[:])
     assert out.dtype == img.dtype
     if img.dtype.kind == "f":  # float blending of equal values is exact to float32 rounding
@@ -52,8 +54,12 @@ def test_ome_zarr_level0_cyx(tmp_path):
     root.create_array("1", shape=(3, 32, 40), chunks=(3, 32, 32), dtype="uint16")[:] = img[:, ::2, ::2]
     root.attrs["ome"] = {
         "version": "0.5",
-        "multiscales": [{"axes": [{"name": "c"}, {"name": "y"}, {"name": "x"}],
-                         "datasets": [{"path": "0"}, {"path": "1"}]}],
+        "multiscales": [
+            {
+                "axes": [{"name": "c"}, {"name": "y"}, {"name": "x"}],
+                "datasets": [{"path": "0"}, {"path": "1"}],
+            }
+        ],
     }
     src = open_source(str(tmp_path / "img.ome.zarr"))
     assert (src.shape, src.channels, src.layout) == ((64, 80), 3, "CYX")
@@ -74,19 +80,36 @@ def test_ome_zarr_v04_tczyx_singletons(tmp_path):
 
 def test_fsspec_memory_url_source_and_destination(tmp_path):
     img = _img()
-    z = zarr.create_array(store="memory://tg-test/in.zarr", shape=img.shape, chunks=(32, 32, 3), dtype="uint8")
+    z = zarr.create_array(
+        store="memory://tg-test/in.zarr", shape=img.shape, chunks=(32, 32, 3), dtype="uint8"
+    )
     z[:] = img
-    res = tilegraph.run("memory://tg-test/in.zarr", "memory://tg-test/out.zarr", model=numpy_identity,
-                        tile=32, overlap=8, client="inprocess", scratch="memory://tg-test/scratch")
+    res = tilegraph.run(
+        "memory://tg-test/in.zarr",
+        "memory://tg-test/out.zarr",
+        model=numpy_identity,
+        tile=32,
+        overlap=8,
+        client="inprocess",
+        scratch="memory://tg-test/scratch",
+    )
     np.testing.assert_array_equal(np.asarray(zarr.open_array("memory://tg-test/out.zarr", mode="r")[:]), img)
     assert res.path == "memory://tg-test/out.zarr"
 
 
 def test_file_url(tmp_path):
     img = _img()
-    zarr.create_array(store=str(tmp_path / "in.zarr"), shape=img.shape, chunks=(32, 32, 3), dtype="uint8")[:] = img
-    res = tilegraph.run(f"file://{tmp_path}/in.zarr", f"file://{tmp_path}/o.zarr", model=numpy_identity,
-                        tile=32, overlap=8, client="inprocess")
+    zarr.create_array(store=str(tmp_path / "in.zarr"), shape=img.shape, chunks=(32, 32, 3), dtype="uint8")[
+        :
+    ] = img
+    res = tilegraph.run(
+        f"file://{tmp_path}/in.zarr",
+        f"file://{tmp_path}/o.zarr",
+        model=numpy_identity,
+        tile=32,
+        overlap=8,
+        client="inprocess",
+    )
     np.testing.assert_array_equal(np.asarray(res.output[:]), img)
 
 
@@ -94,7 +117,9 @@ def test_in_process_arrays(tmp_path):
     da = pytest.importorskip("dask.array")
     img = _img((50, 60, 3))
     for i, obj in enumerate([img, da.from_array(img, chunks=(20, 20, 3))]):
-        res = tilegraph.run(obj, tmp_path / f"o{i}.zarr", model=numpy_identity, tile=32, overlap=8, client="inprocess")
+        res = tilegraph.run(
+            obj, tmp_path / f"o{i}.zarr", model=numpy_identity, tile=32, overlap=8, client="inprocess"
+        )
         np.testing.assert_array_equal(np.asarray(res.output[:]), img)
     z = zarr.create_array(store=str(tmp_path / "z.zarr"), shape=img.shape, chunks=(25, 25, 3), dtype="uint8")
     z[:] = img
@@ -135,7 +160,9 @@ def test_missing_and_bad_sources(tmp_path):
 
 def test_tile_not_larger_than_overlap(tmp_path):
     with pytest.raises(PlanError, match="larger than overlap"):
-        tilegraph.run(_img(), tmp_path / "o.zarr", model=numpy_identity, tile=32, overlap=32, client="inprocess")
+        tilegraph.run(
+            _img(), tmp_path / "o.zarr", model=numpy_identity, tile=32, overlap=32, client="inprocess"
+        )
     assert not (tmp_path / "o.zarr").exists()
 
 
@@ -144,11 +171,20 @@ def test_destination_rules(tmp_path):
     path = str(tmp_path / "in.zarr")
     zarr.create_array(store=path, shape=img.shape, chunks=(32, 32, 3), dtype="uint8")[:] = img
     with pytest.raises(DestinationError, match="source itself"):
-        tilegraph.run(path, path, model=numpy_identity, tile=32, overlap=8, client="inprocess", overwrite=True)
+        tilegraph.run(
+            path, path, model=numpy_identity, tile=32, overlap=8, client="inprocess", overwrite=True
+        )
     np.testing.assert_array_equal(zarr.open_array(path)[:], img)  # untouched
     tilegraph.run(path, tmp_path / "o.zarr", model=numpy_identity, tile=32, overlap=8, client="inprocess")
     with pytest.raises(DestinationError, match="exists"):
         tilegraph.run(path, tmp_path / "o.zarr", model=numpy_identity, tile=32, overlap=8, client="inprocess")
-    res = tilegraph.run(path, tmp_path / "o.zarr", model=lambda b: 1 - b, tile=32, overlap=8, client="inprocess",
-                        overwrite=True)
+    res = tilegraph.run(
+        path,
+        tmp_path / "o.zarr",
+        model=lambda b: 1 - b,
+        tile=32,
+        overlap=8,
+        client="inprocess",
+        overwrite=True,
+    )
     np.testing.assert_array_equal(np.asarray(res.output[:]), 255 - img)

@@ -582,10 +582,16 @@ def test_qa_uses_the_embedded_icc_profile(tmp_path):
 
     icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     src = str(tmp_path / "icc.tif")
-    tifffile.imwrite(src, _img((96, 128, 3), np.uint16, seed=21), photometric="rgb", tile=(32, 32),
-                     extratags=[(34675, 7, len(icc), icc, True)])
-    res = tilegraph.run(src, str(tmp_path / "o.zarr"), model=numpy_identity, tile=64, overlap=16,
-                        client="inprocess", qa=True)
+    tifffile.imwrite(
+        src,
+        _img((96, 128, 3), np.uint16, seed=21),
+        photometric="rgb",
+        tile=(32, 32),
+        extratags=[(34675, 7, len(icc), icc, True)],
+    )
+    res = tilegraph.run(
+        src, str(tmp_path / "o.zarr"), model=numpy_identity, tile=64, overlap=16, client="inprocess", qa=True
+    )
     space = res.report["metrics"]["units"]["colour_space"]
     assert space != "sRGB (assumed)" and "not supported" not in space, space
     assert "colour space" in res.report["summary_html"]

@@ -13,8 +13,15 @@ from tilegraph.testing import Stages, numpy_identity
 
 
 def _stages(tmp_path, image, **kw) -> Stages:
-    opts = dict(tile=32, overlap=8, blend="cosine", batch_size=2, out_chunks=40, scratch=str(tmp_path / "scratch"),
-                progress=False)
+    opts = dict(
+        tile=32,
+        overlap=8,
+        blend="cosine",
+        batch_size=2,
+        out_chunks=40,
+        scratch=str(tmp_path / "scratch"),
+        progress=False,
+    )
     opts.update(kw)
     return Stages(image, str(tmp_path / "out.zarr"), model=numpy_identity, **opts)
 

@@ -14,7 +14,9 @@ from tilegraph.testing.reference import whole_image_inference
 torch = pytest.importorskip("torch")
 from tilegraph.testing import models as tm  # noqa: E402
 
-SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 def _tiled(tmp_path, image, model, *, tile, overlap, name, **kw):

@@ -4,10 +4,9 @@
 """
 
 from tilegraph import errors
+from tilegraph._version import __version__
 from tilegraph.plan import Plan, make_plan
 from tilegraph.source import open_source
-
-__version__ = "0.1.0"
 
 __all__ = ["Plan", "errors", "make_plan", "open_source", "run", "__version__"]
 

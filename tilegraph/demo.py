@@ -83,10 +83,14 @@ def run_demo(output: str, *, shape=(6000, 8000), tile=1024, overlap=128, blend="
         "worst_seam_step_dn": round(step, 4),
         "output": os.path.abspath(dst),
     }
-    print(f"tilegraph demo: {summary['windows']} windows ({summary['grid'][0]} x {summary['grid'][1]}), "
-          f"{summary['megapixels_per_s']} MP/s, {summary['seconds']} s, clipped values: {summary['clipped']}")
-    print(f"tilegraph demo: worst step across a window seam against whole-image inference: "
-          f"{summary['worst_seam_step_dn']} DN (1 DN = 1/255 of full scale)")
+    print(
+        f"tilegraph demo: {summary['windows']} windows ({summary['grid'][0]} x {summary['grid'][1]}), "
+        f"{summary['megapixels_per_s']} MP/s, {summary['seconds']} s, clipped values: {summary['clipped']}"
+    )
+    print(
+        f"tilegraph demo: worst step across a window seam against whole-image inference: "
+        f"{summary['worst_seam_step_dn']} DN (1 DN = 1/255 of full scale)"
+    )
     print(f"tilegraph demo: output written to {summary['output']}")
     return summary
 
@@ -109,7 +113,10 @@ def _worst_seam_step(result) -> float:
         for j in range(min(plan.x.count - 1, 3)):
             cx = plan.x.cut(j)
             y0, y1, x0, x1 = cy - 32, cy + 32, cx - 32, cx + 32
-            crop = np.asarray(photo[y0 - margin : y1 + margin, x0 - margin : x1 + margin]).astype(np.float32) / 65535
+            crop = (
+                np.asarray(photo[y0 - margin : y1 + margin, x0 - margin : x1 + margin]).astype(np.float32)
+                / 65535
+            )
             with torch.inference_mode():
                 ref = model(torch.from_numpy(np.moveaxis(crop, -1, 0)[None].copy()))[0].numpy()
             ref = np.moveaxis(ref, 0, -1)[margin:-margin, margin:-margin]

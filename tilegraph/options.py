@@ -63,7 +63,13 @@ S = TypeVar("S")
 
 
 def _opt(
-    default: Any, help: str, *, flat: str | None = None, cli: bool = True, run: bool = True, factory: Any = None
+    default: Any,
+    help: str,
+    *,
+    flat: str | None = None,
+    cli: bool = True,
+    run: bool = True,
+    factory: Any = None,
 ) -> Any:
     """A dataclass field with its flat name (``flat``), help text, and whether ``run()`` and the CLI take it.
 
@@ -108,8 +114,12 @@ class SourceOptions:
     level: int = _opt(0, "pyramid level of a TIFF/OME-Zarr source (0 = full resolution)", run=False)
     series: int = _opt(0, "TIFF series", run=False)
     layout: Layout | None = _opt(None, "axis order of the stored data when it cannot be inferred", run=False)
-    allow_nonfinite: bool = _opt(False, "accept NaN/Inf in float TIFF sources (they are refused per window later)", run=False)
-    max_pixels: int | None = _opt(None, "refuse headers claiming more pixels (default TILEGRAPH_MAX_PIXELS)", run=False)
+    allow_nonfinite: bool = _opt(
+        False, "accept NaN/Inf in float TIFF sources (they are refused per window later)", run=False
+    )
+    max_pixels: int | None = _opt(
+        None, "refuse headers claiming more pixels (default TILEGRAPH_MAX_PIXELS)", run=False
+    )
     storage_options: Mapping | None = _opt(None, "fsspec options for URLs", cli=False, run=False)
 
     def __post_init__(self) -> None:
@@ -133,12 +143,18 @@ class SourceOptions:
 class ModelOptions:
     """How the model is built and run, and what overrides its declarations."""
 
-    weights: str | None = _opt(None, "weights file (safetensors or torch checkpoint) for a model given by import path")
+    weights: str | None = _opt(
+        None, "weights file (safetensors or torch checkpoint) for a model given by import path"
+    )
     factory_kwargs: Mapping | None = _opt(None, "keyword arguments of the model factory", cli=False)
-    scale: str | None = _opt(None, "output pixels per input pixel: 2, 4 or 1/8 (default: declared, then probed)")
+    scale: str | None = _opt(
+        None, "output pixels per input pixel: 2, 4 or 1/8 (default: declared, then probed)"
+    )
     in_channels: int | None = _opt(None, "channels the model takes (default: declared, else the image's)")
     out_channels: int | None = _opt(None, "channels the model returns (checked on a probe)")
-    stride: int | None = _opt(None, "total stride of the model (windows are multiples of it)", flat="model_stride")
+    stride: int | None = _opt(
+        None, "total stride of the model (windows are multiples of it)", flat="model_stride"
+    )
     halo: int | None = _opt(None, "pixels of context each side needs (default: declared)")
     precision: Precision = _opt("fp32", "autocast precision")
     channels_last: bool = _opt(False, "torch channels_last memory format")
@@ -197,7 +213,9 @@ class ReconcileOptions:
 
     mode: ReconcileMode | None = _opt(None, "colour reconciliation: offset or gain-offset", flat="reconcile")
     reference: ReconcileReference | None = _opt(
-        "input", "what the colours are anchored to: input, thumbnail (the model run on a thumbnail) or none", run=False
+        "input",
+        "what the colours are anchored to: input, thumbnail (the model run on a thumbnail) or none",
+        run=False,
     )
     strength: float = _opt(1.0, "fraction of the solved correction applied (0..1)", run=False)
     field: bool = _opt(False, "interpolate corrections smoothly between window centres", run=False)
@@ -220,7 +238,9 @@ class OutputOptions:
 
     chunks: Any = _opt(1024, "output chunk extent (independent of the window grid)", flat="out_chunks")
     shards: Any = _opt(None, "output shard extent, a multiple of the chunks", flat="out_shards")
-    dtype: str | None = _opt(None, "output dtype (default: the source's; float32 for latents)", flat="output_dtype")
+    dtype: str | None = _opt(
+        None, "output dtype (default: the source's; float32 for latents)", flat="output_dtype"
+    )
     overwrite: bool = _opt(False, "replace an existing destination (never the source)")
     keep_tile_store: bool = _opt(False, "keep the per-window store after success (debugging)")
     scratch: str | None = _opt(None, "folder for intermediate data (default: beside the destination)")
@@ -264,7 +284,9 @@ class QualityOptions:
 
     enabled: bool = _opt(False, "measure seams and write report.json/report.html", flat="qa")
     report_dir: str | None = _opt(None, "report folder (default DESTINATION.qa)", flat="qa_dir", run=False)
-    psnr_max_megapixels: float = _opt(64.0, "compare with whole-image inference up to this image size (megapixels)", run=False)
+    psnr_max_megapixels: float = _opt(
+        64.0, "compare with whole-image inference up to this image size (megapixels)", run=False
+    )
 
 
 @dataclass(frozen=True)
@@ -388,7 +410,9 @@ class RunOptions:
                 groups.setdefault(f.group, {})[f.name] = value
         for group, values in groups.items():
             current = getattr(opts, group)
-            opts = replace(opts, **{group: _coerce_group(type(current), {**_fields_of(current), **values}, group)})
+            opts = replace(
+                opts, **{group: _coerce_group(type(current), {**_fields_of(current), **values}, group)}
+            )
         return replace(opts, **top) if top else opts
 
     @classmethod
@@ -427,7 +451,8 @@ class RunOptions:
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            out[f.name] = plain(dataclasses.asdict(value)) if dataclasses.is_dataclass(value) else plain(value)
+            is_group = dataclasses.is_dataclass(value) and not isinstance(value, type)
+            out[f.name] = plain(dataclasses.asdict(value)) if is_group else plain(value)
         return out
 
     def flat(self) -> dict[str, Any]:
@@ -531,9 +556,11 @@ def load_config(path: str | os.PathLike) -> RunOptions:
             data = tomllib.loads(raw.decode("utf-8"))
         elif lower.endswith((".yaml", ".yml")):
             try:
-                import yaml  # type: ignore[import-untyped]
+                import yaml
             except ImportError:
-                raise InputError("YAML configuration needs PyYAML", path=path, hint="pip install pyyaml, or use TOML") from None
+                raise InputError(
+                    "YAML configuration needs PyYAML", path=path, hint="pip install pyyaml, or use TOML"
+                ) from None
             data = yaml.safe_load(raw) or {}
         else:
             raise InputError("configuration files are .toml, .yaml or .yml", path=path)

@@ -135,7 +135,9 @@ def run(
     tilegraph.errors.TilegraphError
         A typed error naming the file or window at fault; the output is then left marked incomplete.
     """
-    given = {k: v for k, v in locals().items() if k not in ("source", "destination", "model", "client", "options")}
+    given = {
+        k: v for k, v in locals().items() if k not in ("source", "destination", "model", "client", "options")
+    }
     opts = _options(options, given)
     return execute(source, os.fspath(destination), model=model, options=opts, client=client)
 
@@ -159,7 +161,9 @@ def _same(a: Any, b: Any) -> bool:
         return a is b
 
 
-def execute(source: Any, destination: str, *, model: Any, options: RunOptions, client: Any = None) -> RunResult:
+def execute(
+    source: Any, destination: str, *, model: Any, options: RunOptions, client: Any = None
+) -> RunResult:
     """Run with options already normalised (the CLI and :func:`run` end here): the stages in order."""
     from tilegraph.cluster.local import connect
     from tilegraph.engine.assemble import assemble
@@ -199,8 +203,13 @@ def execute(source: Any, destination: str, *, model: Any, options: RunOptions, c
             print(f"tilegraph: dashboard at {executor.dashboard_link}", flush=True)
         progress = Progress(enabled=show)
         run_ = prepare(
-            src, destination, spec=spec, model=model if spec.kind != "path" else None, options=options,
-            executor=executor, progress=progress,
+            src,
+            destination,
+            spec=spec,
+            model=model if spec.kind != "path" else None,
+            options=options,
+            executor=executor,
+            progress=progress,
         )
         progress.megapixels_per_window = run_.plan.shape[0] * run_.plan.shape[1] / 1e6 / run_.plan.n_windows
         import time

@@ -8,6 +8,7 @@ the caller.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 
@@ -27,10 +28,13 @@ def _open_output(path: str):
     except Exception as exc:
         raise InputError(f"not a tilegraph Zarr output: {exc}", path=path) from exc
     check_complete(arr.attrs, path)
-    meta = dict(arr.attrs.get("tilegraph") or {})
-    if "plan" not in meta:
-        raise InputError("no tilegraph plan in the attributes", path=path, hint="qa needs an output of tilegraph.run")
-    image = arr if meta.get("layout", "YXC") != "CYX" else np.moveaxis(arr[:], 0, -1)
+    recorded = arr.attrs.get("tilegraph")
+    meta: dict[str, Any] = dict(recorded) if isinstance(recorded, dict) else {}
+    if not isinstance(meta.get("plan"), dict):
+        raise InputError(
+            "no tilegraph plan in the attributes", path=path, hint="qa needs an output of tilegraph.run"
+        )
+    image = arr if meta.get("layout", "YXC") != "CYX" else np.moveaxis(np.asarray(arr[:]), 0, -1)
     return arr, image, Plan.from_dict(meta["plan"]), meta
 
 
@@ -78,13 +82,40 @@ def grid_shift_check(source, image, plan: Plan, model, *, windows: int = 3) -> d
     if original.ndim == 2:
         original = original[..., None]
     margin = int((max(plan.overlap) + (plan.halo or 0)) * s)
-    a = original[margin:-margin or None, margin:-margin or None]
-    b = shifted[margin:-margin or None, margin:-margin or None]
+    a = original[margin : -margin or None, margin : -margin or None]
+    b = shifted[margin : -margin or None, margin : -margin or None]
     if a.size == 0:
         raise InputError("image too small for a grid-shift check", hint="use a larger image or smaller tiles")
     out = difference_metrics(a, b)
     out.update({"region": [y0, y1, x0, x1], "shift": shift, "margin": margin})
     return out
+
+
+def whole_image_run(source, model, plan: Plan) -> np.ndarray:
+    """The model run on the whole image in one piece, padded as the tiled run pads, in the output dtype.
+
+    The truth a tiled output is judged against (held in memory: for images up to
+    ``psnr_max_megapixels``). Channels the model does not take (alpha) pass through as in a run.
+    """
+    from tilegraph._cast import to_output_dtype
+    from tilegraph.engine.probe import model_channels
+    from tilegraph.infer.declare import declarations
+    from tilegraph.plan.resample import to_output_scale
+    from tilegraph.source import open_source, read_padded
+    from tilegraph.testing.reference import _resolve, whole_image_inference
+
+    src = open_source(source)
+    module = _resolve(model)
+    seen, passthrough = model_channels(src.channels, declarations(module).get("in_channels"), path=src.path)
+    h, w = src.shape
+    image = src.read(0, h, 0, w)
+    out = whole_image_inference(image[..., :seen], module, plan)
+    if passthrough:
+        ph, pw = plan.padded_shape
+        raw = read_padded(src, 0, ph, 0, pw, plan.pad_mode)[None]
+        extra = np.moveaxis(to_output_scale(plan, raw, seen)[0], 0, -1)[: out.shape[0], : out.shape[1]]
+        out = np.concatenate([out, extra], axis=-1)
+    return to_output_dtype(out, plan.out_dtype or "float32")[0]
 
 
 def measure_output(
@@ -94,6 +125,7 @@ def measure_output(
     model=None,
     grid_shift: bool = False,
     out_dir: str | None = None,
+    psnr_max_megapixels: float = 64.0,
 ) -> dict:
     """Seam metrics and QA report of a finished tilegraph output (``tilegraph qa``).
 
@@ -111,6 +143,9 @@ def measure_output(
         Rerun a central region with the grid shifted by half a stride and report the difference.
     out_dir
         Where to write ``report.json`` and ``report.html`` (default ``<path>.qa``).
+    psnr_max_megapixels
+        With a model and a source, images up to this size are also run whole and the report gives
+        the PSNR of the tiled output against that (seam bands and interiors).
     """
     from tilegraph.quality.metrics import seam_metrics
     from tilegraph.quality.report import write_report
@@ -127,7 +162,18 @@ def measure_output(
         if src.channels == plan.out_channels:
             reference = SourceView(src)
     icc = attrs_to_metadata(dict(arr.attrs)).icc_profile  # recorded from the source at run time
-    metrics = seam_metrics(image, plan, reference=reference, icc_profile=icc)
+    whole, note = None, None
+    if model is None or source is None:
+        note = "no model given: PSNR against whole-image inference needs --model (and the source)"
+    elif plan.shape[0] * plan.shape[1] / 1e6 > psnr_max_megapixels:
+        note = f"image larger than {psnr_max_megapixels:g} MP: not run whole"
+    else:
+        whole = whole_image_run(source, model, plan)
+        if whole.ndim == 3 and image.ndim == 2:
+            whole = whole[..., 0]
+    metrics = seam_metrics(image, plan, reference=reference, whole=whole, icc_profile=icc)
+    if note is not None:
+        metrics["fidelity_note"] = note
     if grid_shift:
         if model is None:
             recorded = (meta.get("model") or {}).get("target")
@@ -140,5 +186,7 @@ def measure_output(
         if source is None:
             raise InputError("the grid-shift check needs the source", path=path, hint="pass --source")
         metrics["grid_shift"] = grid_shift_check(source, image, plan, model)
-    paths = write_report(metrics, image, plan, out_dir or f"{path.rstrip('/')}.qa", title=f"tilegraph QA: {path}")
+    paths = write_report(
+        metrics, image, plan, out_dir or f"{path.rstrip('/')}.qa", title=f"tilegraph QA: {path}"
+    )
     return {"metrics": metrics, "paths": {k: str(v) for k, v in paths.items()}}

@@ -74,7 +74,9 @@ class Registry(Generic[T]):
         """
         with self._lock:
             if not replace and (name in self._targets or name in self._loaded):
-                raise ValueError(f"{self.kind} {name!r} is already registered (pass replace=True to replace it)")
+                raise ValueError(
+                    f"{self.kind} {name!r} is already registered (pass replace=True to replace it)"
+                )
             self._loaded.pop(name, None)
             self._targets[name] = entry
 

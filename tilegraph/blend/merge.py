@@ -68,7 +68,7 @@ def blend_box(
     """
     mode = mode or plan.blend
     indices = plan.windows_for_box(y0, y1, x0, x1, crop=mode == "crop")
-    acc = None
+    acc: np.ndarray | None = None
     for index in indices:  # fixed ascending order
         sl = window_region(plan, index, y0, y1, x0, x1)
         if sl is None:
@@ -84,19 +84,22 @@ def blend_box(
             region = transform(index, region, (wr, wc))
         if acc is None:
             acc = np.zeros((region.shape[0], y1 - y0, x1 - x0), dtype=np.float32)
+        target: np.ndarray = acc
         if mode == "crop":
             mask = (wy[:, None] > 0) & (wx[None, :] > 0)
-            acc[:, br, bc] = np.where(mask, region, acc[:, br, bc])
+            target[:, br, bc] = np.where(mask, region, target[:, br, bc])
             continue
         for r0, r1, fy in _runs(wy):
             for c0, c1, fx in _runs(wx):
-                dst = acc[:, br.start + r0 : br.start + r1, bc.start + c0 : bc.start + c1]
+                dst = target[:, br.start + r0 : br.start + r1, bc.start + c0 : bc.start + c1]
                 src = region[:, r0:r1, c0:c1]
                 if fy is None and fx is None:
                     dst += src
                 elif fx is None:
+                    assert fy is not None
                     dst += src * fy[:, None]
                 elif fy is None:
+                    assert fx is not None
                     dst += src * fx[None, :]
                 else:
                     dst += src * (fy[:, None] * fx[None, :])

@@ -39,7 +39,13 @@ def _csv(text: str) -> tuple[str, ...]:
 
 
 #: Parsers of fields whose annotation is not a plain type.
-_SPECIAL = {"tile": _tile_any, "overlap": _overlap, "out_chunks": _pair_or_int, "out_shards": _pair_or_int, "passes": _csv}
+_SPECIAL = {
+    "tile": _tile_any,
+    "overlap": _overlap,
+    "out_chunks": _pair_or_int,
+    "out_shards": _pair_or_int,
+    "passes": _csv,
+}
 
 
 def _add_option_flags(p: argparse.ArgumentParser) -> None:
@@ -51,8 +57,10 @@ def _add_option_flags(p: argparse.ArgumentParser) -> None:
 
     from tilegraph import options as o
 
-    aliases = {name: typing.get_args(getattr(o, name)) for name in
-               ("Precision", "PadMode", "Layout", "ReconcileMode", "ReconcileReference", "Device")}
+    aliases = {
+        name: typing.get_args(getattr(o, name))
+        for name in ("Precision", "PadMode", "Layout", "ReconcileMode", "ReconcileReference", "Device")
+    }
     for f in o.flat_fields():
         if not f.cli:
             continue
@@ -109,8 +117,12 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("qa", help="measure the seams of a finished output and write a report")
     p.add_argument("output")
     p.add_argument("--source", default=None, help="the input (default: the one recorded in the output)")
-    p.add_argument("--model", default=None, help="import path, for --grid-shift (default: the one recorded)")
-    p.add_argument("--grid-shift", action="store_true", help="rerun a region with the grid shifted by half a stride")
+    p.add_argument(
+        "--model", default=None, help="import path: PSNR against whole-image inference, and --grid-shift"
+    )
+    p.add_argument(
+        "--grid-shift", action="store_true", help="rerun a region with the grid shifted by half a stride"
+    )
     p.add_argument("--out", default=None, help="report folder (default OUTPUT.qa)")
 
     p = sub.add_parser("demo", help="make a synthetic 16-bit photograph and run a built-in model on it")
@@ -201,7 +213,11 @@ def _plan(args) -> int:
         out_chunks=args.chunks,
     )
     if args.json:
-        print(json.dumps({"plan": plan.to_dict(), "summary": plan.summary(), **{k: str(v) for k, v in extra.items()}}))
+        print(
+            json.dumps(
+                {"plan": plan.to_dict(), "summary": plan.summary(), **{k: str(v) for k, v in extra.items()}}
+            )
+        )
     else:
         print(plan)
         width = max(len(k) for k in plan.summary())
@@ -225,14 +241,20 @@ def _info(args) -> int:
 def _qa(args) -> int:
     from tilegraph.qa import measure_output
 
-    out = measure_output(args.output, source=args.source, model=args.model, grid_shift=args.grid_shift,
-                         out_dir=args.out)
+    out = measure_output(
+        args.output, source=args.source, model=args.model, grid_shift=args.grid_shift, out_dir=args.out
+    )
     m = out["metrics"]
     summary = {
         "worst_seam_step_dn": m["seams"]["worst_step"],
         "gradient_ratio": m["gradient_ratio"]["value"],
         "report": out["paths"]["html"],
     }
+    if m.get("fidelity"):
+        summary["psnr_vs_whole_db"] = m["fidelity"]["psnr"]
+        summary["max_abs_vs_whole_dn"] = m["fidelity"]["max_abs_dn"]
+    elif m.get("fidelity_note"):
+        summary["psnr_vs_whole"] = m["fidelity_note"]
     if "grid_shift" in m:
         summary["grid_shift_max_abs_dn"] = m["grid_shift"]["max_abs_dn"]
     print(json.dumps(summary, indent=2))

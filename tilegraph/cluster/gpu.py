@@ -26,6 +26,7 @@ import json
 import os
 import shlex
 from collections.abc import Sequence
+from typing import Any
 
 from tilegraph.errors import ClusterError
 
@@ -173,7 +174,7 @@ def gpu_cluster(
     limit = _memory_limit(memory_limit, len(ids) + max(0, int(cpu_workers)))
     # The scheduler runs in this process: it optimises graphs with this process's config.
     dask.config.set(DASK_CONFIG)
-    scheduler = {
+    scheduler: dict[str, Any] = {
         "cls": Scheduler,
         "options": {"host": "127.0.0.1", "port": scheduler_port, "dashboard_address": dashboard_address},
     }

@@ -200,7 +200,9 @@ def connect(client):
     elif isinstance(client, Client):
         executor = DaskExecutor(client, own_cluster=False)
     else:
-        raise ClusterError(f"client must be None, 'inprocess', an address or a distributed.Client, got {client!r}")
+        raise ClusterError(
+            f"client must be None, 'inprocess', an address or a distributed.Client, got {client!r}"
+        )
     if executor.model_resources == {"GPU": 1}:  # start-up self-check: GPU restrictions reach the scheduler
         from tilegraph.cluster.checks import check_gpu_restrictions
 

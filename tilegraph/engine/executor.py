@@ -129,6 +129,7 @@ class Deferred:
             for h in self.after:
                 h.result()  # raises a predecessor's error
             self.executor._release([self])
+        assert self.future is not None
         return self.future.result()
 
 
@@ -366,11 +367,14 @@ class DaskExecutor:
             if d.future is not None:
                 watched[d.key] = d.future
         labels = [label] * len(handles) if isinstance(label, str) else list(label)
-        weight = {h.key: (lab, 1 if units is None else int(u)) for h, lab, u in zip(handles, labels, units or [1] * len(handles), strict=True)}
+        weight = {
+            h.key: (lab, 1 if units is None else int(u))
+            for h, lab, u in zip(handles, labels, units or [1] * len(handles), strict=True)
+        }
         tally = {name: [0, total] for name, (_, total) in _tally(handles, label, units).items()}
         if progress is not None:
-            for name, (d, t) in tally.items():
-                progress.update(name, d, t)
+            for name, (count, of) in tally.items():
+                progress.update(name, count, of)
         try:
             self._release(deferred)
             for d in deferred:
@@ -414,7 +418,9 @@ class DaskExecutor:
                 cluster.close()
 
 
-def _tally(handles: Sequence, label: str | Sequence[str], units: Sequence[int] | None) -> dict[str, tuple[int, int]]:
+def _tally(
+    handles: Sequence, label: str | Sequence[str], units: Sequence[int] | None
+) -> dict[str, tuple[int, int]]:
     """``{label: (0, total units)}`` of a wait's handles."""
     labels = [label] * len(handles) if isinstance(label, str) else list(label)
     out: dict[str, tuple[int, int]] = {}
@@ -438,10 +444,12 @@ def model_resources(client) -> dict | None:
     Workers of tilegraph's embedded CPU cluster declare ``MODEL=1`` so that one model task runs per
     worker while reading, blending and writing use the other threads.
     """
-    workers = client.scheduler_info(n_workers=-1).get("workers", {}) if _accepts_n_workers(client) else (
-        client.scheduler_info().get("workers", {})
+    workers = (
+        client.scheduler_info(n_workers=-1).get("workers", {})
+        if _accepts_n_workers(client)
+        else (client.scheduler_info().get("workers", {}))
     )
-    names = set()
+    names: set[str] = set()
     for info in workers.values():
         names.update((info.get("resources") or {}).keys())
     for name in ("GPU", "MODEL"):

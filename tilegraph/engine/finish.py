@@ -65,7 +65,9 @@ def finish(
             h = executor.submit(step.fn, *step.args, key=f"tg-{step.label}-{run.token}")
             path = executor.wait([h], progress=progress, label=step.label)[0]
         output = run.sink.open_result(path)
-    if not run.options.output.keep_tile_store and exists(run.scratch):  # tile store, staged source, export copy
+    if not run.options.output.keep_tile_store and exists(
+        run.scratch
+    ):  # tile store, staged source, export copy
         remove_path(run.scratch)
     return RunResult(
         output=output,

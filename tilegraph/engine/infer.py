@@ -84,5 +84,7 @@ def summarise(reports: list[TaskReport]) -> InferenceReport:
 
 def gather_inference(inference: Inference, executor: Executor, progress: Progress | None) -> InferenceReport:
     """Wait for every model task (progress counts windows) and sum their reports."""
-    reports = executor.wait(list(inference.handles), progress=progress, label="windows", units=inference.units)
+    reports = executor.wait(
+        list(inference.handles), progress=progress, label="windows", units=inference.units
+    )
     return summarise(reports)

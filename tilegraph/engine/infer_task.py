@@ -95,7 +95,9 @@ def _kept_boxes(plan: Plan, indices: list[int]) -> list[tuple[slice, slice]]:
     return out
 
 
-def _run_model(ctx: RunContext, runner: BatchRunner, raw: np.ndarray, indices: list[int], out_dtype, state: dict):
+def _run_model(
+    ctx: RunContext, runner: BatchRunner, raw: np.ndarray, indices: list[int], out_dtype, state: dict
+):
     """Model output for one batch, checked against the contract, pass-through channels appended.
 
     An out-of-memory error splits the batch in halves and retries (the runner, shared by the model
@@ -201,7 +203,9 @@ def infer_windows(ctx: RunContext, indices: list[int], model_payload: Any = None
     # fan out to (separate, so a batch job never waits on its own pool)
     with (
         ThreadPoolExecutor(max_workers=2 * ahead, thread_name_prefix="tilegraph-io") as pool,
-        ThreadPoolExecutor(max_workers=max(2, min(16, 2 * b)), thread_name_prefix="tilegraph-window") as window_pool,
+        ThreadPoolExecutor(
+            max_workers=max(2, min(16, 2 * b)), thread_name_prefix="tilegraph-window"
+        ) as window_pool,
     ):
         reads = [pool.submit(read, batches[k]) for k in range(min(ahead, len(batches)))]
         handed: list = []

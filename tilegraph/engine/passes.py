@@ -38,8 +38,8 @@ class _PassContext:
 def pass_box(shared: tuple, box: tuple[int, int, int, int]) -> dict:
     """Task: one output box of a pass, from its input box plus halo, written once."""
     t0 = time.perf_counter()
-    p, plan, source, target, state = shared
-    p: Pass
+    p: Pass = shared[0]
+    plan, source, target, state = shared[1:]
     in_box = p.in_box(plan, box, source.layout.shape)
     block = source.read(in_box)
     if block.dtype != np.float32:
@@ -80,7 +80,10 @@ def run_passes(run: PreparedRun, executor: Executor, progress: Progress | None) 
         boxes = _boxes(shape, chunks)
         shared = executor.share((p, run.plan, source, target, state))
         handles = executor.map(
-            pass_box, [shared] * len(boxes), boxes, keys=[f"tg-pass{k}-{p.name}-{run.token}-{i}" for i in range(len(boxes))]
+            pass_box,
+            [shared] * len(boxes),
+            boxes,
+            keys=[f"tg-pass{k}-{p.name}-{run.token}-{i}" for i in range(len(boxes))],
         )
         results = executor.wait(handles, progress=progress, label=p.name or f"pass {k}")
         seconds += sum(r["seconds"] for r in results)

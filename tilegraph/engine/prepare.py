@@ -37,7 +37,9 @@ def _pair(v) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
-def stage_source(source: Source, scratch: str, executor: Executor, progress: Progress | None, token: str) -> Source:
+def stage_source(
+    source: Source, scratch: str, executor: Executor, progress: Progress | None, token: str
+) -> Source:
     """The source as tasks can read it: as it is when shareable with cheap region reads, else staged.
 
     In-memory arrays are written from this process (their pixels live here); striped TIFFs and
@@ -69,7 +71,7 @@ def prepare(
     progress: Progress | None,
 ) -> PreparedRun:
     """Build the :class:`~tilegraph.engine.context.PreparedRun` every later stage takes."""
-    from tilegraph import __version__
+    from tilegraph._version import __version__
 
     t0 = time.perf_counter()
     token = uuid.uuid4().hex[:8]
@@ -98,7 +100,14 @@ def prepare(
     auto = None
     if tile == "auto":
         auto = autotile(
-            executor, spec, payload, source, channels=found.model_channels, scale=scale, overlap=tiling.overlap, token=token
+            executor,
+            spec,
+            payload,
+            source,
+            channels=found.model_channels,
+            scale=scale,
+            overlap=tiling.overlap,
+            token=token,
         )
         tile, batch_size = auto.tile, auto.batch
     rec = options.reconcile
@@ -149,7 +158,9 @@ def prepare(
     if kind.uses_tile_store:
         oy, ox = plan.out_window_shape
         tiles = TileStore.create(
-            f"{scratch}/tiles.zarr", (plan.n_windows, int(plan.out_channels or 0), oy, ox), plan.tile_store_dtype
+            f"{scratch}/tiles.zarr",
+            (plan.n_windows, int(plan.out_channels or 0), oy, ox),
+            plan.tile_store_dtype,
         )
     provenance = {
         "version": __version__,
@@ -232,5 +243,3 @@ def prepare(
         thumbnails=thumbnails,
         timings={"probe_s": probe_s, "stage_s": stage_s, "prepare_s": time.perf_counter() - t0},
     )
-
-

@@ -87,7 +87,12 @@ def probe(executor: Executor, spec: ModelSpec, payload, source: Source, token: s
     """Run :func:`probe_task` as exclusive model work; errors name the source (no window exists yet)."""
     try:
         h = executor.submit(
-            probe_task, spec, payload, source.channels, key=f"tg-probe-{token}", resources=executor.model_resources
+            probe_task,
+            spec,
+            payload,
+            source.channels,
+            key=f"tg-probe-{token}",
+            resources=executor.model_resources,
         )
         return executor.wait([h])[0]
     except ModelError as exc:
@@ -105,7 +110,9 @@ def checked_scale(spec: ModelSpec, result: ProbeResult, *, path: str | None) -> 
     size = result.in_size
     oh, ow = result.out_size
     if oh != ow:
-        raise ModelOutputError(f"model returned a non-square {oh}x{ow} output for a {size}x{size} input", path=path)
+        raise ModelOutputError(
+            f"model returned a non-square {oh}x{ow} output for a {size}x{size} input", path=path
+        )
     measured = Fraction(oh, size)
     if spec.scale is not None:
         declared = coerce_scale(spec.scale)
@@ -126,7 +133,15 @@ def _autotile_task(spec: ModelSpec, payload, options: dict):
 
 
 def autotile(
-    executor: Executor, spec: ModelSpec, payload, source: Source, *, channels: int, scale: Fraction, overlap, token: str
+    executor: Executor,
+    spec: ModelSpec,
+    payload,
+    source: Source,
+    *,
+    channels: int,
+    scale: Fraction,
+    overlap,
+    token: str,
 ):
     """``tile="auto"``: probe the real model on a worker's device for the largest window and batch.
 
@@ -134,7 +149,9 @@ def autotile(
     """
     align = lcm(int(spec.stride or 1), scale.denominator)
     if not isinstance(overlap, int | float):
-        raise InputError("tile='auto' takes a single overlap value", hint="pass overlap as an int or a fraction")
+        raise InputError(
+            "tile='auto' takes a single overlap value", hint="pass overlap as an int or a fraction"
+        )
     options = dict(
         channels=channels,
         dtype=str(source.dtype),

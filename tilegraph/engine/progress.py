@@ -27,7 +27,9 @@ class Progress:
         Source megapixels one window stands for (the image's area over the windows), for MP/s.
     """
 
-    def __init__(self, enabled: bool = True, stream: TextIO | None = None, *, megapixels_per_window: float = 0.0):
+    def __init__(
+        self, enabled: bool = True, stream: TextIO | None = None, *, megapixels_per_window: float = 0.0
+    ):
         self.enabled = enabled
         self.stream = stream or sys.stderr
         self.megapixels_per_window = megapixels_per_window

@@ -8,6 +8,7 @@ report says why instead of a figure.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +25,10 @@ __all__ = ["quality_report", "whole_image_task"]
 
 
 def whole_image_task(ctx: RunContext, payload, path: str) -> str | None:
-    """Task: the model run on the whole image in one window, written to ``path`` in the output dtype.
+    """Task: the model run on the whole image in one piece, written to ``path`` in the output dtype.
+
+    The image is padded at its far edges as the tiled run pads them, so the two differ only where
+    tiling itself makes a difference.
 
     Returns ``path``, or ``None`` when the image does not fit in the device's memory in one piece.
     """
@@ -32,9 +36,8 @@ def whole_image_task(ctx: RunContext, payload, path: str) -> str | None:
 
     plan = ctx.plan
     runner = get_runner(ctx.spec, payload)
-    h, w = plan.shape
-    a = plan.align
-    raw = read_padded(ctx.source, 0, -(-h // a) * a, 0, -(-w // a) * a, plan.pad_mode)[None]
+    ph, pw = plan.padded_shape  # padded at the far edges exactly as the windows are
+    raw = read_padded(ctx.source, 0, ph, 0, pw, plan.pad_mode)[None]
     try:
         y, _ = runner.run_raw(raw, channels=ctx.model_channels, out_dtype=np.float32)
     except Exception as exc:
@@ -45,7 +48,7 @@ def whole_image_task(ctx: RunContext, payload, path: str) -> str | None:
         y = np.concatenate([y, to_output_scale(plan, raw, ctx.model_channels)], axis=1)
     oh, ow = plan.out_shape
     out, _ = to_output_dtype(np.moveaxis(y[0, :, :oh, :ow], 0, -1), plan.out_dtype or "float32")
-    zarr.save_array(path, out)
+    zarr.save_array(path, out)  # type: ignore[arg-type]
     return path
 
 
@@ -61,13 +64,15 @@ def quality_report(run: PreparedRun, executor: Executor, output_path: str) -> di
     plan = run.plan
     out = zarr.open_array(output_path, mode="r")
     layout = run.out_layout.layout if run.out_layout is not None else "YXC"
-    image = out if layout != "CYX" else np.moveaxis(out[:], 0, -1)
+    image: Any = out if layout != "CYX" else np.moveaxis(np.asarray(out[:]), 0, -1)
     rec = run.context.reconcile
+    reference: Any = None
     if rec is not None and rec.thumbnail is not None:  # colour measured against what reconciliation aimed at
         reference = rec.thumbnail
     else:
         reference = SourceView(run.source) if run.source.channels == plan.out_channels else None
-    whole, whole_note = None, None
+    whole: Any = None
+    whole_note: str | None = None
     opts = run.options.quality
     megapixels = plan.shape[0] * plan.shape[1] / 1e6
     if megapixels <= opts.psnr_max_megapixels:
@@ -90,8 +95,12 @@ def quality_report(run: PreparedRun, executor: Executor, output_path: str) -> di
         elif whole_note is None:
             whole_note = "whole-image inference ran out of memory"
     else:
-        whole_note = f"image of {megapixels:.0f} MP is larger than psnr_max_megapixels={opts.psnr_max_megapixels:g}"
-    metrics = seam_metrics(image, plan, reference=reference, whole=whole, icc_profile=run.source.metadata.icc_profile)
+        whole_note = (
+            f"image of {megapixels:.0f} MP is larger than psnr_max_megapixels={opts.psnr_max_megapixels:g}"
+        )
+    metrics = seam_metrics(
+        image, plan, reference=reference, whole=whole, icc_profile=run.source.metadata.icc_profile
+    )
     if whole_note is not None:
         metrics["fidelity_note"] = whole_note
     out_dir = opts.report_dir or f"{run.destination.rstrip('/')}.qa"

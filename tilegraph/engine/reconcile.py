@@ -37,15 +37,19 @@ def solve_corrections(run: PreparedRun, report: InferenceReport) -> Reconciliati
     windows = [w for task in report.results for batch in task for w in batch]
     pairs = pairs_from_windows(plan, windows)
     refs = [w.ref for w in windows if w.ref is not None]
-    corrections = solve_global(
+    assert opts.mode is not None
+    base = solve_global(
         plan, pairs, refs, mode=opts.mode, strength=float(opts.strength), channels=plan.out_channels
     )
-    base = corrections
-    if opts.field:
-        corrections = corrections.as_field(plan)
+    corrections: Any = base.as_field(plan) if opts.field else base
     summary = {
         "mode": opts.mode,
-        "options": {"reference": opts.reference, "strength": opts.strength, "field": opts.field, "sigma": opts.sigma},
+        "options": {
+            "reference": opts.reference,
+            "strength": opts.strength,
+            "field": opts.field,
+            "sigma": opts.sigma,
+        },
         "max_abs_gain_minus_1": float(np.max(np.abs(base.gain - 1.0))),
         "max_abs_offset": float(np.max(np.abs(base.offset))),
         "solve": _plain(base.info or {}),

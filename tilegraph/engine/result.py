@@ -58,7 +58,9 @@ class RunResult:
         }
 
     def _repr_html_(self) -> str:
-        rows = "".join(f"<tr><th style='text-align:left'>{k}</th><td>{v}</td></tr>" for k, v in self.summary().items())
+        rows = "".join(
+            f"<tr><th style='text-align:left'>{k}</th><td>{v}</td></tr>" for k, v in self.summary().items()
+        )
         extra = ""
         if self.report and self.report.get("summary_html"):
             extra = self.report["summary_html"]

@@ -20,7 +20,9 @@ from tilegraph.source.abc import Source
 __all__ = ["Thumbnails", "thumbnail_inference"]
 
 
-def thumbnail_inference(source: Source, spec: ModelSpec, payload, *, factor: int, align: int, channels: int) -> np.ndarray:
+def thumbnail_inference(
+    source: Source, spec: ModelSpec, payload, *, factor: int, align: int, channels: int
+) -> np.ndarray:
     """Task: the model run once on a thumbnail of the whole image (area-averaged by ``factor``).
 
     Read band by band, so memory stays at one band plus the thumbnail. Returns ``(h, w, C')`` float32

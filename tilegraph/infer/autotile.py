@@ -450,7 +450,7 @@ def _malloc_trim() -> None:
             _LIBC = lib if hasattr(lib, "malloc_trim") else False
         except OSError:
             _LIBC = False
-    if _LIBC:
+    if _LIBC is not False and _LIBC is not True and _LIBC is not None:
         _LIBC.malloc_trim(0)
 
 

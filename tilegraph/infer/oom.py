@@ -158,7 +158,7 @@ def run_splitting(
     if n == 0:
         return SplitResult(fn(raw) if per_window is None else fn(raw, per_window), 0, 0)  # type: ignore[call-arg]
     size = n if max_batch is None else max(1, min(n, int(max_batch)))
-    parts: list[np.ndarray] = []
+    parts: list = []
     start = splits = largest = 0
     while start < n:
         stop = min(n, start + size)
@@ -168,7 +168,7 @@ def run_splitting(
             if not is_oom(exc):
                 element = getattr(exc, "element", None)
                 if isinstance(element, int) and not isinstance(element, bool) and start:
-                    exc.element = element + start
+                    exc.element = element + start  # type: ignore[attr-defined]
                 raise
             if stop - start <= min_batch:
                 if single is None or stop - start != 1:
@@ -286,7 +286,9 @@ def run_window_split(
     axis = 1 if h >= w else 2
     parts = _axis_parts(raw.shape[axis], halo, align)
     if parts is None:
-        err = _final_error(raw, 0, 1, exc or MemoryError("out of memory"), [window] if window else None, device)
+        err = _final_error(
+            raw, 0, 1, exc or MemoryError("out of memory"), [window] if window else None, device
+        )
         raise err
     outs = []
     clipped = 0
@@ -313,7 +315,15 @@ def run_window_split(
         if y is None:
             free_device_cache()
             y, c = run_window_split(
-                fn, part, halo=halo, align=align, scale=scale, count_box=box, window=window, device=device, exc=failure
+                fn,
+                part,
+                halo=halo,
+                align=align,
+                scale=scale,
+                count_box=box,
+                window=window,
+                device=device,
+                exc=failure,
             )
         outs.append(y[:, :, a:b] if axis == 1 else y[:, :, :, a:b])
         clipped += int(c)

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -280,7 +281,7 @@ def _load_weights(model, path: str) -> None:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file
 
-            state = load_file(path)
+            state: Any = load_file(path)
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
             if isinstance(state, dict) and "state_dict" in state:

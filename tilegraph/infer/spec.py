@@ -85,7 +85,11 @@ class ModelSpec:
     @property
     def overrides(self) -> tuple[str, ...]:
         """Declarable properties given explicitly (they win over the model's own attributes)."""
-        return tuple(k for k in ("scale", "in_channels", "out_channels", "stride", "halo") if getattr(self, k) is not None)
+        return tuple(
+            k
+            for k in ("scale", "in_channels", "out_channels", "stride", "halo")
+            if getattr(self, k) is not None
+        )
 
     def with_declarations(self, declared: dict) -> ModelSpec:
         """This spec with the properties not given explicitly taken from ``declared``."""
@@ -180,9 +184,13 @@ def describe_model(
         if weights:
             raise ModelLoadError("weights= applies only to a model given by import path")
     else:
-        raise ModelLoadError(f"a model must be a torch module, a callable or an import path, got {type(model).__name__}")
+        raise ModelLoadError(
+            f"a model must be a torch module, a callable or an import path, got {type(model).__name__}"
+        )
 
-    token = hashlib.sha1(f"{token_src}|{precision}|{channels_last}|{compile}|{device}".encode()).hexdigest()[:16]
+    token = hashlib.sha1(f"{token_src}|{precision}|{channels_last}|{compile}|{device}".encode()).hexdigest()[
+        :16
+    ]
     return ModelSpec(
         kind=kind,
         name=name,

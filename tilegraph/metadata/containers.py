@@ -27,7 +27,8 @@ def png_chunks(data: bytes, *, path: str | None = None) -> list[tuple[bytes, int
         raise CorruptSourceError(
             "not a PNG file (bad signature)", path=path, hint="check the file and its extension"
         )
-    pos, out = 8, []
+    pos = 8
+    out: list[tuple[bytes, int, int]] = []
     n = len(data)
     while True:
         if pos + 8 > n:
@@ -104,7 +105,8 @@ def jpeg_segments(data: bytes, *, path: str | None = None) -> list[tuple[int, in
             path=path,
             hint="the file is damaged or truncated; copy or export it again from the original",
         )
-    pos, n, out = 2, len(data), []
+    pos, n = 2, len(data)
+    out: list[tuple[int, int, int]] = []
     truncated = CorruptSourceError(
         "JPEG is truncated (no EOI marker: the file or its scan was cut short)",
         path=path,

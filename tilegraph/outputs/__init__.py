@@ -5,7 +5,16 @@ from __future__ import annotations
 from tilegraph.outputs.abc import Assembly, KindResult, OutputKind, Step, WindowContext
 from tilegraph.registry import Registry
 
-__all__ = ["KINDS", "Assembly", "KindResult", "OutputKind", "Step", "WindowContext", "get_kind", "register_kind"]
+__all__ = [
+    "KINDS",
+    "Assembly",
+    "KindResult",
+    "OutputKind",
+    "Step",
+    "WindowContext",
+    "get_kind",
+    "register_kind",
+]
 
 
 def _check(entry: object) -> None:
@@ -19,7 +28,9 @@ KINDS: Registry[type[OutputKind]] = Registry(
 )
 
 
-def register_kind(cls: type[OutputKind], *, name: str | None = None, replace: bool = False) -> type[OutputKind]:
+def register_kind(
+    cls: type[OutputKind], *, name: str | None = None, replace: bool = False
+) -> type[OutputKind]:
     """Register an :class:`OutputKind` subclass under ``name`` (default ``cls.name``); returns ``cls``."""
     _check(cls)
     KINDS.register(name or cls.name, cls, replace=replace)

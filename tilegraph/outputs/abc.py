@@ -37,11 +37,20 @@ __all__ = ["Assembly", "KindResult", "OutputKind", "Step", "WindowContext"]
 class WindowContext(Protocol):
     """What a kind's worker-side code may use (the engine's run context satisfies it)."""
 
-    plan: Plan
-    tile_store: TileStore | None
-    writer: ChunkWriter | None
-    blender: Blender
-    reconcile: Any
+    @property
+    def plan(self) -> Plan: ...
+
+    @property
+    def tile_store(self) -> TileStore | None: ...
+
+    @property
+    def writer(self) -> ChunkWriter | None: ...
+
+    @property
+    def blender(self) -> Blender: ...
+
+    @property
+    def reconcile(self) -> Any: ...
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,9 @@ class TileStoreReader:
 def chunk_boxes(plan: Plan) -> list[tuple[tuple[int, int], Box]]:
     """``((cy, cx), box)`` of every output chunk, raster order."""
     return [
-        ((cy, cx), plan.chunk_box(cy, cx)) for cy in range(plan.chunk_grid[0]) for cx in range(plan.chunk_grid[1])
+        ((cy, cx), plan.chunk_box(cy, cx))
+        for cy in range(plan.chunk_grid[0])
+        for cx in range(plan.chunk_grid[1])
     ]
 
 
@@ -117,7 +119,9 @@ class ImageKind(OutputKind):
                 shared=(job.context, job.corrections),
                 after=[(s.a, s.b) for s in strips],
             )
-            strips_state = blender.combine_strips(plan, {(s.a, s.b): r for s, r in zip(strips, results, strict=True)})
+            strips_state = blender.combine_strips(
+                plan, {(s.a, s.b): r for s, r in zip(strips, results, strict=True)}
+            )
         chunks = chunk_boxes(plan)
         results = yield Step(
             "blend",
@@ -150,7 +154,9 @@ def blend_chunk(shared: tuple, box: Box) -> dict:
     return {"clipped": clipped, "seconds": time.perf_counter() - t0}
 
 
-def _window_stats(plan: Plan, opts: ReconcileContext, raw: np.ndarray, batch: Sequence[int], y: np.ndarray) -> list:
+def _window_stats(
+    plan: Plan, opts: ReconcileContext, raw: np.ndarray, batch: Sequence[int], y: np.ndarray
+) -> list:
     """Colour statistics of each window's output (and of its reference), a few hundred bytes each."""
     from tilegraph.reconcile.stats import window_stats
 

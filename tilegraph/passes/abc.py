@@ -28,7 +28,8 @@ Box = tuple[int, int, int, int]
 class PassContext(Protocol):
     """What the engine offers a pass when it prepares (client side)."""
 
-    plan: Plan
+    @property
+    def plan(self) -> Plan: ...
 
     def thumbnail(self) -> tuple[np.ndarray, float]:
         """The model run once on a thumbnail of the whole image, ``(h, w, C')`` float32 in the model's

@@ -98,7 +98,8 @@ class AxisGrid:
 
         With ``crop=True`` the contribution is the kept interval, otherwise the whole footprint.
         """
-        first, last = None, None
+        first: int | None = None
+        last = -1
         # candidate range from the footprints, then filter exactly
         s_out = self.stride * self.scale
         i0 = max(0, math.floor((lo - self.out_tile) / s_out) - 1) if s_out > 0 else 0

@@ -106,7 +106,6 @@ def coerce_blend(value: str) -> str:
     return value
 
 
-
 def lcm(*values: int) -> int:
     """Least common multiple of positive ints."""
     out = 1

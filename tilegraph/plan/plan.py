@@ -156,7 +156,12 @@ class Plan:
     def chunk_box(self, cy: int, cx: int) -> tuple[int, int, int, int]:
         """Output box ``(y0, y1, x0, x1)`` of chunk ``(cy, cx)``."""
         y0, x0 = cy * self.out_chunks[0], cx * self.out_chunks[1]
-        return y0, min(self.out_shape[0], y0 + self.out_chunks[0]), x0, min(self.out_shape[1], x0 + self.out_chunks[1])
+        return (
+            y0,
+            min(self.out_shape[0], y0 + self.out_chunks[0]),
+            x0,
+            min(self.out_shape[1], x0 + self.out_chunks[1]),
+        )
 
     def windows_for_box(self, y0: int, y1: int, x0: int, x1: int, *, crop: bool | None = None) -> list[int]:
         """Flat indices of the windows that contribute to an output box, in fixed raster order.
@@ -208,7 +213,10 @@ class Plan:
         )
         cy, cx = self.out_chunks
         k = len(self.windows_for_box(*self.chunk_box(0, 0)))
-        blend_task = c_out * cy * cx * (4 * 3 + np.dtype(self.out_dtype or self.dtype).itemsize) + k * c_out * oy * ox * 4
+        blend_task = (
+            c_out * cy * cx * (4 * 3 + np.dtype(self.out_dtype or self.dtype).itemsize)
+            + k * c_out * oy * ox * 4
+        )
         store = self.n_windows * c_out * oy * ox * np.dtype(self.tile_store_dtype).itemsize
         return {
             "infer_task_bytes": int(infer_task),
@@ -332,7 +340,9 @@ def make_plan(
     if model_stride <= 0 or int(model_stride) != model_stride:
         raise PlanError(f"model_stride must be a positive int, got {model_stride!r}")
     if batch_size <= 0 or batches_per_task <= 0:
-        raise PlanError(f"batch_size and batches_per_task must be positive, got {batch_size!r}, {batches_per_task!r}")
+        raise PlanError(
+            f"batch_size and batches_per_task must be positive, got {batch_size!r}, {batches_per_task!r}"
+        )
     if pad_mode not in PAD_MODES:
         raise PlanError(f"pad_mode {pad_mode!r} not supported; use one of {PAD_MODES}")
     frac = coerce_scale(scale)
@@ -378,7 +388,6 @@ def make_plan(
         reconcile=_check_reconcile(reconcile),
         store_dtype=None if store_dtype is None else str(np.dtype(store_dtype)),
     )
-
 
 
 def _check_reconcile(value: str | None) -> str | None:

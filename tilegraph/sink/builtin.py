@@ -123,7 +123,12 @@ class ExportSink(ZarrSink):
 
     def _export_kwargs(self) -> dict:
         o = self.options
-        return {"compression": o.compression, "tile": tuple(o.tile), "bigtiff": o.bigtiff, "quality": o.quality}
+        return {
+            "compression": o.compression,
+            "tile": tuple(o.tile),
+            "bigtiff": o.bigtiff,
+            "quality": o.quality,
+        }
 
     def validate(self, out: OutputLayout, metadata: SourceMetadata) -> None:
         from tilegraph.sink.tiff_sink import validate_export
@@ -155,13 +160,17 @@ class ExportSink(ZarrSink):
     def finish(self, writer: ChunkWriter, final: dict) -> FinishTask | None:
         super().finish(writer, final)
         provenance = {**self._attrs, **final}  # version, model, plan, timings, clipped, ...
-        return FinishTask(_export, (writer.path, self.destination, self._metadata, provenance, self._export_kwargs()))
+        return FinishTask(
+            _export, (writer.path, self.destination, self._metadata, provenance, self._export_kwargs())
+        )
 
     def open_result(self, path: str) -> Any:
         return path
 
 
-def _export(zarr_path: str, destination: str, metadata: SourceMetadata, provenance: dict, kwargs: dict) -> str:
+def _export(
+    zarr_path: str, destination: str, metadata: SourceMetadata, provenance: dict, kwargs: dict
+) -> str:
     """Task: write ``destination`` from the finished Zarr at ``zarr_path``."""
     from tilegraph.sink.tiff_sink import export
 

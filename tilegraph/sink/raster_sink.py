@@ -233,7 +233,7 @@ def write_png(image: np.ndarray, om: dict[str, Any], provenance: str, *, level: 
 
 
 def _software() -> str:
-    from tilegraph import __version__
+    from tilegraph._version import __version__
 
     return f"tilegraph {__version__}"
 

@@ -242,7 +242,7 @@ def output_metadata(meta: SourceMetadata | None, rows: int, cols: int) -> dict[s
 
 def provenance_json(provenance: dict | None) -> str:
     """Provenance as compact ASCII JSON (``tilegraph`` version added when missing)."""
-    from tilegraph import __version__
+    from tilegraph._version import __version__
 
     prov = dict(provenance or {})
     prov.setdefault("tilegraph_version", __version__)
@@ -258,7 +258,7 @@ def read_provenance(path: str | os.PathLike) -> dict | None:
         import tifffile
 
         with tifffile.TiffFile(path) as tif:
-            tag = tif.pages[0].tags.get(PROVENANCE_TAG)
+            tag = tif.pages.first.tags.get(PROVENANCE_TAG)
             return None if tag is None else json.loads(tag.value)
     from tilegraph.sink.raster_sink import read_raster_provenance
 
@@ -506,7 +506,7 @@ def write_tiff(
         kwargs["description"] = str(om["description"])
     if extrasamples:
         kwargs["extrasamples"] = extrasamples
-    from tilegraph import __version__
+    from tilegraph._version import __version__
 
     shape = (rows, cols) if channels == 1 else (rows, cols, channels)
     with atomic_path(destination) as tmp:
@@ -560,7 +560,7 @@ def _append_sub_ifds(path: str, sub_ifds: dict[int, dict], *, bigtiff: bool) -> 
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
-        tags = tif.pages[0].tags
+        tags = tif.pages.first.tags
         entries = {pointer: tags[_PLACEHOLDER[pointer]].offset for pointer in sub_ifds}
     vfield = 12 if bigtiff else 8
     with open(path, "r+b") as f:

@@ -93,7 +93,9 @@ class TileStore:
         n, c, h, w = self.shape
         window = np.asarray(window)
         if window.shape != (c, h, w):
-            raise TileStoreError(f"window {index} has shape {window.shape}, the store holds {(c, h, w)}", path=self.path)
+            raise TileStoreError(
+                f"window {index} has shape {window.shape}, the store holds {(c, h, w)}", path=self.path
+            )
         if not self.direct:
             (array if array is not None else self.open())[index] = window
             return
@@ -105,14 +107,16 @@ class TileStore:
         tmp = f"{target}.{uuid.uuid4().hex}.partial"
         try:
             with open(tmp, "wb") as f:
-                f.write(memoryview(data).cast("B"))
+                f.write(data.tobytes() if not data.flags.c_contiguous else memoryview(data).cast("B"))  # type: ignore[arg-type]
             os.replace(tmp, target)
         except OSError as exc:
             try:
                 os.unlink(tmp)
             except OSError:
                 pass
-            raise SinkError(f"cannot write window {index} to the tile store: {exc.strerror or exc}", path=self.path) from exc
+            raise SinkError(
+                f"cannot write window {index} to the tile store: {exc.strerror or exc}", path=self.path
+            ) from exc
 
     def read(self, index: int, rows: slice, cols: slice, *, array=None) -> np.ndarray | None:
         """Window ``index``'s output over ``rows`` x ``cols`` as ``(C', r, c)``; ``None`` if never written.

@@ -13,7 +13,14 @@ import numpy as np
 
 from tilegraph.errors import DestinationError, SinkError
 
-__all__ = ["create_output", "mark_complete", "same_location", "remove_path", "output_layout", "write_every_chunk"]
+__all__ = [
+    "create_output",
+    "mark_complete",
+    "same_location",
+    "remove_path",
+    "output_layout",
+    "write_every_chunk",
+]
 
 
 def _local(path: str) -> str | None:
@@ -92,16 +99,22 @@ def create_output(
 
     if same_location(path, source_path):
         raise DestinationError(
-            "destination is the source itself", path=path, hint="write to a new path; sources are never overwritten"
+            "destination is the source itself",
+            path=path,
+            hint="write to a new path; sources are never overwritten",
         )
     if exists(path):
         if not overwrite:
-            raise DestinationError("destination exists", path=path, hint="pass overwrite=True or choose a new path")
+            raise DestinationError(
+                "destination exists", path=path, hint="pass overwrite=True or choose a new path"
+            )
         remove_path(path)
     h, w = shape
     if shards is not None and (shards[0] % chunks[0] or shards[1] % chunks[1]):
         raise DestinationError(
-            f"shards {shards} must be a multiple of chunks {chunks}", path=path, hint="pick shards = k * chunks"
+            f"shards {shards} must be a multiple of chunks {chunks}",
+            path=path,
+            hint="pick shards = k * chunks",
         )
 
     def full_dims(cy, cx):
@@ -134,7 +147,8 @@ def mark_complete(path: str, extra: dict) -> None:
     import zarr
 
     arr = zarr.open_array(path, mode="r+")
-    meta = dict(arr.attrs.get("tilegraph", {}))
+    recorded = arr.attrs.get("tilegraph", {})
+    meta = dict(recorded) if isinstance(recorded, dict) else {}
     meta.update(extra)
     meta["complete"] = True
     arr.attrs["tilegraph"] = meta

@@ -110,7 +110,9 @@ def infer_layout(shape: tuple[int, ...], layout: str | None = None, *, path: str
     """
     if layout is not None:
         if layout not in ("YX", "YXC", "CYX") or len(layout) != len(shape):
-            raise UnsupportedSourceError(f"layout {layout!r} does not fit an array of shape {shape}", path=path)
+            raise UnsupportedSourceError(
+                f"layout {layout!r} does not fit an array of shape {shape}", path=path
+            )
         return layout
     if len(shape) == 2:
         return "YX"
@@ -123,7 +125,9 @@ def infer_layout(shape: tuple[int, ...], layout: str | None = None, *, path: str
             f"cannot tell the channel axis of shape {shape}", path=path, hint="pass layout='YXC' or 'CYX'"
         )
     raise UnsupportedSourceError(
-        f"arrays must be 2-D or 3-D images, got shape {shape}", path=path, hint="select one image or plane first"
+        f"arrays must be 2-D or 3-D images, got shape {shape}",
+        path=path,
+        hint="select one image or plane first",
     )
 
 

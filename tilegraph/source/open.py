@@ -32,7 +32,15 @@ _MAGIC = (
     (b"\x89PNG\r\n\x1a\n", "png"),
     (b"\xff\xd8\xff", "jpeg"),
 )
-_SUFFIX = {".tif": "tiff", ".tiff": "tiff", ".btf": "tiff", ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".zarr": "zarr"}
+_SUFFIX = {
+    ".tif": "tiff",
+    ".tiff": "tiff",
+    ".btf": "tiff",
+    ".png": "png",
+    ".jpg": "jpeg",
+    ".jpeg": "jpeg",
+    ".zarr": "zarr",
+}
 
 
 def detect_format(path: str) -> str:
@@ -50,13 +58,17 @@ def detect_format(path: str) -> str:
         raise SourceNotFoundError("no such file or directory", path=path, hint="check the path")
     if os.path.isdir(path):
         raise UnsupportedSourceError(
-            "is a directory but not a Zarr array or group", path=path, hint="point at an image file or a .zarr"
+            "is a directory but not a Zarr array or group",
+            path=path,
+            hint="point at an image file or a .zarr",
         )
     if os.path.getsize(path) == 0:
         from tilegraph.errors import CorruptSourceError
 
         raise CorruptSourceError(
-            "file is empty (0 bytes)", path=path, hint="the copy or download was probably interrupted; copy it again"
+            "file is empty (0 bytes)",
+            path=path,
+            hint="the copy or download was probably interrupted; copy it again",
         )
     with open(path, "rb") as f:
         head = f.read(16)
@@ -125,5 +137,7 @@ def open_source(obj, *, layout: str | None = None, **options) -> Source:
     if hasattr(obj, "shape") and hasattr(obj, "dtype"):
         from tilegraph.source.array_source import ArraySource
 
-        return ArraySource(obj if hasattr(obj, "compute") or hasattr(obj, "store") else np.asarray(obj), layout=layout)
+        return ArraySource(
+            obj if hasattr(obj, "compute") or hasattr(obj, "store") else np.asarray(obj), layout=layout
+        )
     raise UnsupportedSourceError(f"cannot use an object of type {type(obj).__name__} as an image source")

@@ -9,11 +9,10 @@ from tilegraph.source.abc import Source
 __all__ = ["pad_indices", "read_padded"]
 
 
-def pad_indices(start: int, stop: int, size: int, mode: str) -> np.ndarray | None:
+def pad_indices(start: int, stop: int, size: int, mode: str) -> np.ndarray:
     """Source indices for positions ``start..stop-1``, padded past ``size`` like :func:`numpy.pad`.
 
-    Returns ``None`` for ``mode="constant"`` positions (handled by the caller) -- in that mode the
-    indices past the edge are returned as ``-1``.
+    With ``mode="constant"`` the positions past the edge get index ``-1`` (the caller fills them).
     """
     p = np.arange(start, stop)
     if mode == "edge":

@@ -236,6 +236,8 @@ def _jpeg_header(data: bytes, path: str) -> dict[str, Any]:
 class _RasterSource(Source):
     """Common part of :class:`PngSource` and :class:`JpegSource`."""
 
+    path: str  # file-backed: always a path
+
     format_name = "raster"
     region_reads = False
 

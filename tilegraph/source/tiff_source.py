@@ -110,7 +110,9 @@ _RESUNIT = {1: "none", 2: "inch", 3: "centimeter"}
 # IFD0 tags of a TIFF that belong to the EXIF block tilegraph carries (descriptive tags only).
 _IFD0_EXIF_TAGS = (270, 271, 272, 274, 305, 306, 315, 316, 33432)
 
-_DECODES = collections.Counter()  # segments decoded in this process, for tests and diagnostics
+_DECODES: collections.Counter = (
+    collections.Counter()
+)  # segments decoded in this process, for tests and diagnostics
 _DECODES_LOCK = threading.Lock()
 
 
@@ -240,6 +242,8 @@ class TiffSource(Source):
         more than 4 channels, several planes), or a header claiming too many pixels.
     """
 
+    path: str  # file-backed: always a path
+
     def __init__(
         self,
         path,
@@ -361,7 +365,7 @@ class TiffSource(Source):
                 hint=f"pass level between 0 and {len(levels) - 1}",
             )
         lvl = levels[self.level]
-        pages = list(lvl.pages)
+        pages: list[Any] = list(lvl.pages)
         if not pages or any(p is None for p in pages):
             raise CorruptSourceError(
                 "the image series has missing pages",
@@ -656,6 +660,7 @@ class TiffSource(Source):
     # single-strip files: a chunked Zarr cache
 
     def _cache_path(self) -> str:
+        assert self.cache_dir is not None
         digest = hashlib.sha1(
             repr((os.path.realpath(self.path), self._stat, self.series, self.level)).encode()
         ).hexdigest()[:20]
@@ -666,6 +671,7 @@ class TiffSource(Source):
 
         target = self._cache_path()
         if not os.path.exists(os.path.join(target, "zarr.json")):
+            assert self.cache_dir is not None
             os.makedirs(self.cache_dir, exist_ok=True)
             log.warning("%s (cache: %s)", self.notice, target)
             tmp = f"{target}.partial-{uuid.uuid4().hex[:8]}"
@@ -818,7 +824,7 @@ def _rational(v) -> float:
     return float(v)
 
 
-def _human(n: int) -> str:
+def _human(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
             return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"

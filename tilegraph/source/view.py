@@ -23,7 +23,11 @@ class SourceView:
             index = (index,)
         index = index + (slice(None),) * (3 - len(index))
         ys, xs, cs = index
-        if not (isinstance(ys, slice) and isinstance(xs, slice)) or ys.step not in (None, 1) or xs.step not in (None, 1):
+        if (
+            not (isinstance(ys, slice) and isinstance(xs, slice))
+            or ys.step not in (None, 1)
+            or xs.step not in (None, 1)
+        ):
             raise IndexError("SourceView supports contiguous row/column slices only")
         y0, y1, _ = ys.indices(self.shape[0])
         x0, x1, _ = xs.indices(self.shape[1])

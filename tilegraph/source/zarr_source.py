@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 
@@ -54,7 +55,11 @@ class ZarrSource(Source):
         fsspec options for remote URLs.
     """
 
-    def __init__(self, path, *, layout: str | None = None, level: int = 0, storage_options: dict | None = None):
+    path: str  # file-backed: always a path
+
+    def __init__(
+        self, path, *, layout: str | None = None, level: int = 0, storage_options: dict | None = None
+    ):
         self.path = str(path).removeprefix("file://")
         self.level = int(level)
         self.storage_options = storage_options
@@ -74,7 +79,9 @@ class ZarrSource(Source):
     def _open(self):
         import zarr
 
-        kw = {"storage_options": self.storage_options} if self.storage_options and "://" in self.path else {}
+        kw: dict[str, Any] = (
+            {"storage_options": self.storage_options} if self.storage_options and "://" in self.path else {}
+        )
         local = self.path.removeprefix("file://")
         if "://" not in self.path and not os.path.exists(local):
             raise SourceNotFoundError("no such file or directory", path=self.path)
@@ -103,7 +110,9 @@ class ZarrSource(Source):
             )
         datasets = ms[0]["datasets"]
         if self.level >= len(datasets):
-            raise UnsupportedSourceError(f"level {self.level} requested, the image has {len(datasets)}", path=self.path)
+            raise UnsupportedSourceError(
+                f"level {self.level} requested, the image has {len(datasets)}", path=self.path
+            )
         arr = group[datasets[self.level]["path"]]
         names = [a["name"] if isinstance(a, dict) else a for a in ms[0].get("axes", [])]
         layout = None
@@ -112,7 +121,9 @@ class ZarrSource(Source):
             extra = [i for i, n in enumerate(names) if n not in ("c", "y", "x")]
             if any(arr.shape[i] != 1 for i in extra):
                 raise UnsupportedSourceError(
-                    f"OME-Zarr axes {names} have t/z extent > 1", path=self.path, hint="select one plane first"
+                    f"OME-Zarr axes {names} have t/z extent > 1",
+                    path=self.path,
+                    hint="select one plane first",
                 )
             if extra:
                 arr = _Squeezed(arr, tuple(extra))

@@ -117,7 +117,7 @@ def _tag_entry(path: str, code: int) -> tuple[int, int, str, bool]:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
-        tag = tif.pages[0].tags[code]
+        tag = tif.pages.first.tags[code]
         return tag.offset, tag.dtype, tif.byteorder, tif.is_bigtiff
 
 
@@ -126,7 +126,7 @@ def _patch_tag(path: str, code: int, value: int, *, index: int = 0) -> None:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
-        tag = tif.pages[0].tags[code]
+        tag = tif.pages.first.tags[code]
         typ, count, voff, order = int(tag.dtype), tag.count, tag.valueoffset, tif.byteorder
     if index >= count:
         raise IndexError(f"tag {code} has {count} values")

@@ -151,6 +151,7 @@ def gradient_photo(shape, dtype="uint8", *, channels: int = 3, seed: int = 0) ->
             plane += rng.normal(0.0, 0.004, (h, w))
             lum = plane if lum is None else lum + plane
         else:
+            assert lum is not None
             plane = lum / min(channels, 3)
         out[..., ch] = plane
     np.clip(out, 0.03, 0.97, out=out)

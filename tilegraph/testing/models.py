@@ -117,6 +117,7 @@ def _near_identity_conv(
         w[o, src[o]] += smooth
     with torch.no_grad():
         conv.weight.copy_(w)
+        assert conv.bias is not None
         conv.bias.copy_(0.002 * torch.randn(cout, generator=gen))
     return conv
 
@@ -349,7 +350,7 @@ class Upscaler(_Declared):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Up-sample by ``scale``."""
-        return F.pixel_shuffle(self.expand(_soft(self.body(x))), self.scale)
+        return F.pixel_shuffle(self.expand(_soft(self.body(x))), int(self.scale))
 
 
 class Downscaler(_Declared):
@@ -689,8 +690,8 @@ def numpy_box3(batch: np.ndarray) -> np.ndarray:
     return (acc / 9.0).astype(batch.dtype if batch.dtype.kind == "f" else np.float32)
 
 
-numpy_box3.halo = 1
-numpy_box3.stride = 1
+numpy_box3.halo = 1  # type: ignore[attr-defined]
+numpy_box3.stride = 1  # type: ignore[attr-defined]
 
 # ----------------------------------------------------------------------------- factories (import paths)
 

@@ -21,7 +21,15 @@ __all__ = ["Stages"]
 class Stages:
     """One run as explicit stage calls (keywords are :func:`tilegraph.run`'s; ``client`` default ``"inprocess"``)."""
 
-    def __init__(self, source: Any, destination: str | os.PathLike, *, model: Any, client: Any = "inprocess", **kwargs: Any):
+    def __init__(
+        self,
+        source: Any,
+        destination: str | os.PathLike,
+        *,
+        model: Any,
+        client: Any = "inprocess",
+        **kwargs: Any,
+    ):
         from tilegraph.cluster.local import connect
         from tilegraph.options import RunOptions
 
@@ -87,7 +95,12 @@ class Stages:
 
         corrections = self.reconciliation.corrections if self.reconciliation is not None else None
         self.assembled, self.report = assemble(
-            self.run, self.executor, self.inference, corrections=corrections, report=self.report, progress=None
+            self.run,
+            self.executor,
+            self.inference,
+            corrections=corrections,
+            report=self.report,
+            progress=None,
         )
         return self.assembled
 

@@ -1,0 +1,3 @@
+"""The package version (a shared module: every layer may import it)."""
+
+__version__ = "0.1.0"
