@@ -30,7 +30,7 @@ import tilegraph  # noqa: E402
 from tilegraph.cluster.checks import check_gpu_restrictions  # noqa: E402
 from tilegraph.cluster.gpu import FUSION_ENV, gpu_cluster, gpu_spec, scheduler_command, worker_commands  # noqa: E402
 from tilegraph.cluster.local import connect, lean_environ  # noqa: E402
-from tilegraph.engine.executor import DaskExecutor  # noqa: E402
+from tilegraph.engine.dask_executor import DaskExecutor  # noqa: E402
 from tilegraph.errors import ClusterError, ResourceRestrictionError  # noqa: E402
 
 DASK = str(Path(sys.executable).with_name("dask"))
@@ -546,7 +546,7 @@ def _ordering_functions():
 
 
 def test_deferred_tasks_start_after_their_predecessors_without_their_results(local_client, tmp_path):
-    from tilegraph.engine.executor import Deferred
+    from tilegraph.engine.dask_executor import Deferred
 
     slow, after, fails = _ordering_functions()
     ex = DaskExecutor(local_client)

@@ -82,7 +82,7 @@ def check_gpu_restrictions(client, *, timeout: float = 60.0) -> dict:
     from distributed import TimeoutError as DaskTimeoutError
     from distributed import wait
 
-    from tilegraph.engine.executor import DaskExecutor
+    from tilegraph.engine.dask_executor import DaskExecutor
 
     key = f"tg-check-gpu-{uuid.uuid4().hex[:8]}"
     before = client.run_on_scheduler(_scheduler_view, key=key)

@@ -178,7 +178,8 @@ def connect(client):
     ``None``: an embedded cluster (closed after the run); ``"inprocess"``: no cluster at all; a
     scheduler address ``"tcp://host:8786"``; or a ``distributed.Client``.
     """
-    from tilegraph.engine.executor import DaskExecutor, InProcessExecutor
+    from tilegraph.engine.dask_executor import DaskExecutor
+    from tilegraph.engine.executor import InProcessExecutor
 
     if client in ("inprocess", "sync", "synchronous"):
         return InProcessExecutor()

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any, TextIO
 
-__all__ = ["Progress", "in_notebook"]
+__all__ = ["Progress", "in_notebook", "tally"]
 
 
 class Progress:
@@ -99,3 +100,14 @@ def in_notebook() -> bool:
         return False
     shell = ipython.get_ipython() if hasattr(ipython, "get_ipython") else None
     return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
+def tally(
+    handles: Sequence, label: str | Sequence[str], units: Sequence[int] | None
+) -> dict[str, tuple[int, int]]:
+    """``{label: (0, total units)}`` of a wait's handles."""
+    labels = [label] * len(handles) if isinstance(label, str) else list(label)
+    out: dict[str, tuple[int, int]] = {}
+    for lab, u in zip(labels, units or [1] * len(handles), strict=True):
+        out[lab] = (0, out.get(lab, (0, 0))[1] + int(u))
+    return out

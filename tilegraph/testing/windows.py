@@ -31,7 +31,8 @@ def grid_plan(n: int, *, tile: int = 64, overlap: int = 16, blend: str = "cosine
 def window_inputs(plan: Plan, image: np.ndarray) -> np.ndarray:
     """Every window of ``image`` ``(H, W, C)``, padded at the far edges as ``plan`` pads, as ``(N, C, h, w)``."""
     py, px = plan.padded_shape
-    pad = np.pad(image, ((0, py - image.shape[0]), (0, px - image.shape[1]), (0, 0)), mode=plan.pad_mode)
+    mode: Any = plan.pad_mode
+    pad = np.pad(image, ((0, py - image.shape[0]), (0, px - image.shape[1]), (0, 0)), mode=mode)
     return np.stack([np.moveaxis(pad[w.y0 : w.y1, w.x0 : w.x1], -1, 0) for w in plan.windows()])
 
 

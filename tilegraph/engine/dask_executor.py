@@ -1,0 +1,335 @@
+"""The Dask executor: the one place that talks to ``distributed``.
+
+Tasks are submitted with explicit keys and resource restrictions given to ``Client.submit`` directly
+(never through graph annotations, which graph fusion drops).
+
+Ordering without data: a task given ``after=`` handles must only start once those finished, but
+needs none of their results (pixels travel through storage). A Dask dependency would copy every
+result to the dependent task's worker, one peer-to-peer transfer per dependency and task, which
+measured about half of the workers' CPU per window on 2 cores. So :class:`DaskExecutor` keeps such
+tasks on the client (:class:`Deferred`) and submits each as soon as the tasks it waits for have
+finished, from :meth:`DaskExecutor.wait`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from tilegraph.engine.progress import Progress, tally
+from tilegraph.errors import ResourceRestrictionError
+
+__all__ = ["DaskExecutor", "Deferred", "model_resources"]
+
+
+class Deferred:
+    """A task held on the client until the tasks it comes ``after`` have finished.
+
+    :meth:`DaskExecutor.wait` submits it (``future`` is then set); :meth:`result` waits for it,
+    submitting it first if nothing did.
+    """
+
+    __slots__ = ("fn", "args", "key", "resources", "after", "future", "cancelled", "executor")
+
+    def __init__(self, fn: Callable, args: tuple, key: str, resources: dict | None, after: list, executor):
+        self.fn, self.args, self.key, self.resources = fn, args, key, resources
+        self.after = list(after)
+        self.future = None
+        self.cancelled = False
+        self.executor = executor
+
+    @property
+    def status(self) -> str:
+        if self.cancelled:
+            return "cancelled"
+        return "pending" if self.future is None else self.future.status
+
+    def result(self):
+        if self.cancelled:
+            raise RuntimeError(f"task {self.key} was cancelled before it was submitted")
+        if self.future is None:
+            for h in self.after:
+                h.result()  # raises a predecessor's error
+            self.executor._release([self])
+        assert self.future is not None
+        return self.future.result()
+
+
+class DaskExecutor:
+    """Submit tasks to a ``distributed.Client``.
+
+    Parameters
+    ----------
+    client
+        A connected client.
+    own_cluster
+        Close the client (and its cluster) in :meth:`close`.
+    model_tasks_per_worker
+        Model tasks that may run at once on a worker (each asks for this fraction of the worker's
+        ``GPU`` or ``MODEL`` resource). Their forward passes take turns on the worker's model (a
+        lock in :class:`~tilegraph.infer.runner.BatchRunner`), so the device runs one batch at a
+        time while the other task reads its next batch and writes its last: with 2 (the default)
+        the device never waits for a task to start, and about two batches are in flight per worker.
+        Exclusive model work (the probe, ``tile="auto"``) asks for the whole resource.
+
+    Attributes
+    ----------
+    model_resources : dict or None
+        The whole model resource (``{"GPU": 1}`` or ``{"MODEL": 1}``), for exclusive model work.
+    infer_resources : dict or None
+        What each model task asks for, ``{name: 1 / model_tasks_per_worker}``.
+    """
+
+    def __init__(self, client, *, own_cluster: bool = False, model_tasks_per_worker: int = 2):
+        self.client = client
+        self.own_cluster = own_cluster
+        self.model_resources = model_resources(client)
+        if int(model_tasks_per_worker) < 1:
+            raise ValueError(f"model_tasks_per_worker must be at least 1, got {model_tasks_per_worker!r}")
+        self.infer_resources = (
+            {name: 1 / int(model_tasks_per_worker) for name in self.model_resources}
+            if self.model_resources
+            else None
+        )
+        self.dashboard_link = getattr(client, "dashboard_link", None)
+
+    def share(self, obj, *, model_only: bool = False):
+        """Send ``obj`` to every worker once (directly, not through the scheduler); returns a future.
+
+        With ``model_only`` (the model itself), only workers that can run model tasks receive it.
+        """
+        workers = None
+        if model_only and self.model_resources:
+            (name,) = self.model_resources
+            workers = _workers_with(self.client, name) or None
+        return self.client.scatter(obj, broadcast=True, hash=False, workers=workers)
+
+    def submit(self, fn: Callable, *args, key: str, resources: dict | None = None):
+        return self.client.submit(fn, *args, key=key, resources=resources, pure=False, retries=1)
+
+    def map(
+        self,
+        fn: Callable,
+        *iterables,
+        keys: Sequence[str],
+        resources: dict | None = None,
+        after: Sequence[Sequence] | None = None,
+    ) -> list:
+        """Submit many tasks in one message (``Client.map``).
+
+        With ``after`` (one list of handles per task), each task is a :class:`Deferred` submitted
+        once its handles have finished (see the module notes): at once for those whose handles
+        are already done, the others from :meth:`wait`.
+        """
+        if not keys:
+            return []
+        keys = list(keys)
+        if after is not None:
+            deferred = [
+                Deferred(fn, tuple(args), k, resources, deps, self)
+                for k, deps, *args in zip(keys, after, *iterables, strict=True)
+            ]
+            self._release(deferred)
+            return deferred
+        spread = _workers_with(self.client, next(iter(resources))) if resources else []
+        if len(spread) < 2:
+            return self.client.map(
+                fn, *iterables, key=keys, resources=resources, pure=False, retries=1, batch_size=None
+            )
+        # model tasks: the scheduler does not queue resource-restricted tasks and may pile them on one
+        # worker before it knows their duration; deal them round-robin (a preference, not a restriction)
+        columns = [list(it) for it in iterables]
+        handles: list = [None] * len(keys)
+        for w, worker in enumerate(spread):
+            picks = list(range(w, len(keys), len(spread)))
+            if not picks:
+                continue
+            futures = self.client.map(
+                fn,
+                *[[col[i] for i in picks] for col in columns],
+                key=[keys[i] for i in picks],
+                resources=resources,
+                workers=[worker],
+                allow_other_workers=True,
+                pure=False,
+                retries=1,
+                batch_size=None,
+            )
+            for i, f in zip(picks, futures, strict=True):
+                handles[i] = f
+        return handles
+
+    def _release(self, deferred: Sequence[Deferred]) -> list:
+        """Submit the deferred tasks whose ``after`` handles have all finished; returns their futures."""
+        ready = [
+            d
+            for d in deferred
+            if d.future is None and not d.cancelled and all(h.status == "finished" for h in d.after)
+        ]
+        groups: dict = {}
+        for d in ready:  # one Client.map per function and restriction
+            groups.setdefault((d.fn, tuple(sorted((d.resources or {}).items()))), []).append(d)
+        futures = []
+        for (fn, _), ds in groups.items():
+            columns = list(zip(*(d.args for d in ds), strict=True)) if ds[0].args else []
+            out = self.client.map(
+                fn,
+                *columns,
+                key=[d.key for d in ds],
+                resources=ds[0].resources,
+                pure=False,
+                retries=1,
+                batch_size=None,
+            )
+            for d, f in zip(ds, out, strict=True):
+                d.future = f
+            futures.extend(out)
+        return futures
+
+    def check_restrictions(self, handles: Sequence, want: dict | None = None) -> None:
+        """Raise :class:`ResourceRestrictionError` if model tasks reached the scheduler unrestricted.
+
+        ``want`` is the restriction they were submitted with (default :attr:`infer_resources`).
+        """
+        want = self.infer_resources if want is None else want
+        if not want or not handles:
+            return
+        keys = [h.key for h in handles[:4]]
+        seen: dict = {}
+        deadline = time.monotonic() + 30
+        while len(seen) < len(keys) and time.monotonic() < deadline:  # submissions arrive asynchronously
+            seen = self.client.run_on_scheduler(_restrictions_on_scheduler, keys=keys)
+            if len(seen) < len(keys):
+                time.sleep(0.05)
+        if not seen:
+            raise ResourceRestrictionError(
+                "model tasks did not reach the scheduler within 30 s", hint="check the scheduler connection"
+            )
+        missing = [k for k in keys if k in seen and seen[k] != want]
+        if missing:
+            raise ResourceRestrictionError(
+                f"model tasks reached the scheduler with restrictions {seen[missing[0]]!r}, expected {want!r}",
+                hint="a graph optimisation dropped them; report this as a tilegraph bug",
+            )
+
+    def wait(
+        self,
+        handles: Sequence,
+        *,
+        progress: Progress | None = None,
+        label: str | Sequence[str] = "",
+        units: Sequence[int] | None = None,
+    ) -> list:
+        """Wait for ``handles`` (futures and :class:`Deferred`), submitting deferred tasks as they become ready.
+
+        ``units`` counts each handle's work for the progress display (windows per model task);
+        default one per handle. The first task to fail cancels the others and raises its own
+        exception.
+        """
+        from distributed import as_completed
+
+        deferred = [h for h in handles if isinstance(h, Deferred)]
+        waiting: dict = {}  # key of a handle -> deferred tasks that wait for it
+        for d in deferred:
+            for h in d.after:
+                waiting.setdefault(h.key, []).append(d)
+        watched = {h.key: h for h in handles if not isinstance(h, Deferred)}
+        for d in deferred:
+            for h in d.after:
+                watched.setdefault(h.key, h)
+            if d.future is not None:
+                watched[d.key] = d.future
+        labels = [label] * len(handles) if isinstance(label, str) else list(label)
+        weight = {
+            h.key: (lab, 1 if units is None else int(u))
+            for h, lab, u in zip(handles, labels, units or [1] * len(handles), strict=True)
+        }
+        counts = {name: [0, total] for name, (_, total) in tally(handles, label, units).items()}
+        if progress is not None:
+            for name, (count, of) in counts.items():
+                progress.update(name, count, of)
+        try:
+            self._release(deferred)
+            for d in deferred:
+                if d.future is not None:
+                    watched.setdefault(d.key, d.future)
+            pending = as_completed(list(watched.values()), loop=self.client.loop)  # no default client needed
+            for fut in pending:
+                if fut.status in ("error", "cancelled"):
+                    fut.result()  # raises the task's own exception (or CancelledError)
+                for f in self._release(waiting.pop(fut.key, ())):
+                    pending.add(f)
+                if fut.key in weight:
+                    name, w = weight[fut.key]
+                    counts[name][0] += w
+                    if progress is not None:
+                        progress.update(name, counts[name][0], counts[name][1])
+        except BaseException:
+            self.cancel(handles)
+            raise
+        return self.client.gather([h.future if isinstance(h, Deferred) else h for h in handles])
+
+    def cancel(self, handles) -> None:
+        futures = []
+        for h in handles:
+            if isinstance(h, Deferred):
+                h.cancelled = True
+                if h.future is not None:
+                    futures.append(h.future)
+            else:
+                futures.append(h)
+        try:
+            self.client.cancel(futures, force=True)
+        except Exception:  # cancelling during shutdown must not hide the original error
+            pass
+
+    def close(self) -> None:
+        if self.own_cluster:
+            cluster = getattr(self.client, "cluster", None)
+            self.client.close()
+            if cluster is not None:
+                cluster.close()
+
+
+def _restrictions_on_scheduler(dask_scheduler, keys):
+    out = {}
+    for k in keys:
+        ts = dask_scheduler.tasks.get(k)
+        if ts is not None:
+            out[k] = dict(ts.resource_restrictions or {})
+    return out
+
+
+def model_resources(client) -> dict | None:
+    """Resource restriction for model tasks: ``{"GPU": 1}`` if any worker declares GPUs.
+
+    Workers of tilegraph's embedded CPU cluster declare ``MODEL=1`` so that one model task runs per
+    worker while reading, blending and writing use the other threads.
+    """
+    workers = (
+        client.scheduler_info(n_workers=-1).get("workers", {})
+        if _accepts_n_workers(client)
+        else (client.scheduler_info().get("workers", {}))
+    )
+    names: set[str] = set()
+    for info in workers.values():
+        names.update((info.get("resources") or {}).keys())
+    for name in ("GPU", "MODEL"):
+        if name in names:
+            return {name: 1}
+    return None
+
+
+def _workers_with(client, resource: str) -> list[str]:
+    """Addresses of the workers declaring ``resource``."""
+    info = client.scheduler_info(n_workers=-1) if _accepts_n_workers(client) else client.scheduler_info()
+    return [a for a, w in info.get("workers", {}).items() if resource in (w.get("resources") or {})]
+
+
+def _accepts_n_workers(client) -> bool:
+    import inspect
+
+    try:
+        return "n_workers" in inspect.signature(client.scheduler_info).parameters
+    except (TypeError, ValueError):
+        return False
