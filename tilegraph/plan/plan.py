@@ -390,7 +390,7 @@ def make_plan(
     if origin == "auto":
         org = tuple(-((o // 2) // align * align) if mode == "crop" else 0 for o in (oy, ox))
     else:
-        org = (int(origin), int(origin)) if isinstance(origin, int) else tuple(int(v) for v in origin)  # type: ignore[union-attr]
+        org = (int(origin), int(origin)) if isinstance(origin, int) else tuple(int(v) for v in origin)
         for name, v, t, o in (("rows", org[0], ty, oy), ("cols", org[1], tx, ox)):
             if v > 0 or v <= -(t - o) or v % align:
                 raise PlanError(
