@@ -236,7 +236,12 @@ class ReconcileOptions:
 class OutputOptions:
     """The output array: chunks, dtype, and what may be replaced."""
 
-    chunks: Any = _opt(1024, "output chunk extent (independent of the window grid)", flat="out_chunks")
+    chunks: Any = _opt(
+        "auto",
+        "output chunk extent: 'auto' (the stride at the output scale for crop, so that model tasks write chunks "
+        "directly; 1024 otherwise), an int or a pair",
+        flat="out_chunks",
+    )
     shards: Any = _opt(None, "output shard extent, a multiple of the chunks", flat="out_shards")
     dtype: str | None = _opt(
         None, "output dtype (default: the source's; float32 for latents)", flat="output_dtype"

@@ -33,7 +33,7 @@ def run(
     scale: Any = None,
     batch_size: int = 4,
     batches_per_task: int = 1,
-    out_chunks: Any = 1024,
+    out_chunks: Any = "auto",
     out_shards: Any = None,
     output_dtype: str | None = None,
     overwrite: bool = False,
@@ -90,8 +90,10 @@ def run(
         Windows per forward pass, and forward passes per model task. Two model tasks run at once per
         worker and take turns on the model, so one reads and writes while the other computes.
     out_chunks, out_shards
-        Output Zarr chunk extent (independent of the window grid) and, optionally, shard extent (a
-        multiple of the chunks). Each output chunk, or each shard when sharded, is written by one task.
+        Output Zarr chunk extent and, optionally, shard extent (a multiple of the chunks). Each output
+        chunk, or each shard when sharded, is written by one task. ``"auto"`` (default): for ``crop``
+        the stride at the output scale, so that each window's kept region is one chunk written by its
+        model task (no per-window store, no blend tasks); 1024 for the other modes.
     output_dtype
         Defaults to the source dtype; pass ``"float32"`` for latents.
     overwrite

@@ -131,6 +131,7 @@ def prepare(
         reconcile=rec.mode,
         store_dtype=blender.store_dtype(out_dtype, corrected=rec.mode is not None or bool(passes)),
     )
+    kind = kind.specialise(plan, blender, corrected=rec.mode is not None, passes=bool(passes))
     if rec.mode and rec.reference == "input" and found.out_channels != found.model_channels:
         raise InputError(
             f"reconcile reference 'input' needs the model to keep the channel count ({found.model_channels} in, "
@@ -146,7 +147,7 @@ def prepare(
             channels=int(plan.out_channels or 0),
             dtype=out_dtype,
             layout=output_layout(source.layout, int(plan.out_channels or 0)),
-            chunks=_pair(out_opts.chunks),
+            chunks=plan.out_chunks if not out_opts.shards else plan.chunk_extent(out_opts.chunks),
             shards=plan.out_chunks if out_opts.shards else None,
         )
         sink.validate(layout, source.metadata)

@@ -114,9 +114,11 @@ class BatchRunner:
         if not self.is_torch:
             # transpose in the source dtype (cheap), then one float conversion and an in-place scale:
             # measured 3.5x faster than converting the strided view directly
-            x = np.ascontiguousarray(np.moveaxis(raw[..., :channels], -1, 1)).astype(np.float32)
+            x = np.ascontiguousarray(np.moveaxis(raw[..., :channels], -1, 1))
             if integer_max is not None:
-                x *= np.float32(1.0 / integer_max)
+                x = np.multiply(x, np.float32(1.0 / integer_max), dtype=np.float32)  # one pass
+            else:
+                x = x.astype(np.float32, copy=False)
             with self._turn():  # one batch at a time (see the class notes)
                 y = np.asarray(self.fn(x))
             return _to_numpy(y, out_dtype, with_clips=True, count_boxes=count_boxes)

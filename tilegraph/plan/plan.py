@@ -6,9 +6,10 @@ No dask, torch or I/O here; ``tilegraph plan`` prints it without touching a GPU.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 
@@ -163,6 +164,15 @@ class Plan:
         """
         n, k = self.n_windows, self.batch_size * self.batches_per_task
         return [list(range(i, min(n, i + k))) for i in range(0, n, k)]
+
+    def chunk_extent(self, chunks) -> tuple[int, int]:
+        """An output chunk extent: ``chunks`` as given, or for ``"auto"`` the stride at the output scale
+        (``crop``: each window's kept region is one chunk) or 1024 (the other modes)."""
+        if chunks == "auto":
+            if self.blend == "crop":
+                return int(self.y.stride * self.scale_fraction), int(self.x.stride * self.scale_fraction)
+            return 1024, 1024
+        return coerce_pair(chunks, "out_chunks")
 
     def chunk_box(self, cy: int, cx: int) -> tuple[int, int, int, int]:
         """Output box ``(y0, y1, x0, x1)`` of chunk ``(cy, cx)``."""
@@ -385,7 +395,7 @@ def make_plan(
                 f"(model stride {model_stride}, scale {frac}); windows must start at aligned offsets",
                 hint=f"use overlap {good}",
             )
-    oc = coerce_pair(out_chunks, "out_chunks")
+    oc: Any = out_chunks if out_chunks == "auto" else coerce_pair(out_chunks, "out_chunks")
     mode = coerce_blend(blend)
     if origin == "auto":
         org = tuple(-((o // 2) // align * align) if mode == "crop" else 0 for o in (oy, ox))
@@ -397,7 +407,7 @@ def make_plan(
                     f"grid origin {v} along {name} must be 0 or negative, above minus the stride ({t - o}) "
                     f"and a multiple of {align}"
                 )
-    return Plan(
+    plan = Plan(
         shape=(h, w),
         channels=int(channels),
         dtype=str(np.dtype(dtype)),
@@ -418,6 +428,9 @@ def make_plan(
         store_dtype=None if store_dtype is None else str(np.dtype(store_dtype)),
         origin=(int(org[0]), int(org[1])),
     )
+    if oc == "auto":  # known once the grid is: the stride at the output scale for crop
+        plan = replace(plan, out_chunks=plan.chunk_extent("auto"))
+    return plan
 
 
 def _check_reconcile(value: str | None) -> str | None:
