@@ -153,7 +153,7 @@ def prepare(
         sink.validate(layout, source.metadata)
 
     t1 = time.perf_counter()
-    staged = stage_source(source, scratch, executor, progress, token)
+    staged = stage_source(source, scratch, executor, progress, token).cached(token)
     stage_s = time.perf_counter() - t1
     tiles = None
     if kind.uses_tile_store:
