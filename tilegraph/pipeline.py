@@ -57,6 +57,7 @@ def run(
     reconcile_options: Any = None,
     qa: bool | str = False,
     quality_options: Any = None,
+    execution_options: Any = None,
     thumbnail: int | None = None,
     task: str = "image",
     passes: Any = (),
@@ -100,12 +101,13 @@ def run(
         Replace an existing destination (never the source itself).
     pad_mode, precision, channels_last, compile, device, weights, factory_kwargs
         See :class:`~tilegraph.options.TilingOptions` and :class:`~tilegraph.options.ModelOptions`.
-    source_options, export_options, reconcile_options, quality_options
+    source_options, export_options, reconcile_options, quality_options, execution_options
         :class:`~tilegraph.options.SourceOptions` (``level=``, ``series=``...),
         :class:`~tilegraph.options.ExportOptions` (TIFF compression, JPEG quality...),
         :class:`~tilegraph.options.ReconcileOptions` (``reference``, ``strength``, ``field``,
-        ``sigma``), :class:`~tilegraph.options.QualityOptions`; objects or dicts (an unknown key is
-        an error naming it).
+        ``sigma``), :class:`~tilegraph.options.QualityOptions`,
+        :class:`~tilegraph.options.ExecutionOptions` (``codec_pipeline``); objects or dicts (an
+        unknown key is an error naming it).
     scratch, keep_tile_store
         Folder for intermediate data (default: beside the destination), and keeping the per-window
         store after success (debugging).
