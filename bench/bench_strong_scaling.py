@@ -25,19 +25,7 @@ import time
 
 import numpy as np
 from _common import w_cpu_seconds
-
-
-class SleepPerWindow:
-    """Numpy model: sleeps ``seconds`` per window of the batch, returns the batch itself."""
-
-    __name__ = "SleepPerWindow"
-
-    def __init__(self, seconds: float):
-        self.seconds = float(seconds)
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        time.sleep(self.seconds * batch.shape[0])
-        return batch
+from bench_scaling import SleepPerWindow
 
 
 def _float_zarr(path: str, size: int, seed: int = 0) -> None:

@@ -177,25 +177,11 @@ def execute(
     from tilegraph.engine.prepare import prepare
     from tilegraph.engine.progress import Progress
     from tilegraph.engine.reconcile import solve_corrections
-    from tilegraph.infer.spec import describe_model
+    from tilegraph.infer.spec import spec_for
     from tilegraph.source import open_source
 
     src = open_source(source, **options.source.reader_kwargs())
-    m = options.model
-    spec = describe_model(
-        model,
-        weights=m.weights,
-        scale=m.scale,
-        in_channels=m.in_channels,
-        out_channels=m.out_channels,
-        stride=m.stride,
-        halo=m.halo,
-        precision=m.precision,
-        channels_last=m.channels_last,
-        compile=m.compile,
-        device=m.device,
-        factory_kwargs=dict(m.factory_kwargs or {}),
-    )
+    spec = spec_for(model, options.model)
     show = options.execution.progress
     if show is None:
         show = _interactive()
