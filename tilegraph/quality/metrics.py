@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
@@ -38,6 +39,9 @@ from scipy.ndimage import gaussian_filter
 from tilegraph.plan.grid import AxisGrid
 from tilegraph.plan.plan import Plan
 from tilegraph.quality.icc import RGBToLab, colour_converter
+
+if TYPE_CHECKING:
+    from tilegraph.blend.abc import WindowReader
 
 __all__ = [
     "seam_metrics",
@@ -357,7 +361,7 @@ def _measured_shape(plan: Plan, axis: str, line: int, half: int) -> np.ndarray:
         raw = __call__
 
     box = (b0, b1, a0, a1) if axis == "x" else (a0, a1, b0, b1)
-    out = np.asarray(blender.blend(plan, box, _Const()), dtype=np.float64)[..., 0]
+    out = np.asarray(blender.blend(plan, box, cast("WindowReader", _Const())), dtype=np.float64)[..., 0]
     prof = out.mean(axis=0) if axis == "x" else out.mean(axis=1)
     s = np.empty(2 * half)
     s[: a0 - (pos - half)] = 0.0
@@ -379,8 +383,10 @@ def _step_spec(plan: Plan, axis: str, m: int) -> _StepSpec:
     R = trans + max(6, trans // 2)
     # room for at least one seam-free parallel line between neighbouring seams: 2 (R + trans) <= stride
     R = max(trans + 2, min(R, stride // 2 - trans))
-    s = s_full[probe - R : probe + R] if R <= probe else np.concatenate(
-        [np.zeros(R - probe), s_full, np.ones(R - probe)]
+    s = (
+        s_full[probe - R : probe + R]
+        if R <= probe
+        else np.concatenate([np.zeros(R - probe), s_full, np.ones(R - probe)])
     )
     vv = np.arange(2 * R) - R + 0.5
     # content: a cubic across the line for sharp shapes (a soft edge centred on the line is odd, and
@@ -559,7 +565,7 @@ def seam_metrics(
         for s in segs:
             arr = band_x if s.axis == "x" else band_y
             arr[max(0, s.pos - bw) : s.pos + bw] = True
-        fid = {"sq_band": 0.0, "n_band": 0, "sq_int": 0.0, "n_int": 0, "max": 0.0}
+        fid: dict[str, float] = {"sq_band": 0.0, "n_band": 0.0, "sq_int": 0.0, "n_int": 0.0, "max": 0.0}
 
     ey, ex = _block_edges(plan.y, chunk), _block_edges(plan.x, chunk)
     for by0, by1 in zip(ey[:-1], ey[1:], strict=True):
@@ -571,6 +577,12 @@ def seam_metrics(
             hp = lum - gaussian_filter(lum, HP_SIGMA, mode="nearest")
             core = (slice(by0 - hy0, by1 - hy0), slice(bx0 - hx0, bx1 - hx0))
             lc, hc = lum[core], hp[core]
+            # seams near the image border: the step statistic reads the border mirrored (never "n/a")
+            py0, py1 = halo["y"] - (by0 - hy0), halo["y"] - (hy1 - by1)
+            px0, px1 = halo["x"] - (bx0 - hx0), halo["x"] - (hx1 - bx1)
+            lum_p = (
+                np.pad(lum, ((py0, py1), (px0, px1)), mode="symmetric") if py0 or py1 or px0 or px1 else lum
+            )
             # |gradient| profiles (the halo gives the left/top neighbour of the first column/row)
             gx = np.abs(np.diff(lum[core[0], max(0, bx0 - 1 - hx0) : bx1 - hx0], axis=1)).sum(0)
             colprof[bx1 - len(gx) : bx1] += gx
@@ -586,7 +598,9 @@ def seam_metrics(
                         lo, hi = max(s.lo, by0), min(s.hi, by1)
                         if lo >= hi:
                             continue
-                        vals = _line_statistics(lum[lo - hy0 : hi - hy0, :], s.pos - hx0, specs[axis])
+                        stat = _line_statistics(
+                            lum_p[lo - hy0 + py0 : hi - hy0 + py0, :], s.pos - hx0 + px0, specs[axis]
+                        )
                         sl = (slice(lo - by0, hi - by0), slice(s.pos - r - bx0, s.pos + r - bx0))
                         strip, hps = lc[sl], hc[sl]
                     else:
@@ -595,11 +609,13 @@ def seam_metrics(
                         lo, hi = max(s.lo, bx0), min(s.hi, bx1)
                         if lo >= hi:
                             continue
-                        vals = _line_statistics(lum[:, lo - hx0 : hi - hx0].T, s.pos - hy0, specs[axis])
+                        stat = _line_statistics(
+                            lum_p[:, lo - hx0 + px0 : hi - hx0 + px0].T, s.pos - hy0 + py0, specs[axis]
+                        )
                         sl = (slice(s.pos - r - by0, s.pos + r - by0), slice(lo - bx0, hi - bx0))
                         strip, hps = lc[sl].T, hc[sl].T
-                    if vals is not None:
-                        steps[axis].add(i, s, lo, vals)
+                    if stat is not None:
+                        steps[axis].add(i, s, lo, stat)
                     if usable[axis] and strip.shape[1] == 2 * r:
                         accs[axis].add(i, strip, hps)
             if colour_ok:
@@ -623,7 +639,7 @@ def seam_metrics(
                 fid["max"] = max(fid["max"], float(np.sqrt(diff2.max(initial=0.0))))
 
     seam_rows = _finish_segments(segs, accs, steps, specs, rad, half_band, m, usable)
-    out = {
+    out: dict[str, Any] = {
         "units": {"values": "DN (1/255 of full scale)", "colour_space": conv.description},
         "geometry": {
             "shape": [h, w],
@@ -641,6 +657,7 @@ def seam_metrics(
                     "band": specs[a].band,
                     "kappa": specs[a].kappa,
                     "parallel_lines": len(specs[a].parallel),
+                    "threshold_floors": specs[a].threshold,
                 }
                 for a in ("x", "y")
             },
@@ -672,7 +689,7 @@ def seam_metrics(
     return out
 
 
-def _psnr(sq: float, n: int) -> float | None:
+def _psnr(sq: float, n: float) -> float | None:
     if n == 0:
         return None
     mse = sq / n
@@ -724,18 +741,20 @@ def _finish_segments(segs, accs, steps, specs, rad, half_band, m, usable) -> lis
             raw.append(None)
             continue
         finite = np.all(np.isfinite(values), axis=0)
-        est = _robust_mean(values[:, finite])
+        means = _robust_mean(values[:, finite])
         nb = values.shape[0]
         se = float(np.std(values[:, 0]) / math.sqrt(max(nb - 1, 1))) * 1.1 if nb > 1 else 0.0
         # content at the seam line itself: what the near lines do beyond the seam shape's own response
-        near_res = est[1:nn] - est[0] * spec.psi
+        near_res = means[1:nn] - means[0] * spec.psi
         se = max(se, float(np.sqrt(np.mean(near_res**2))))
-        par = est[nn:]
+        par = means[nn:]
         floor = float(np.sqrt(np.mean(par**2))) if par.size else None
-        raw.append((float(est[0]), floor, se, nb))
+        raw.append((float(means[0]), floor, se, nb))
     axis_floor = {}
     for a in ("x", "y"):
-        fl = [r[1] for s, r in zip(segs, raw, strict=True) if r is not None and s.axis == a and r[1] is not None]
+        fl = [
+            r[1] for s, r in zip(segs, raw, strict=True) if r is not None and s.axis == a and r[1] is not None
+        ]
         axis_floor[a] = float(np.sqrt(np.mean(np.square(fl)))) if fl else None
     rows: list[dict | None] = []
     for i, s in enumerate(segs):
@@ -948,9 +967,13 @@ def _colour_summary(plan, c_sum, c_cnt, r_sum, r_cnt, coy, cox, remove_global, t
     tile = coy[:, None] * cols_ + cox[None, :]
     n_t = rows_ * cols_
     t_cnt = np.bincount(tile[ok], minlength=n_t).astype(float)
-    t_err = np.stack([np.bincount(tile[ok], weights=err[ok][:, k], minlength=n_t) for k in range(3)], -1)
-    t_ref = np.stack([np.bincount(tile[ok], weights=lab_r[ok][:, k], minlength=n_t) for k in range(3)], -1)
-    t_de = np.bincount(tile[ok], weights=vals, minlength=n_t)
+    t_err = np.stack(
+        [np.bincount(tile[ok], weights=err[ok][:, k], minlength=n_t) for k in range(3)], -1
+    ).astype(np.float64)
+    t_ref = np.stack(
+        [np.bincount(tile[ok], weights=lab_r[ok][:, k], minlength=n_t) for k in range(3)], -1
+    ).astype(np.float64)
+    t_de = np.bincount(tile[ok], weights=vals, minlength=n_t).astype(np.float64)
     has = t_cnt > 0
     t_err[has] /= t_cnt[has, None]
     t_ref[has] /= t_cnt[has, None]

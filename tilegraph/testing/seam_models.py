@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -112,7 +112,8 @@ def window_inputs(plan: Plan, image: np.ndarray) -> np.ndarray:
     """Every window's input ``(N, C, th, tw)`` float32: the image padded as the plan pads it, then cut."""
     img = image if image.ndim == 3 else image[..., None]
     py, px = plan.padded_shape
-    pad = np.pad(img, ((0, py - img.shape[0]), (0, px - img.shape[1]), (0, 0)), mode=plan.pad_mode)
+    widths = ((0, int(py - img.shape[0])), (0, int(px - img.shape[1])), (0, 0))
+    pad = np.pad(img, widths, mode=cast(Any, plan.pad_mode))
     return np.stack([np.moveaxis(pad[w.y0 : w.y1, w.x0 : w.x1], -1, 0) for w in plan.windows()]).astype(
         np.float32
     )
@@ -250,7 +251,7 @@ def seam_scores(out: np.ndarray, plan: Plan, *, truth: np.ndarray | None = None,
     int_mask = int_x[None, :] & int_y[:, None]
     tr = float(hp[near_mask].std() / hp[int_mask].std()) if near_mask.any() and int_mask.any() else math.nan
     gx, gy = np.abs(np.diff(lum, axis=1)), np.abs(np.diff(lum, axis=0))
-    bx = (np.arange(w - 1) + 1.0)  # boundary between columns k - 1 and k sits at k
+    bx = np.arange(w - 1) + 1.0  # boundary between columns k - 1 and k sits at k
     db_x = np.min([np.abs(bx - c) for c, _ in _seam_positions(plan)["x"]] or [np.full(w - 1, np.inf)], axis=0)
     by = np.arange(h - 1) + 1.0
     db_y = np.min([np.abs(by - c) for c, _ in _seam_positions(plan)["y"]] or [np.full(h - 1, np.inf)], axis=0)
