@@ -51,6 +51,9 @@ BLENDERS: Registry[type[Blender]] = Registry(
         "linear": "tilegraph.blend.builtin:LinearBlender",
         "cosine": "tilegraph.blend.builtin:CosineBlender",
         "gaussian": "tilegraph.blend.builtin:GaussianBlender",
+        "multiband": "tilegraph.blend.multiband:MultibandBlender",
+        "seam": "tilegraph.blend.seam:SeamBlender",
+        "poisson": "tilegraph.blend.poisson:PoissonBlender",
     },
     check=_check,
 )

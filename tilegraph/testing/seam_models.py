@@ -41,9 +41,10 @@ class ShadedTextureModel(_Declared):
     """Smooth filter + per-window structured texture + per-window shading (offset and ramps).
 
     Each window ``i`` (batch element) gets ``y_i = smooth(x_i) + t_i + s_i`` where ``t_i`` is Gaussian
-    noise filtered anisotropically (``sigma = (1, streak / 2)`` px: streaks about ``streak`` px long),
+    noise filtered anisotropically (``sigma = (0.7, streak / 4)`` px: streaks about ``streak`` px long),
     scaled to ``texture_dn`` DN and shared by the channels, and ``s_i(c, v, u) = b + g_y (v - 1/2) +
-    g_x (u - 1/2)`` per channel with ``b, g_y, g_x`` uniform in ``+-shading_dn`` DN (``u, v`` in [0, 1]
+    g_x (u - 1/2)`` per channel with ``b`` uniform in ``+-shading_dn`` DN and ``g_y, g_x`` in
+    ``+-2 shading_dn`` (each ramp reaches up to ``+-shading_dn`` at the window edges; ``u, v`` in [0, 1]
     across the window). Everything is drawn from an RNG seeded by :func:`content_seed` of the window, so
     overlapping windows invent different texture and shading, reproducibly.
 
@@ -88,9 +89,11 @@ class ShadedTextureModel(_Declared):
         """The float64 texture plus shading ``(C, H, W)`` this model adds to one window ``(C, H, W)``."""
         c, h, w = (int(v) for v in tile.shape)
         rng = np.random.default_rng(content_seed(tile, self.seed))
-        tex = gaussian_filter(rng.standard_normal((h, w)), (1.0, self.streak / 2), mode="wrap")
+        tex = gaussian_filter(rng.standard_normal((h, w)), (0.7, self.streak / 4), mode="wrap")
         tex *= self.texture_dn / 255.0 / max(float(tex.std()), 1e-12)
-        b, gy, gx = (self.shading_dn / 255.0 * rng.uniform(-1.0, 1.0, size=c) for _ in range(3))
+        amp = self.shading_dn / 255.0
+        b = amp * rng.uniform(-1.0, 1.0, size=c)
+        gy, gx = (2.0 * amp * rng.uniform(-1.0, 1.0, size=c) for _ in range(2))  # +-amp at the window edges
         v = (np.arange(h) + 0.5) / h - 0.5
         u = (np.arange(w) + 0.5) / w - 0.5
         shade = b[:, None, None] + gy[:, None, None] * v[None, :, None] + gx[:, None, None] * u[None, None, :]
@@ -238,16 +241,21 @@ def seam_scores(out: np.ndarray, plan: Plan, *, truth: np.ndarray | None = None,
     hp = lum - gaussian_filter(lum, 3.0, mode="nearest")
     h, w = lum.shape
     dist = {}
+    edge = {}
     for name, size in (("x", w), ("y", h)):
         d = np.full(size, np.inf)
         idx = np.arange(size) + 0.5
         for c, _ in _seam_positions(plan)[name]:
             d = np.minimum(d, np.abs(idx - c))
         dist[name] = d
+        edge[name] = np.minimum(idx, size - idx)  # distance to the image border
     ox, oy = plan.x.out_overlap, plan.y.out_overlap
     near_x, near_y = dist["x"] < near, dist["y"] < near
-    int_x, int_y = dist["x"] > ox / 2 + near, dist["y"] > oy / 2 + near
-    near_mask = near_x[None, :] | near_y[:, None]
+    # interiors: away from seam bands and from the image border (where windows show their own edges)
+    int_x = (dist["x"] > ox / 2 + near) & (edge["x"] > ox / 2 + near)
+    int_y = (dist["y"] > oy / 2 + near) & (edge["y"] > oy / 2 + near)
+    inside_x, inside_y = edge["x"] > ox / 2 + near, edge["y"] > oy / 2 + near
+    near_mask = (near_x[None, :] | near_y[:, None]) & inside_x[None, :] & inside_y[:, None]
     int_mask = int_x[None, :] & int_y[:, None]
     tr = float(hp[near_mask].std() / hp[int_mask].std()) if near_mask.any() and int_mask.any() else math.nan
     gx, gy = np.abs(np.diff(lum, axis=1)), np.abs(np.diff(lum, axis=0))
@@ -255,10 +263,12 @@ def seam_scores(out: np.ndarray, plan: Plan, *, truth: np.ndarray | None = None,
     db_x = np.min([np.abs(bx - c) for c, _ in _seam_positions(plan)["x"]] or [np.full(w - 1, np.inf)], axis=0)
     by = np.arange(h - 1) + 1.0
     db_y = np.min([np.abs(by - c) for c, _ in _seam_positions(plan)["y"]] or [np.full(h - 1, np.inf)], axis=0)
-    g_near = np.concatenate([gx[:, db_x < near].ravel(), gy[db_y < near, :].ravel()])
-    g_int = np.concatenate(
-        [gx[np.ix_(int_y, (db_x > ox / 2 + near))].ravel(), gy[np.ix_(db_y > oy / 2 + near, int_x)].ravel()]
+    g_near = np.concatenate(
+        [gx[np.ix_(inside_y, db_x < near)].ravel(), gy[np.ix_(db_y < near, inside_x)].ravel()]
     )
+    in_bx = (db_x > ox / 2 + near) & (np.minimum(bx, w - bx) > ox / 2 + near)
+    in_by = (db_y > oy / 2 + near) & (np.minimum(by, h - by) > oy / 2 + near)
+    g_int = np.concatenate([gx[np.ix_(int_y, in_bx)].ravel(), gy[np.ix_(in_by, int_x)].ravel()])
     gr = float(g_near.mean() / g_int.mean()) if g_near.size and g_int.size else math.nan
     scores = {"texture_ratio": tr, "gradient_ratio": gr}
     if truth is not None:

@@ -1,0 +1,392 @@
+"""``seam``: an optimal cut through every overlap; each output pixel comes from one window.
+
+The strip pass (:meth:`SeamBlender.measure_strip`, once per overlap strip) finds the minimum-error
+boundary cut (Efros and Freeman's dynamic programme) through the strip: the cost of a pixel is the
+squared difference of the two windows, blurred (sigma 1 px) so noise does not steer the cut, plus a
+gentle pull toward the middle of the overlap; the cut moves at most one pixel per row and keeps
+``feather + guard`` pixels from both ends of the overlap. Cuts are consistent where four windows meet
+(Panorama-weaving style branch points): every segment runs between the plan's crop corners, so the
+vertical seam between window columns ``j`` and ``j + 1`` is one path over the image height, made of the
+segments of every window row, and likewise for horizontal seams. A pixel's window column is given by the
+vertical seams, its window row by the horizontal ones: every pixel belongs to exactly one window.
+
+:meth:`SeamBlender.blend` takes each pixel from its window and feathers ``feather`` pixels on each side
+of every cut (raised-cosine weights across the cut). Only the paths (one small integer per pixel of
+seam length) travel from the strip pass to the blend tasks. Windows that agree are left exactly as they
+are; the result does not depend on the output chunking.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+from scipy.ndimage import gaussian_filter1d
+
+from tilegraph.blend.abc import Blender, Box, Strip, WindowReader, WindowTransform
+from tilegraph.errors import InputError
+from tilegraph.plan.grid import AxisGrid
+from tilegraph.plan.plan import Plan
+
+__all__ = ["SeamBlender", "SeamPath", "SeamLayout", "seam_layout", "compose", "read_region"]
+
+RegionGetter = Callable[[int, int, int, int, int], np.ndarray]
+"""``get(index, y0, y1, x0, x1)``: window ``index``'s (corrected) output over an output box, ``(C, h, w)``."""
+
+
+@dataclass(frozen=True)
+class SeamPath:
+    """One segment of a routed seam, as found by the strip pass.
+
+    Attributes
+    ----------
+    axis : int
+        1: a vertical seam (window ``b`` right of ``a``), positions are columns, one per row;
+        0: a horizontal seam (``b`` below ``a``), positions are rows, one per column.
+    start : int
+        First row (``axis=1``) or column (``axis=0``) of the segment, in output pixels.
+    base : int
+        Output position of the overlap's first column (row); ``offsets`` are relative to it.
+    offsets : numpy.ndarray
+        uint16, ``offsets[k] + base`` is the first pixel taken from ``b`` in row (column) ``start + k``.
+    mismatch : numpy.ndarray or None
+        ``(C, n)`` float32 ``b - a`` along the cut (only for modes that correct it, e.g. ``poisson``).
+    """
+
+    axis: int
+    start: int
+    base: int
+    offsets: np.ndarray
+    mismatch: np.ndarray | None = None
+
+    @property
+    def positions(self) -> np.ndarray:
+        """Absolute cut positions (int64)."""
+        return self.offsets.astype(np.int64) + self.base
+
+
+def read_region(
+    plan: Plan,
+    read: WindowReader,
+    transform: WindowTransform | None,
+    index: int,
+    y0: int,
+    y1: int,
+    x0: int,
+    x1: int,
+) -> np.ndarray:
+    """Window ``index``'s output over the output box ``[y0:y1, x0:x1]`` (inside its footprint), ``(C, h, w)``."""
+    w = plan.window(index)
+    oy, ox = plan.y.out_start(w.row), plan.x.out_start(w.col)
+    rows, cols = slice(y0 - oy, y1 - oy), slice(x0 - ox, x1 - ox)
+    region = read(index, rows, cols)
+    if transform is not None:
+        region = transform(index, region, (rows, cols))
+    return region
+
+
+def _overlap(axis: AxisGrid, i: int) -> tuple[int, int]:
+    """Output interval shared by windows ``i`` and ``i + 1`` along ``axis``."""
+    return axis.out_start(i + 1), min(axis.footprint(i)[1], axis.out_size)
+
+
+def _cut_bounds(axis: AxisGrid, i: int, margin: int) -> tuple[int, int]:
+    """Allowed first-pixel-of-``b`` positions ``[lo, hi]`` of a cut between windows ``i`` and ``i + 1``."""
+    lo, hi = _overlap(axis, i)
+    c = axis.cut(i)
+    a, b = lo + margin, hi - margin
+    if a > c:
+        a = c
+    if b < c:
+        b = c
+    return a, b
+
+
+def min_cut(cost: np.ndarray, lo: int, hi: int, start: int | None, end: int | None) -> np.ndarray:
+    """Minimum-cost path down the rows of ``cost`` (one column per row, moving at most one column).
+
+    Columns outside ``[lo, hi]`` are forbidden; ``start``/``end`` fix the first/last column. Ties prefer
+    going straight, then left, so the result is deterministic. Returns int64 columns, one per row.
+    """
+    n, w = cost.shape
+    big = np.float64(np.inf)
+    c = np.full((n, w), big)
+    c[:, lo : hi + 1] = cost[:, lo : hi + 1]
+    acc = c[0].copy()
+    if start is not None:
+        keep = acc[start]
+        acc[:] = big
+        acc[start] = keep
+    back = np.zeros((n, w), dtype=np.int8)
+    left = np.empty(w)
+    right = np.empty(w)
+    for y in range(1, n):
+        left[0], left[1:] = big, acc[:-1]
+        right[-1], right[:-1] = big, acc[1:]
+        choice = np.stack([acc, left, right])
+        k = np.argmin(choice, axis=0)
+        back[y] = k
+        acc = c[y] + np.take_along_axis(choice, k[None], axis=0)[0]
+    x = int(end) if end is not None else int(np.argmin(acc))
+    path = np.empty(n, dtype=np.int64)
+    move = np.array([0, -1, 1])
+    for y in range(n - 1, -1, -1):
+        path[y] = x
+        x += int(move[back[y, x]])
+    return path
+
+
+@dataclass(frozen=True)
+class SeamLayout:
+    """The cuts relevant to one output box: vertical cut columns per row, horizontal cut rows per column.
+
+    ``vertical[j]`` (``(rows of the box,)``, absolute columns) is the cut between window columns ``j``
+    and ``j + 1``, for every seam whose feathered band can reach the box; ``horizontal[r]`` likewise.
+    """
+
+    box: Box
+    vertical: dict[int, np.ndarray]
+    horizontal: dict[int, np.ndarray]
+
+
+def seam_layout(plan: Plan, box: Box, strips: Mapping[tuple[int, int], SeamPath], reach: int) -> SeamLayout:
+    """Assemble the cuts that matter for ``box`` (bands within ``reach`` px) from the strip results."""
+    y0, y1, x0, x1 = box
+    rows, cols = plan.grid
+    vertical: dict[int, np.ndarray] = {}
+    for j in range(cols - 1):
+        lo, hi = _overlap(plan.x, j)
+        if hi + reach <= x0 or lo - reach >= x1:
+            continue
+        vertical[j] = _assemble(
+            plan.y, y0, y1, lambda r: (r * cols + j, r * cols + j + 1), strips, plan.x.cut(j)
+        )
+    horizontal: dict[int, np.ndarray] = {}
+    for r in range(rows - 1):
+        lo, hi = _overlap(plan.y, r)
+        if hi + reach <= y0 or lo - reach >= y1:
+            continue
+        horizontal[r] = _assemble(
+            plan.x, x0, x1, lambda c: (r * cols + c, (r + 1) * cols + c), strips, plan.y.cut(r)
+        )
+    return SeamLayout(box, vertical, horizontal)
+
+
+def _assemble(
+    along: AxisGrid,
+    a0: int,
+    a1: int,
+    pair: Callable[[int], tuple[int, int]],
+    strips: Mapping[tuple[int, int], SeamPath],
+    default: int,
+) -> np.ndarray:
+    out = np.full(a1 - a0, default, dtype=np.int64)
+    for k in along.covering(a0, a1, crop=True):
+        path = strips.get(pair(k))
+        if path is None:
+            raise InputError(
+                f"seam blend: no strip result for windows {pair(k)}",
+                hint="run the strip pass (measure_strip/combine_strips) over every strip before blending",
+            )
+        lo, hi = max(a0, path.start), min(a1, path.start + path.offsets.size)
+        if lo < hi:
+            out[lo - a0 : hi - a0] = path.positions[lo - path.start : hi - path.start]
+    return out
+
+
+def _feather(d: np.ndarray, f: int) -> np.ndarray:
+    """Weight of the window after a cut at signed distance ``d = x - cut`` (pixel ``cut`` is its first)."""
+    if f <= 0:
+        return (d >= 0).astype(np.float32)
+    t = np.clip((d + 0.5) / (2 * f) + 0.5, 0.0, 1.0)
+    return (np.sin(0.5 * np.pi * t) ** 2).astype(np.float32)
+
+
+def _partition(
+    lo: int, hi: int, axis: AxisGrid, cuts: Mapping[int, np.ndarray], f: int
+) -> list[tuple[int, int, tuple[int, ...], int | None]]:
+    """Split ``[lo, hi)`` into runs: ``(a, b, windows, seam)``; ``seam`` is None where one window holds the run."""
+    bands = []
+    for j, pos in sorted(cuts.items()):
+        a, b = max(lo, int(pos.min()) - f), min(hi, int(pos.max()) + f)
+        if a < b:
+            bands.append((a, b, j))
+    out: list[tuple[int, int, tuple[int, ...], int | None]] = []
+    x = lo
+    for a, b, j in bands:
+        if a > x:
+            out.append((x, a, (_owner(axis, cuts, x),), None))
+        a = max(a, x)
+        if b > a:
+            out.append((a, b, (j, j + 1), j))
+        x = max(x, b)
+    if x < hi:
+        out.append((x, hi, (_owner(axis, cuts, x),), None))
+    return out
+
+
+def _owner(axis: AxisGrid, cuts: Mapping[int, np.ndarray], x: int) -> int:
+    """Window (index along ``axis``) holding position ``x`` away from every cut band: the cuts left of it."""
+    n = 0
+    for j in range(axis.count - 1):
+        pos = cuts.get(j)
+        if pos is not None:
+            n += int(pos.max()) <= x
+        else:
+            n += axis.cut(j) <= x
+    return n
+
+
+def compose(plan: Plan, box: Box, layout: SeamLayout, get: RegionGetter, feather: int) -> np.ndarray:
+    """Each pixel from its window (the cuts of ``layout``), feathered ``feather`` px across every cut.
+
+    Returns ``(rows, cols, C)`` float32. Where windows agree the output equals them exactly (each pixel
+    is its dominant window plus weighted differences); runs away from every cut are plain copies.
+    """
+    y0, y1, x0, x1 = box
+    cols_n = plan.x.count
+    col_runs = _partition(x0, x1, plan.x, layout.vertical, feather)
+    row_runs = _partition(y0, y1, plan.y, layout.horizontal, feather)
+    out: np.ndarray | None = None
+    for ra, rb, rwin, rseam in row_runs:
+        for ca, cb, cwin, cseam in col_runs:
+            parts, weights = [], []
+            wx = None
+            if cseam is not None:
+                pos = layout.vertical[cseam][ra - y0 : rb - y0]
+                wx = _feather(np.arange(ca, cb)[None, :] - pos[:, None], feather)
+            wy = None
+            if rseam is not None:
+                pos = layout.horizontal[rseam][ca - x0 : cb - x0]
+                wy = _feather(np.arange(ra, rb)[:, None] - pos[None, :], feather)
+            for ir, r in enumerate(rwin):
+                for ic, c in enumerate(cwin):
+                    w = np.ones((rb - ra, cb - ca), dtype=np.float32)
+                    if wx is not None:
+                        w = w * (wx if ic == 1 else 1.0 - wx)
+                    if wy is not None:
+                        w = w * (wy if ir == 1 else 1.0 - wy)
+                    if not w.any():
+                        continue
+                    weights.append(w)
+                    parts.append(get(r * cols_n + c, ra, rb, ca, cb))
+            cell = _mix(parts, weights)
+            if out is None:
+                out = np.empty((cell.shape[0], y1 - y0, x1 - x0), dtype=np.float32)
+            out[:, ra - y0 : rb - y0, ca - x0 : cb - x0] = cell
+    if out is None:
+        raise RuntimeError(f"no window covers output box {box}")
+    return np.moveaxis(out, 0, -1)
+
+
+def _mix(parts: list[np.ndarray], weights: list[np.ndarray]) -> np.ndarray:
+    """``sum_i w_i y_i`` written as the dominant window plus weighted differences (exact where they agree)."""
+    if len(parts) == 1:
+        return np.array(parts[0], dtype=np.float32, copy=True)
+    w = np.stack(weights)
+    y = np.stack([np.asarray(p, dtype=np.float32) for p in parts])
+    k = np.argmax(w, axis=0)
+    base = np.take_along_axis(y, k[None, None], axis=0)[0]
+    out = base.copy()
+    for i in range(len(parts)):
+        wi = np.where(k == i, 0.0, w[i]).astype(np.float32)
+        if wi.any():
+            out += wi[None] * (y[i] - base)
+    return out
+
+
+class SeamBlender(Blender):
+    """Optimal cuts through the overlaps, each pixel from one window, a narrow feather (see the module notes).
+
+    Attributes
+    ----------
+    feather : int
+        Pixels on each side of a cut over which the two windows are cross-faded.
+    guard : int or None
+        Pixels a cut keeps from each end of the overlap beyond the feather (default: overlap / 8, >= 2).
+    centre_pull : float
+        Weight of the pull toward the middle of the overlap, relative to the mean cost.
+    """
+
+    name: ClassVar[str] = "seam"
+    strip_pass: ClassVar[bool] = True
+    feather: int = 3
+    guard: int | None = None
+    centre_pull: float = 0.1
+    #: whether the strip pass also records the mismatch along the cut (for gradient-domain repair)
+    record_mismatch: ClassVar[bool] = False
+
+    def _margin(self, axis: AxisGrid) -> int:
+        g = self.guard if self.guard is not None else max(2, axis.out_overlap // 8)
+        return self.feather + g
+
+    def measure_strip(
+        self, plan: Plan, strip: Strip, read: WindowReader, transform: WindowTransform | None
+    ) -> SeamPath:
+        """The cut through one overlap strip, between the plan's crop corners at its ends."""
+        rows_n, cols_n = plan.grid
+        ra, ca = divmod(strip.a, cols_n)
+        if strip.axis == 1:  # vertical seam: rows along, columns across
+            along, across, k_along, k_across = plan.y, plan.x, ra, ca
+        else:
+            along, across, k_along, k_across = plan.x, plan.y, ca, ra
+        s0, s1 = along.keep(k_along)
+        lo, hi = _overlap(across, k_across)
+        if strip.axis == 1:
+            a = read_region(plan, read, transform, strip.a, s0, s1, lo, hi)
+            b = read_region(plan, read, transform, strip.b, s0, s1, lo, hi)
+        else:
+            a = np.swapaxes(read_region(plan, read, transform, strip.a, lo, hi, s0, s1), 1, 2)
+            b = np.swapaxes(read_region(plan, read, transform, strip.b, lo, hi, s0, s1), 1, 2)
+        diff = b.astype(np.float64) - a.astype(np.float64)  # (C, along, across)
+        blurred = gaussian_filter1d(
+            gaussian_filter1d(diff, 1.0, axis=1, mode="nearest"), 1.0, axis=2, mode="nearest"
+        )
+        cost = (blurred**2).sum(axis=0)
+        cut = across.cut(k_across)
+        c_lo, c_hi = _cut_bounds(across, k_across, self._margin(across))
+        u = np.arange(lo, hi)
+        half = max(1.0, (hi - lo) / 2)
+        cost = cost + self.centre_pull * (float(cost.mean()) + 1e-12) * ((u - cut) / half)[None, :] ** 2
+        start = cut - lo if s0 > 0 else None
+        end = cut - lo if s1 < along.out_size else None
+        path = min_cut(cost, c_lo - lo, c_hi - lo, start, end)
+        mismatch = None
+        if self.record_mismatch:
+            rr = np.arange(path.size)
+            f = max(1, self.feather)
+            cols = np.clip(path[:, None] + np.arange(-f, f)[None, :], 0, diff.shape[2] - 1)
+            mismatch = diff[:, rr[:, None], cols].mean(axis=2).astype(np.float32)
+        return SeamPath(strip.axis, s0, lo, path.astype(np.uint16), mismatch)
+
+    def combine_strips(
+        self, plan: Plan, results: Mapping[tuple[int, int], Any]
+    ) -> dict[tuple[int, int], SeamPath]:
+        """The paths keyed by ``(a, b)``; a blend task needs only those of :meth:`strips_for_box`."""
+        return {k: v for k, v in sorted(results.items())}
+
+    def blend(
+        self,
+        plan: Plan,
+        box: Box,
+        read: WindowReader,
+        *,
+        transform: WindowTransform | None = None,
+        strips: Any = None,
+    ) -> np.ndarray:
+        layout = seam_layout(plan, box, strips or {}, self.feather)
+
+        def get(index: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+            return read_region(plan, read, transform, index, y0, y1, x0, x1)
+
+        return compose(plan, box, layout, get, self.feather)
+
+    def describe(self) -> dict:
+        return {
+            "mode": self.name,
+            "feather": self.feather,
+            "guard": self.guard,
+            "centre_pull": self.centre_pull,
+        }
