@@ -160,18 +160,22 @@ def seam_layout(plan: Plan, box: Box, strips: Mapping[tuple[int, int], SeamPath]
         lo, hi = _overlap(plan.x, j)
         if hi + reach <= x0 or lo - reach >= x1:
             continue
-        vertical[j] = _assemble(
-            plan.y, y0, y1, lambda r: (r * cols + j, r * cols + j + 1), strips, plan.x.cut(j)
-        )
+        vertical[j] = _assemble(plan.y, y0, y1, _pair_v(cols, j), strips, plan.x.cut(j))
     horizontal: dict[int, np.ndarray] = {}
     for r in range(rows - 1):
         lo, hi = _overlap(plan.y, r)
         if hi + reach <= y0 or lo - reach >= y1:
             continue
-        horizontal[r] = _assemble(
-            plan.x, x0, x1, lambda c: (r * cols + c, (r + 1) * cols + c), strips, plan.y.cut(r)
-        )
+        horizontal[r] = _assemble(plan.x, x0, x1, _pair_h(cols, r), strips, plan.y.cut(r))
     return SeamLayout(box, vertical, horizontal)
+
+
+def _pair_v(cols: int, j: int) -> Callable[[int], tuple[int, int]]:
+    return lambda r: (r * cols + j, r * cols + j + 1)
+
+
+def _pair_h(cols: int, r: int) -> Callable[[int], tuple[int, int]]:
+    return lambda c: (r * cols + c, (r + 1) * cols + c)
 
 
 def _assemble(
@@ -252,7 +256,13 @@ def compose(plan: Plan, box: Box, layout: SeamLayout, get: RegionGetter, feather
     out: np.ndarray | None = None
     for ra, rb, rwin, rseam in row_runs:
         for ca, cb, cwin, cseam in col_runs:
-            parts, weights = [], []
+            dst = (slice(None), slice(ra - y0, rb - y0), slice(ca - x0, cb - x0))
+            if rseam is None and cseam is None:  # one window: a copy
+                part = get(rwin[0] * cols_n + cwin[0], ra, rb, ca, cb)
+                if out is None:
+                    out = np.empty((part.shape[0], y1 - y0, x1 - x0), dtype=np.float32)
+                out[dst] = part
+                continue
             wx = None
             if cseam is not None:
                 pos = layout.vertical[cseam][ra - y0 : rb - y0]
@@ -261,24 +271,39 @@ def compose(plan: Plan, box: Box, layout: SeamLayout, get: RegionGetter, feather
             if rseam is not None:
                 pos = layout.horizontal[rseam][ca - x0 : cb - x0]
                 wy = _feather(np.arange(ra, rb)[:, None] - pos[None, :], feather)
-            for ir, r in enumerate(rwin):
-                for ic, c in enumerate(cwin):
-                    w = np.ones((rb - ra, cb - ca), dtype=np.float32)
-                    if wx is not None:
-                        w = w * (wx if ic == 1 else 1.0 - wx)
-                    if wy is not None:
-                        w = w * (wy if ir == 1 else 1.0 - wy)
-                    if not w.any():
-                        continue
-                    weights.append(w)
-                    parts.append(get(r * cols_n + c, ra, rb, ca, cb))
-            cell = _mix(parts, weights)
+            if wx is not None and wy is not None:
+                parts, weights = [], []
+                for ir, r in enumerate(rwin):
+                    for ic, c in enumerate(cwin):
+                        w = (wx if ic == 1 else 1.0 - wx) * (wy if ir == 1 else 1.0 - wy)
+                        if w.any():
+                            weights.append(w)
+                            parts.append(get(r * cols_n + c, ra, rb, ca, cb))
+                cell = _mix(parts, weights)
+            else:
+                w2 = wx if wx is not None else wy
+                assert w2 is not None
+                if cseam is not None:
+                    ia, ib = rwin[0] * cols_n + cwin[0], rwin[0] * cols_n + cwin[1]
+                else:
+                    ia, ib = rwin[0] * cols_n + cwin[0], rwin[1] * cols_n + cwin[0]
+                cell = _mix2(get(ia, ra, rb, ca, cb), get(ib, ra, rb, ca, cb), w2)
             if out is None:
                 out = np.empty((cell.shape[0], y1 - y0, x1 - x0), dtype=np.float32)
-            out[:, ra - y0 : rb - y0, ca - x0 : cb - x0] = cell
+            out[dst] = cell
     if out is None:
         raise RuntimeError(f"no window covers output box {box}")
     return np.moveaxis(out, 0, -1)
+
+
+def _mix2(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``(1 - w) a + w b`` as the dominant window plus its weighted difference (exact where they agree)."""
+    d = np.subtract(b, a, dtype=np.float32)
+    first = w < 0.5
+    base = np.where(first[None], a, b)
+    t = np.where(first, w, w - 1.0).astype(np.float32)
+    base += t[None] * d
+    return base
 
 
 def _mix(parts: list[np.ndarray], weights: list[np.ndarray]) -> np.ndarray:
