@@ -137,18 +137,14 @@ class Blender(ABC):
         h = self.halo(plan)
         y0, y1, x0, x1 = box
         oh, ow = plan.out_shape
-        return plan.windows_for_box(
-            max(0, y0 - h), min(oh, y1 + h), max(0, x0 - h), min(ow, x1 + h), crop=False
-        )
+        return plan.windows_for_box(max(0, y0 - h), min(oh, y1 + h), max(0, x0 - h), min(ow, x1 + h), crop=False)
 
     def strips_for_box(self, plan: Plan, box: Box) -> list[Strip]:
         """Strips whose results :meth:`blend` needs for ``box`` (default: those of its windows)."""
         windows = set(self.windows_for_box(plan, box))
         return [s for s in overlap_strips(plan) if s.a in windows and s.b in windows]
 
-    def measure_strip(
-        self, plan: Plan, strip: Strip, read: WindowReader, transform: WindowTransform | None
-    ) -> Any:
+    def measure_strip(self, plan: Plan, strip: Strip, read: WindowReader, transform: WindowTransform | None) -> Any:
         """Small result of one overlap strip (a seam path, statistics); runs on a worker.
 
         Only called when :attr:`strip_pass` is True.

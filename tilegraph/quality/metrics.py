@@ -306,8 +306,9 @@ def seam_shape(plan: Plan, axis: str, half: int) -> np.ndarray:
     ``s[half + v]`` is the output at offset ``v`` from the seam line (``v = -half .. half - 1``) when the
     window before the seam outputs 0 and the one after it 1. Weighted modes (``linear``, ``cosine``,
     ``gaussian``) give their normalised ramps; other registered modes without a strip pass (e.g.
-    ``multiband``) are run on such constant windows; ``crop`` and modes that route seams (``seam``,
-    ``poisson``) cut between windows, so their response is a step.
+    ``multiband``) are run on such constant windows; ``crop`` cuts on the line (a step); modes with a
+    strip pass route their cut anywhere in the overlap (``seam``, ``poisson``): the profile is unknown
+    (NaN) there, and the step is the jump between the two sides of the overlap.
     """
     grid = plan.x if axis == "x" else plan.y
     mode = plan.blend
@@ -337,8 +338,12 @@ def _measured_shape(plan: Plan, axis: str, line: int, half: int) -> np.ndarray:
     from tilegraph.blend import get_blender
 
     blender = get_blender(plan.blend)
-    if blender.strip_pass:
-        return _heaviside(half)
+    if blender.strip_pass:  # a routed cut: a step somewhere in the overlap, unknown here (NaN)
+        grid = plan.x if axis == "x" else plan.y
+        reach = math.ceil(grid.out_overlap / 2)
+        s = _heaviside(half)
+        s[max(0, half - reach) : half + reach] = np.nan
+        return s
     grid, other = (plan.x, plan.y) if axis == "x" else (plan.y, plan.x)
     pos = grid.cut(line)
     lo, hi = other.keep(other.count // 2)
@@ -377,26 +382,36 @@ def _step_spec(plan: Plan, axis: str, m: int) -> _StepSpec:
     probe = max(8, min(stride, band + 16))
     s_full = seam_shape(plan, axis, probe)
     v = np.arange(2 * probe) - probe
-    inside = np.flatnonzero((s_full > 0.005) & (s_full < 0.995))
-    trans = 0 if inside.size == 0 else int(max(abs(v[inside[0]]), abs(v[inside[-1]] + 1)))
-    trans = min(trans, band)
+    routed = bool(np.isnan(s_full).any())  # the cut's place in the overlap is unknown: fit the sides only
+    if routed:
+        unknown = np.flatnonzero(np.isnan(s_full))
+        trans = int(max(abs(v[unknown[0]]), abs(v[unknown[-1]] + 1)))
+    else:
+        inside = np.flatnonzero((s_full > 0.005) & (s_full < 0.995))
+        trans = 0 if inside.size == 0 else int(max(abs(v[inside[0]]), abs(v[inside[-1]] + 1)))
+        trans = min(trans, band)
     R = trans + max(6, trans // 2)
     # room for at least one seam-free parallel line between neighbouring seams: 2 (R + trans) <= stride
     R = max(trans + 2, min(R, stride // 2 - trans))
-    s = (
-        s_full[probe - R : probe + R]
-        if R <= probe
-        else np.concatenate([np.zeros(R - probe), s_full, np.ones(R - probe)])
-    )
+    if R <= probe:
+        s = s_full[probe - R : probe + R]
+    else:
+        s = np.concatenate([np.zeros(R - probe), s_full, np.ones(R - probe)])
     vv = np.arange(2 * R) - R + 0.5
     # content: a cubic across the line for sharp shapes (a soft edge centred on the line is odd, and
-    # must not read as a step); a line for ramps (whose shape a cubic would absorb)
+    # must not read as a step); a line for ramps (whose shape a cubic would absorb) and routed cuts
     degree = 3 if trans <= 2 else 1
-    X = np.stack([(vv / R) ** k for k in range(degree + 1)] + [s], axis=1)
-    pinv = np.linalg.pinv(X)
-    kappa = float(s[R : R + band].mean() - s[max(0, R - band) : R].mean()) if band <= R else 1.0
-    kappa = kappa if kappa > 1e-3 else 1.0
+    known = np.isfinite(s)
+    X = np.stack([(vv / R) ** k for k in range(degree + 1)] + [np.where(known, s, 0.0)], axis=1)
+    pinv = np.zeros((X.shape[1], X.shape[0]))
+    pinv[:, known] = np.linalg.pinv(X[known])
+    if routed:
+        kappa = 1.0  # the whole jump across the overlap
+    else:
+        kappa = float(s_full[probe : probe + band].mean() - s_full[probe - band : probe].mean())
+        kappa = kappa if kappa > 1e-3 else 1.0
     filt = kappa * pinv[-1]
+    s = np.where(known, s, 0.5)
     k_near = max(3, trans // 4)
     near = tuple(k for k in range(-k_near, k_near + 1) if k != 0)
     ext = np.concatenate([np.zeros(k_near), s, np.ones(k_near)])
@@ -744,9 +759,9 @@ def _finish_segments(segs, accs, steps, specs, rad, half_band, m, usable) -> lis
         means = _robust_mean(values[:, finite])
         nb = values.shape[0]
         se = float(np.std(values[:, 0]) / math.sqrt(max(nb - 1, 1))) * 1.1 if nb > 1 else 0.0
-        # content at the seam line itself: what the near lines do beyond the seam shape's own response
-        near_res = means[1:nn] - means[0] * spec.psi
-        se = max(se, float(np.sqrt(np.mean(near_res**2))))
+        if spec.transition <= 2:  # a cut on the line: content at the line itself shows on the near lines
+            near_res = means[1:nn] - means[0] * spec.psi
+            se = max(se, float(np.sqrt(np.mean(near_res**2))))
         par = means[nn:]
         floor = float(np.sqrt(np.mean(par**2))) if par.size else None
         raw.append((float(means[0]), floor, se, nb))

@@ -211,19 +211,27 @@ def _seam_positions(plan: Plan) -> dict[str, list[tuple[int, list[tuple[int, int
     return out
 
 
-def band_steps(out: np.ndarray, truth: np.ndarray, plan: Plan, *, band: int | None = None) -> np.ndarray:
+def band_steps(
+    out: np.ndarray, truth: np.ndarray, plan: Plan, *, band: int | None = None, across: bool = False
+) -> np.ndarray:
     """Per seam segment: mean of the residual ``out - truth`` (luma, DN) over ``band`` px after the seam
-    minus the mean over ``band`` px before it (default ``band``: half the overlap, at least 2)."""
+    minus the mean over ``band`` px before it (default ``band``: half the overlap, at least 2).
+
+    ``across``: the bands lie beyond the overlap on either side instead of against the seam line (the
+    jump across the whole overlap, for cuts routed anywhere in it).
+    """
     res = _luma_dn(out) - _luma_dn(truth)
     steps = []
     for name, lines in _seam_positions(plan).items():
         grid = plan.x if name == "x" else plan.y
         h = band or max(2, math.ceil(grid.out_overlap / 2))
+        off = math.ceil(grid.out_overlap / 2) if across else 0
         r = res if name == "x" else res.T
         for c, segs in lines:
-            lo_c, hi_c = max(0, c - h), min(r.shape[1], c + h)
+            a0, a1 = max(0, c - off - h), max(0, c - off)
+            b0, b1 = min(r.shape[1], c + off), min(r.shape[1], c + off + h)
             for lo, hi in segs:
-                steps.append(r[lo:hi, c:hi_c].mean() - r[lo:hi, lo_c:c].mean())
+                steps.append(r[lo:hi, b0:b1].mean() - r[lo:hi, a0:a1].mean())
     return np.asarray(steps)
 
 
