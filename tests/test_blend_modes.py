@@ -153,6 +153,21 @@ def test_reads_stay_inside_the_declared_windows(mode):
         b.blend(plan, box, CheckedReader(outputs, set(b.windows_for_box(plan, box))), strips=strips)
 
 
+@pytest.mark.parametrize("mode", ["seam", "poisson"])
+def test_blend_needs_only_the_strips_of_its_box(mode):
+    """The engine sends each blend task the strip results of ``strips_for_box`` only."""
+    plan = small_plan(mode, n=4)
+    read = ArrayReader(window_outputs(plan, smooth_gradient(plan.shape), ShadedTextureModel(shading_dn=4)))
+    b = get_blender(mode)
+    combined = measure_strips(b, plan, read)
+    whole = blend_image(b, plan, read, strips=combined)
+    for box in ((0, 40, 0, 40), (50, 120, 60, 130), (100, plan.out_shape[0], 0, plan.out_shape[1])):
+        subset = {(s.a, s.b): combined[s.a, s.b] for s in b.strips_for_box(plan, box)}
+        assert len(subset) < len(combined) or box[0] == 0
+        part = np.asarray(b.blend(plan, box, read, strips=subset))
+        assert np.array_equal(part, whole[box[0] : box[1], box[2] : box[3]])
+
+
 # ----------------------------------------------------------------------------- seam paths
 def test_seam_paths_are_small_continuous_and_meet_at_the_corners():
     plan = small_plan("seam", n=4)

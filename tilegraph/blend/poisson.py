@@ -24,7 +24,7 @@ import numpy as np
 from scipy import fft
 from scipy.ndimage import gaussian_filter1d
 
-from tilegraph.blend.abc import Box, WindowReader, WindowTransform
+from tilegraph.blend.abc import Box, Strip, WindowReader, WindowTransform, overlap_strips
 from tilegraph.blend.seam import SeamBlender, SeamPath, compose, read_region, seam_layout
 from tilegraph.plan.plan import Plan
 
@@ -143,6 +143,11 @@ class PoissonBlender(SeamBlender):
     name: ClassVar[str] = "poisson"
     record_mismatch: ClassVar[bool] = True
     smooth: float = 4.0
+
+    def strips_for_box(self, plan: Plan, box: Box) -> list[Strip]:
+        """Every strip touching a window of the box: a window's membrane needs all four of its sides."""
+        windows = set(self.windows_for_box(plan, box))
+        return [s for s in overlap_strips(plan) if s.a in windows or s.b in windows]
 
     def correction(self, plan: Plan, index: int, strips: Any) -> tuple[tuple[int, int, int, int], np.ndarray]:
         """Window ``index``'s correction over its crop rectangle: ``((y0, y1, x0, x1), (C, h, w) float32)``."""
