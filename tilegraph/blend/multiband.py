@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from tilegraph.blend.abc import Blender, Box, WindowReader, WindowTransform
-from tilegraph.blend.seam import read_region
+from tilegraph.blend.seam import axis_table, read_region
 from tilegraph.plan.grid import AxisGrid
 from tilegraph.plan.plan import Plan
 
@@ -273,7 +273,8 @@ def _seam_domains(axis: AxisGrid, levels: int) -> tuple[tuple[int, int, int, int
 def _seams_near(axis: AxisGrid, levels: int, lo: int, hi: int) -> list[int]:
     """Seams whose domain meets ``[lo, hi)``."""
     doms = _seam_domains(axis, levels)
-    first = max(0, min(axis.covering(lo, hi, crop=False)) - 1)
+    wins = axis_table(axis).covering(max(0, lo), min(axis.out_size, hi), crop=False)
+    first = max(0, wins.start - 1)
     out = []
     for i in range(first, len(doms)):
         d0, d1 = doms[i][0], doms[i][1]
@@ -331,8 +332,9 @@ class MultibandBlender(Blender):
         (ya, yb), (xa, xb) = rows, cols
         ncols = plan.x.count
         out: np.ndarray | None = None
-        for c in plan.x.covering(xa, xb, crop=True):
-            k0, k1 = plan.x.keep(c)
+        tx = axis_table(plan.x)
+        for c in tx.covering(xa, xb, crop=True):
+            k0, k1 = tx.keep(c)
             a, b = max(xa, k0), min(xb, k1)
             if a >= b:
                 continue
@@ -346,7 +348,7 @@ class MultibandBlender(Blender):
             d0, d1, o0, o1, cut = _seam_domain(plan.x, j, lx)
             key = (r, j)
             if key not in cache:
-                fy0, fy1 = plan.y.footprint(r)
+                fy0, fy1 = axis_table(plan.y).footprint(r)
                 step, halo = 2**lx, 4 * 2**lx
                 lo, hi = need[r]
                 ra = max(fy0, fy0 + ((lo - halo - fy0) // step) * step)
@@ -398,8 +400,9 @@ class MultibandBlender(Blender):
             need[r] = (min(lo, a), max(hi, b))
 
         parts = []
-        for r in plan.y.covering(y0, y1, crop=True):
-            k0, k1 = plan.y.keep(r)
+        ty = axis_table(plan.y)
+        for r in ty.covering(y0, y1, crop=True):
+            k0, k1 = ty.keep(r)
             a, b = max(y0, k0), min(y1, k1)
             if a < b:
                 parts.append((r, a, b))

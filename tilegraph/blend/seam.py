@@ -18,8 +18,10 @@ are; the result does not depend on the output chunking.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, ClassVar
 
 import numpy as np
@@ -30,7 +32,16 @@ from tilegraph.errors import InputError
 from tilegraph.plan.grid import AxisGrid
 from tilegraph.plan.plan import Plan
 
-__all__ = ["SeamBlender", "SeamPath", "SeamLayout", "seam_layout", "compose", "read_region"]
+__all__ = [
+    "SeamBlender",
+    "SeamPath",
+    "SeamLayout",
+    "seam_layout",
+    "compose",
+    "read_region",
+    "axis_table",
+    "AxisTable",
+]
 
 RegionGetter = Callable[[int, int, int, int, int], np.ndarray]
 """``get(index, y0, y1, x0, x1)``: window ``index``'s (corrected) output over an output box, ``(C, h, w)``."""
@@ -67,6 +78,56 @@ class SeamPath:
         return self.offsets.astype(np.int64) + self.base
 
 
+class AxisTable:
+    """Integer window geometry of one axis, precomputed (``AxisGrid`` computes with fractions per call).
+
+    Same method names as :class:`~tilegraph.plan.grid.AxisGrid` for what blenders use in inner loops.
+    """
+
+    def __init__(self, axis: AxisGrid) -> None:
+        n = axis.count
+        self.count = n
+        self.out_size = axis.out_size
+        self.out_overlap = axis.out_overlap
+        self.starts = [axis.out_start(i) for i in range(n)]
+        self.foot = [axis.footprint(i) for i in range(n)]
+        self.cuts = [axis.cut(i) for i in range(n)]
+        self.keeps = [axis.keep(i) for i in range(n)]
+
+    def out_start(self, i: int) -> int:
+        return self.starts[i]
+
+    def footprint(self, i: int) -> tuple[int, int]:
+        return self.foot[i]
+
+    def cut(self, i: int) -> int:
+        if i < 0:
+            return 0
+        return self.cuts[i] if i < self.count - 1 else self.out_size
+
+    def keep(self, i: int) -> tuple[int, int]:
+        return self.keeps[i]
+
+    def covering(self, lo: int, hi: int, *, crop: bool) -> range:
+        """Windows whose kept interval (``crop``) or footprint meets ``[lo, hi)``."""
+        iv = self.keeps if crop else self.foot
+        first = bisect.bisect_right([b for _, b in iv], lo)  # first interval ending after lo
+        last = first - 1
+        for i in range(first, self.count):
+            a, b = iv[i]
+            if a >= hi:
+                break
+            if b > a:
+                last = i
+        return range(first, last + 1) if last >= first else range(0)
+
+
+@lru_cache(maxsize=256)
+def axis_table(axis: AxisGrid) -> AxisTable:
+    """The cached :class:`AxisTable` of ``axis``."""
+    return AxisTable(axis)
+
+
 def read_region(
     plan: Plan,
     read: WindowReader,
@@ -78,8 +139,8 @@ def read_region(
     x1: int,
 ) -> np.ndarray:
     """Window ``index``'s output over the output box ``[y0:y1, x0:x1]`` (inside its footprint), ``(C, h, w)``."""
-    w = plan.window(index)
-    oy, ox = plan.y.out_start(w.row), plan.x.out_start(w.col)
+    row, col = divmod(int(index), plan.x.count)
+    oy, ox = axis_table(plan.y).starts[row], axis_table(plan.x).starts[col]
     rows, cols = slice(y0 - oy, y1 - oy), slice(x0 - ox, x1 - ox)
     region = read(index, rows, cols)
     if transform is not None:
@@ -87,7 +148,7 @@ def read_region(
     return region
 
 
-def _overlap(axis: AxisGrid, i: int) -> tuple[int, int]:
+def _overlap(axis: AxisGrid | AxisTable, i: int) -> tuple[int, int]:
     """Output interval shared by windows ``i`` and ``i + 1`` along ``axis``."""
     return axis.out_start(i + 1), min(axis.footprint(i)[1], axis.out_size)
 
@@ -155,19 +216,25 @@ def seam_layout(plan: Plan, box: Box, strips: Mapping[tuple[int, int], SeamPath]
     """Assemble the cuts that matter for ``box`` (bands within ``reach`` px) from the strip results."""
     y0, y1, x0, x1 = box
     rows, cols = plan.grid
+    tx, ty = axis_table(plan.x), axis_table(plan.y)
     vertical: dict[int, np.ndarray] = {}
-    for j in range(cols - 1):
-        lo, hi = _overlap(plan.x, j)
-        if hi + reach <= x0 or lo - reach >= x1:
-            continue
-        vertical[j] = _assemble(plan.y, y0, y1, _pair_v(cols, j), strips, plan.x.cut(j))
+    for j in _seams_meeting(tx, x0 - reach, x1 + reach):
+        vertical[j] = _assemble(ty, y0, y1, _pair_v(cols, j), strips, tx.cut(j))
     horizontal: dict[int, np.ndarray] = {}
-    for r in range(rows - 1):
-        lo, hi = _overlap(plan.y, r)
-        if hi + reach <= y0 or lo - reach >= y1:
-            continue
-        horizontal[r] = _assemble(plan.x, x0, x1, _pair_h(cols, r), strips, plan.y.cut(r))
+    for r in _seams_meeting(ty, y0 - reach, y1 + reach):
+        horizontal[r] = _assemble(tx, x0, x1, _pair_h(cols, r), strips, ty.cut(r))
     return SeamLayout(box, vertical, horizontal)
+
+
+def _seams_meeting(axis: AxisTable, lo: int, hi: int) -> list[int]:
+    """Seams whose overlap meets ``[lo, hi)``."""
+    wins = axis.covering(max(0, lo), min(axis.out_size, hi), crop=False)
+    out = []
+    for i in range(max(0, wins.start - 1), min(axis.count - 1, wins.stop)):
+        a, b = _overlap(axis, i)
+        if b > lo and a < hi:
+            out.append(i)
+    return out
 
 
 def _pair_v(cols: int, j: int) -> Callable[[int], tuple[int, int]]:
@@ -179,7 +246,7 @@ def _pair_h(cols: int, r: int) -> Callable[[int], tuple[int, int]]:
 
 
 def _assemble(
-    along: AxisGrid,
+    along: AxisTable,
     a0: int,
     a1: int,
     pair: Callable[[int], tuple[int, int]],
@@ -209,7 +276,7 @@ def _feather(d: np.ndarray, f: int) -> np.ndarray:
 
 
 def _partition(
-    lo: int, hi: int, axis: AxisGrid, cuts: Mapping[int, np.ndarray], f: int
+    lo: int, hi: int, axis: AxisTable, cuts: Mapping[int, np.ndarray], f: int
 ) -> list[tuple[int, int, tuple[int, ...], int | None]]:
     """Split ``[lo, hi)`` into runs: ``(a, b, windows, seam)``; ``seam`` is None where one window holds the run."""
     bands = []
@@ -231,15 +298,11 @@ def _partition(
     return out
 
 
-def _owner(axis: AxisGrid, cuts: Mapping[int, np.ndarray], x: int) -> int:
+def _owner(axis: AxisTable, cuts: Mapping[int, np.ndarray], x: int) -> int:
     """Window (index along ``axis``) holding position ``x`` away from every cut band: the cuts left of it."""
-    n = 0
-    for j in range(axis.count - 1):
-        pos = cuts.get(j)
-        if pos is not None:
-            n += int(pos.max()) <= x
-        else:
-            n += axis.cut(j) <= x
+    n = bisect.bisect_right(axis.cuts[: axis.count - 1], x)  # crop cuts at or left of x
+    for j, pos in cuts.items():  # routed cuts near the box replace their crop cut
+        n += int(int(pos.max()) <= x) - int(axis.cuts[j] <= x)
     return n
 
 
@@ -251,8 +314,8 @@ def compose(plan: Plan, box: Box, layout: SeamLayout, get: RegionGetter, feather
     """
     y0, y1, x0, x1 = box
     cols_n = plan.x.count
-    col_runs = _partition(x0, x1, plan.x, layout.vertical, feather)
-    row_runs = _partition(y0, y1, plan.y, layout.horizontal, feather)
+    col_runs = _partition(x0, x1, axis_table(plan.x), layout.vertical, feather)
+    row_runs = _partition(y0, y1, axis_table(plan.y), layout.horizontal, feather)
     out: np.ndarray | None = None
     for ra, rb, rwin, rseam in row_runs:
         for ca, cb, cwin, cseam in col_runs:
