@@ -258,8 +258,21 @@ def _seam_domain(axis: AxisGrid, i: int, levels: int) -> tuple[int, int, int, in
     return _seam_domains(axis, levels)[i]
 
 
-@lru_cache(maxsize=64)
+_DOMAINS: dict[tuple[int, int], tuple[AxisGrid, tuple[tuple[int, int, int, int, int], ...]]] = {}
+
+
 def _seam_domains(axis: AxisGrid, levels: int) -> tuple[tuple[int, int, int, int, int], ...]:
+    hit = _DOMAINS.get((id(axis), levels))
+    if hit is not None and hit[0] is axis:
+        return hit[1]
+    if len(_DOMAINS) > 256:
+        _DOMAINS.clear()
+    doms = _compute_domains(axis, levels)
+    _DOMAINS[id(axis), levels] = (axis, doms)
+    return doms
+
+
+def _compute_domains(axis: AxisGrid, levels: int) -> tuple[tuple[int, int, int, int, int], ...]:
     out = []
     step = 2**levels
     margin = 4 * step

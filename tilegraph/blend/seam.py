@@ -21,7 +21,6 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, ClassVar
 
 import numpy as np
@@ -122,10 +121,19 @@ class AxisTable:
         return range(first, last + 1) if last >= first else range(0)
 
 
-@lru_cache(maxsize=256)
+_TABLES: dict[int, tuple[AxisGrid, AxisTable]] = {}
+
+
 def axis_table(axis: AxisGrid) -> AxisTable:
-    """The cached :class:`AxisTable` of ``axis``."""
-    return AxisTable(axis)
+    """The cached :class:`AxisTable` of ``axis`` (keyed by identity: a plan keeps its axes)."""
+    hit = _TABLES.get(id(axis))
+    if hit is not None and hit[0] is axis:
+        return hit[1]
+    if len(_TABLES) > 256:
+        _TABLES.clear()
+    table = AxisTable(axis)
+    _TABLES[id(axis)] = (axis, table)
+    return table
 
 
 def read_region(
