@@ -18,10 +18,11 @@ chunking.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, ClassVar
 
 import numpy as np
-from scipy import fft
+from scipy.linalg import eigh_tridiagonal
 from scipy.ndimage import gaussian_filter1d
 
 from tilegraph.blend.abc import Box, Strip, WindowReader, WindowTransform, overlap_strips
@@ -31,12 +32,26 @@ from tilegraph.plan.plan import Plan
 __all__ = ["PoissonBlender", "membrane"]
 
 
-def _eig_dst(n: int) -> np.ndarray:
-    return 2.0 * np.cos(np.pi * np.arange(1, n + 1) / (n + 1)) - 2.0
+_BLOCK = 64
 
 
-def _eig_dct(n: int) -> np.ndarray:
-    return 2.0 * np.cos(np.pi * np.arange(n) / n) - 2.0
+@lru_cache(maxsize=64)
+def _laplace_1d(n: int, dirichlet_lo: bool, dirichlet_hi: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues and orthonormal eigenvectors of the 1-D second difference on ``n`` points.
+
+    A Dirichlet end has its ghost value (moved to the right-hand side) one pixel out; a Neumann end
+    mirrors the last pixel (zero flux). Any combination is exact, whatever ``n`` (no FFT size to
+    suffer from). Read-only, cached.
+    """
+    diag = np.full(n, -2.0)
+    if not dirichlet_lo:
+        diag[0] += 1.0
+    if not dirichlet_hi:
+        diag[-1] += 1.0
+    vals, vecs = eigh_tridiagonal(diag, np.ones(n - 1)) if n > 1 else (diag.copy(), np.ones((1, 1)))
+    vals.flags.writeable = False
+    vecs.flags.writeable = False
+    return vals, vecs
 
 
 def membrane(
@@ -46,89 +61,47 @@ def membrane(
     bottom: np.ndarray | None,
     left: np.ndarray | None,
     right: np.ndarray | None,
+    rows: tuple[int, int] | None = None,
+    cols: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Harmonic ``(C, ny, nx)`` on a rectangle from the values just outside its sides.
 
     ``top``/``bottom`` are ``(C, nx)`` values on the rows just above/below, ``left``/``right`` ``(C, ny)``
     on the columns just left/right of the rectangle (Dirichlet); ``None`` is a side without flux
-    (Neumann). The discrete 5-point Laplacian is solved exactly (float64).
+    (Neumann). The 5-point Laplacian is solved exactly in the eigenbases of the two 1-D operators: the
+    right-hand side lives on the border, so its transform is cheap, and only ``rows`` x ``cols`` (default:
+    all) of the solution are synthesised.
     """
     ny, nx = shape
+    r0, r1 = rows if rows is not None else (0, ny)
+    c0, c1 = cols if cols is not None else (0, nx)
     sides = [s for s in (top, bottom, left, right) if s is not None]
     if not sides:
-        c = 1
-        return np.zeros((c, ny, nx))
+        return np.zeros((1, r1 - r0, c1 - c0))
     c = sides[0].shape[0]
-    # a mixed axis (one Dirichlet side, one Neumann) is mirrored about its Neumann side
-    flip_y = (top is None) != (bottom is None)
-    flip_x = (left is None) != (right is None)
-    my, mx = (2 * ny if flip_y else ny), (2 * nx if flip_x else nx)
-
-    def along_x(v: np.ndarray | None) -> np.ndarray | None:
-        if v is None or not flip_x:
-            return v
-        return (
-            np.concatenate([v, v[:, ::-1]], axis=1)
-            if left is not None
-            else np.concatenate([v[:, ::-1], v], axis=1)
-        )
-
-    def along_y(v: np.ndarray | None) -> np.ndarray | None:
-        if v is None or not flip_y:
-            return v
-        return (
-            np.concatenate([v, v[:, ::-1]], axis=1)
-            if top is not None
-            else np.concatenate([v[:, ::-1], v], axis=1)
-        )
-
-    t, b = along_x(top), along_x(bottom)
-    lft, rgt = along_y(left), along_y(right)
-    if flip_y:  # the Dirichlet side is duplicated at the mirrored end
-        t, b = (t, t) if t is not None else (b, b)
-    if flip_x:
-        lft, rgt = (lft, lft) if lft is not None else (rgt, rgt)
-    rhs = np.zeros((c, my, mx))
-    if t is not None:
-        rhs[:, 0, :] -= t
-    if b is not None:
-        rhs[:, -1, :] -= b
-    if lft is not None:
-        rhs[:, :, 0] -= lft
-    if rgt is not None:
-        rhs[:, :, -1] -= rgt
-    dir_y, dir_x = t is not None, lft is not None
-    ty = (
-        (lambda a: fft.dst(a, type=1, axis=1, norm="ortho"))
-        if dir_y
-        else (lambda a: fft.dct(a, type=2, axis=1, norm="ortho"))
-    )
-    tyi = (
-        (lambda a: fft.dst(a, type=1, axis=1, norm="ortho"))
-        if dir_y
-        else (lambda a: fft.idct(a, type=2, axis=1, norm="ortho"))
-    )
-    tx = (
-        (lambda a: fft.dst(a, type=1, axis=2, norm="ortho"))
-        if dir_x
-        else (lambda a: fft.dct(a, type=2, axis=2, norm="ortho"))
-    )
-    txi = (
-        (lambda a: fft.dst(a, type=1, axis=2, norm="ortho"))
-        if dir_x
-        else (lambda a: fft.idct(a, type=2, axis=2, norm="ortho"))
-    )
-    ly = _eig_dst(my) if dir_y else _eig_dct(my)
-    lx = _eig_dst(mx) if dir_x else _eig_dct(mx)
+    ly, vy = _laplace_1d(ny, top is not None, bottom is not None)
+    lx, vx = _laplace_1d(nx, left is not None, right is not None)
+    hat = np.zeros((c, ny, nx))  # transform of the border right-hand side, one outer product per side
+    if top is not None:
+        hat -= vy[0][None, :, None] * (top @ vx)[:, None, :]
+    if bottom is not None:
+        hat -= vy[-1][None, :, None] * (bottom @ vx)[:, None, :]
+    if left is not None:
+        hat -= (left @ vy)[:, :, None] * vx[0][None, None, :]
+    if right is not None:
+        hat -= (right @ vy)[:, :, None] * vx[-1][None, None, :]
     lam = ly[:, None] + lx[None, :]
-    hat = tx(ty(rhs))
-    zero = lam == 0
-    lam = np.where(zero, 1.0, lam)
-    hat = np.where(zero[None], 0.0, hat / lam[None])
-    out = tyi(txi(hat))
-    y_sl = slice(0, ny) if not flip_y or top is not None else slice(ny, 2 * ny)
-    x_sl = slice(0, nx) if not flip_x or left is not None else slice(nx, 2 * nx)
-    return out[:, y_sl, x_sl]
+    zero = np.abs(lam) < 1e-12
+    hat = np.where(zero[None], 0.0, hat / np.where(zero, 1.0, lam)[None]).astype(np.float32)
+    # synthesis in fixed blocks of rows over all columns: the same products whatever the caller asks,
+    # so the values do not depend on the output chunking
+    vxt = np.ascontiguousarray(vx.T.astype(np.float32))
+    out = []
+    for b0 in range((r0 // _BLOCK) * _BLOCK, r1, _BLOCK):
+        wy = vy[b0 : min(ny, b0 + _BLOCK)].astype(np.float32)
+        block = (wy @ hat) @ vxt
+        out.append(block[:, max(r0, b0) - b0 : min(r1, b0 + _BLOCK) - b0, c0:c1])
+    return np.concatenate(out, axis=1)
 
 
 class PoissonBlender(SeamBlender):
@@ -149,8 +122,11 @@ class PoissonBlender(SeamBlender):
         windows = set(self.windows_for_box(plan, box))
         return [s for s in overlap_strips(plan) if s.a in windows or s.b in windows]
 
-    def correction(self, plan: Plan, index: int, strips: Any) -> tuple[tuple[int, int, int, int], np.ndarray]:
-        """Window ``index``'s correction over its crop rectangle: ``((y0, y1, x0, x1), (C, h, w) float32)``."""
+    def correction(
+        self, plan: Plan, index: int, strips: Any, box: Box | None = None
+    ) -> tuple[tuple[int, int, int, int], np.ndarray]:
+        """Window ``index``'s correction over its crop rectangle, or the part of it that ``box`` clamps
+        to: ``((y0, y1, x0, x1), (C, h, w) float32)``."""
         rows, cols = plan.grid
         r, c = divmod(index, cols)
         y0, y1 = plan.y.keep(r)
@@ -170,8 +146,20 @@ class PoissonBlender(SeamBlender):
         bottom = side((index, index + cols), 1.0, x1 - x0) if r < rows - 1 else None
         left = side((index - 1, index), -1.0, y1 - y0) if c > 0 else None
         right = side((index, index + 1), 1.0, y1 - y0) if c < cols - 1 else None
-        delta = membrane((y1 - y0, x1 - x0), top=top, bottom=bottom, left=left, right=right)
-        return (y0, y1, x0, x1), delta.astype(np.float32)
+        ry0, ry1, rx0, rx1 = y0, y1, x0, x1
+        if box is not None:  # only what the box's pixels clamp to
+            ry0, ry1 = min(max(box[0], y0), y1 - 1), max(min(box[1], y1), y0 + 1)
+            rx0, rx1 = min(max(box[2], x0), x1 - 1), max(min(box[3], x1), x0 + 1)
+        delta = membrane(
+            (y1 - y0, x1 - x0),
+            top=top,
+            bottom=bottom,
+            left=left,
+            right=right,
+            rows=(ry0 - y0, ry1 - y0),
+            cols=(rx0 - x0, rx1 - x0),
+        )
+        return (ry0, ry1, rx0, rx1), delta.astype(np.float32)
 
     def blend(
         self,
@@ -189,7 +177,7 @@ class PoissonBlender(SeamBlender):
         def get(index: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
             region = read_region(plan, read, transform, index, y0, y1, x0, x1)
             if index not in cache:
-                cache[index] = self.correction(plan, index, strips)
+                cache[index] = self.correction(plan, index, strips, box)
             (ky0, ky1, kx0, kx1), delta = cache[index]
             if not delta.any():
                 return region
