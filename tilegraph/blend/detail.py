@@ -123,15 +123,14 @@ class DetailMixin:
         h = self._detail_halo()
         oh, ow = plan.out_shape
         ey0, ey1, ex0, ex1 = max(0, y0 - h), min(oh, y1 + h), max(0, x0 - h), min(ow, x1 + h)
-        mosaic = np.moveaxis(
-            blend_box(plan, ey0, ey1, ex0, ex1, read, transform=transform, mode="crop"), -1, 0
-        )
-        weights, highpass, indices = [], [], []
-        for index in plan.windows_for_box(ey0, ey1, ex0, ex1, crop=False):
+        mosaic = np.moveaxis(blend_box(plan, ey0, ey1, ex0, ex1, read, transform=transform, mode="crop"), -1, 0)
+        bh, bw = y1 - y0, x1 - x0
+        wins = []  # (index, (a0, a1, b0, b1) inside the box, weight, high-pass) of windows weighting the box
+        for index in plan.windows_for_box(y0, y1, x0, x1, crop=False):
             win = plan.window(index)
             fy0, fy1 = plan.y.footprint(win.row)
             fx0, fx1 = plan.x.footprint(win.col)
-            a0, a1, b0, b1 = max(ey0, fy0), min(ey1, fy1), max(ex0, fx0), min(ex1, fx1)
+            a0, a1, b0, b1 = max(y0, fy0), min(y1, fy1), max(x0, fx0), min(x1, fx1)
             if a0 >= a1 or b0 >= b1:
                 continue
             sy, sx = plan.y.out_start(win.row), plan.x.out_start(win.col)
@@ -139,32 +138,45 @@ class DetailMixin:
             wx = normalized_axis_weights(plan.x, win.col, self.name)[b0 - sx : b1 - sx]
             if not (wy.any() and wx.any()):
                 continue
-            w = np.zeros((ey1 - ey0, ex1 - ex0), dtype=np.float32)
-            w[a0 - ey0 : a1 - ey0, b0 - ex0 : b1 - ex0] = wy[:, None] * wx[None, :]
-            ext = mosaic.copy()
-            ext[:, a0 - ey0 : a1 - ey0, b0 - ex0 : b1 - ex0] = read_region(
-                plan, read, transform, index, a0, a1, b0, b1
-            )
+            # the window continued by the crop composite beyond its footprint, over its part of the box
+            # plus the filter's support (inside the halo)
+            g0, g1, k0, k1 = max(ey0, a0 - h), min(ey1, a1 + h), max(ex0, b0 - h), min(ex1, b1 + h)
+            ext = mosaic[:, g0 - ey0 : g1 - ey0, k0 - ex0 : k1 - ex0].copy()
+            f0, f1, q0, q1 = max(g0, fy0), min(g1, fy1), max(k0, fx0), min(k1, fx1)
+            ext[:, f0 - g0 : f1 - g0, q0 - k0 : q1 - k0] = read_region(plan, read, transform, index, f0, f1, q0, q1)
             low = gaussian_filter(ext, (0, self.detail_sigma, self.detail_sigma), mode="reflect")
-            weights.append(w)
-            highpass.append((ext - low).astype(np.float32))
-            indices.append(index)
-        if len(weights) < 2:
+            hp = (ext - low)[:, a0 - g0 : a1 - g0, b0 - k0 : b1 - k0].astype(np.float32)
+            wins.append((index, (a0, a1, b0, b1), (wy[:, None] * wx[None, :]).astype(np.float32), hp))
+        if len(wins) < 2:
             return base
-        rho = {}
-        for i in range(len(indices)):
-            for j in range(i + 1, len(indices)):
-                r = self._pair_correlation(plan, indices[i], indices[j], read, transform)
-                if r is not None:
-                    rho[i, j] = r
-        f = variance_factor(weights, rho)
-        core = (slice(y0 - ey0, y1 - ey0), slice(x0 - ex0, x1 - ex0))
-        fc = f[core]
-        if not (fc != 1.0).any():
+        total = np.zeros((bh, bw))
+        den = np.zeros((bh, bw))
+        mix = np.zeros((base.shape[-1], bh, bw), dtype=np.float32)
+        for _, (a0, a1, b0, b1), w, hp in wins:
+            sl = (slice(a0 - y0, a1 - y0), slice(b0 - x0, b1 - x0))
+            total[sl] += w
+            den[sl] += w.astype(np.float64) ** 2
+            mix[(slice(None), *sl)] += w[None] * hp
+        for i in range(len(wins)):
+            for j in range(i + 1, len(wins)):
+                (ia, (a0, a1, b0, b1), wa, _), (ib, (c0, c1, d0, d1), wb, _) = wins[i], wins[j]
+                r0, r1, s0, s1 = max(a0, c0), min(a1, c1), max(b0, d0), min(b1, d1)
+                if r0 >= r1 or s0 >= s1:
+                    continue
+                rho = self._pair_correlation(plan, ia, ib, read, transform)
+                if rho is None or rho == 0.0:
+                    continue
+                pa = wa[r0 - a0 : r1 - a0, s0 - b0 : s1 - b0].astype(np.float64)
+                pb = wb[r0 - c0 : r1 - c0, s0 - d0 : s1 - d0]
+                den[r0 - y0 : r1 - y0, s0 - x0 : s1 - x0] += 2.0 * rho * pa * pb
+        with np.errstate(divide="ignore", invalid="ignore"):
+            f2 = np.where(den > 0, total * total / den, 1.0)
+        f2 = np.maximum(f2, 1.0)
+        f2 = np.where(f2 <= 1.0 + 1e-5, 1.0, f2)  # windows that agree (up to float rounding): untouched
+        f = np.sqrt(f2).astype(np.float32)
+        if not (f != 1.0).any():
             return base
-        mix = sum(w[core][None] * hp[:, core[0], core[1]] for w, hp in zip(weights, highpass, strict=True))
-        extra = (fc - 1.0)[None] * mix
-        return base + np.moveaxis(extra, 0, -1).astype(np.float32)
+        return base + np.moveaxis((f - 1.0)[None] * mix, 0, -1).astype(np.float32)
 
     def _pair_correlation(
         self, plan: Plan, a: int, b: int, read: WindowReader, transform: WindowTransform | None
