@@ -36,6 +36,7 @@ MODES = [
     ("cosine", "none"),
     ("cosine", "preserve"),
     ("multiband", "none"),
+    ("multiband", "preserve"),
     ("seam", "none"),
     ("poisson", "none"),
 ]

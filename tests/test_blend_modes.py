@@ -41,7 +41,9 @@ def blender(mode: str, detail: str = "none") -> Blender:
     return BLENDERS.get(mode)(SimpleNamespace(mode=mode, detail=detail))  # until BlendOptions has "detail"
 
 
-CASES = [(m, "none") for m in NEW_MODES] + [(m, "preserve") for m in ("linear", "cosine", "gaussian")]
+CASES = [(m, "none") for m in NEW_MODES] + [
+    (m, "preserve") for m in ("linear", "cosine", "gaussian", "multiband")
+]
 
 
 def small_plan(blend: str, *, n: int = 3, tile: int = 64, overlap: int = 16, extra: int = 9):

@@ -33,6 +33,7 @@ from tilegraph.blend.merge import blend_box
 from tilegraph.blend.seam import read_region
 from tilegraph.blend.windows import normalized_axis_weights
 from tilegraph.errors import InputError
+from tilegraph.plan.grid import AxisGrid
 from tilegraph.plan.plan import Plan
 
 __all__ = [
@@ -98,11 +99,16 @@ class DetailMixin:
         return math.ceil(4 * self.detail_sigma)
 
     def halo(self, plan: Plan) -> int:
-        """The high-pass and moment filters' support when ``detail="preserve"``, else 0."""
-        return self._detail_halo() if detail_mode(self.options) == "preserve" else 0
+        """The high-pass filter's support when ``detail="preserve"`` (and the mode's own halo)."""
+        own = int(super().halo(plan))  # type: ignore[misc]
+        return max(own, self._detail_halo()) if detail_mode(self.options) == "preserve" else own
+
+    def detail_weights(self, axis: AxisGrid, i: int) -> np.ndarray:
+        """Weights of window ``i`` over its footprint along ``axis`` for mixing the high-pass."""
+        return normalized_axis_weights(axis, i, self.name)
 
     def describe(self) -> dict:
-        d: dict = {"mode": self.name, "detail": detail_mode(self.options)}
+        d: dict = {**super().describe(), "detail": detail_mode(self.options)}  # type: ignore[misc]
         if d["detail"] == "preserve":
             d.update(detail_sigma=self.detail_sigma)
         return d
@@ -123,7 +129,9 @@ class DetailMixin:
         h = self._detail_halo()
         oh, ow = plan.out_shape
         ey0, ey1, ex0, ex1 = max(0, y0 - h), min(oh, y1 + h), max(0, x0 - h), min(ow, x1 + h)
-        mosaic = np.moveaxis(blend_box(plan, ey0, ey1, ex0, ex1, read, transform=transform, mode="crop"), -1, 0)
+        mosaic = np.moveaxis(
+            blend_box(plan, ey0, ey1, ex0, ex1, read, transform=transform, mode="crop"), -1, 0
+        )
         bh, bw = y1 - y0, x1 - x0
         wins = []  # (index, (a0, a1, b0, b1) inside the box, weight, high-pass) of windows weighting the box
         for index in plan.windows_for_box(y0, y1, x0, x1, crop=False):
@@ -134,8 +142,8 @@ class DetailMixin:
             if a0 >= a1 or b0 >= b1:
                 continue
             sy, sx = plan.y.out_start(win.row), plan.x.out_start(win.col)
-            wy = normalized_axis_weights(plan.y, win.row, self.name)[a0 - sy : a1 - sy]
-            wx = normalized_axis_weights(plan.x, win.col, self.name)[b0 - sx : b1 - sx]
+            wy = self.detail_weights(plan.y, win.row)[a0 - sy : a1 - sy]
+            wx = self.detail_weights(plan.x, win.col)[b0 - sx : b1 - sx]
             if not (wy.any() and wx.any()):
                 continue
             # the window continued by the crop composite beyond its footprint, over its part of the box
@@ -143,7 +151,9 @@ class DetailMixin:
             g0, g1, k0, k1 = max(ey0, a0 - h), min(ey1, a1 + h), max(ex0, b0 - h), min(ex1, b1 + h)
             ext = mosaic[:, g0 - ey0 : g1 - ey0, k0 - ex0 : k1 - ex0].copy()
             f0, f1, q0, q1 = max(g0, fy0), min(g1, fy1), max(k0, fx0), min(k1, fx1)
-            ext[:, f0 - g0 : f1 - g0, q0 - k0 : q1 - k0] = read_region(plan, read, transform, index, f0, f1, q0, q1)
+            ext[:, f0 - g0 : f1 - g0, q0 - k0 : q1 - k0] = read_region(
+                plan, read, transform, index, f0, f1, q0, q1
+            )
             low = gaussian_filter(ext, (0, self.detail_sigma, self.detail_sigma), mode="reflect")
             hp = (ext - low)[:, a0 - g0 : a1 - g0, b0 - k0 : b1 - k0].astype(np.float32)
             wins.append((index, (a0, a1, b0, b1), (wy[:, None] * wx[None, :]).astype(np.float32), hp))

@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from tilegraph.blend.abc import Blender, Box, WindowReader, WindowTransform
+from tilegraph.blend.detail import DetailMixin
 from tilegraph.blend.seam import axis_table, read_region
 from tilegraph.plan.grid import AxisGrid
 from tilegraph.plan.plan import Plan
@@ -298,7 +299,7 @@ def _seams_near(axis: AxisGrid, levels: int, lo: int, hi: int) -> list[int]:
     return out
 
 
-class MultibandBlender(Blender):
+class _Multiband(Blender):
     """Laplacian-pyramid blending along every seam (see the module notes).
 
     Attributes
@@ -442,3 +443,38 @@ class MultibandBlender(Blender):
             if a < b:
                 out[:, a - y0 : b - y0] += q[:, a - q0 : b - q0, x0 - xa : x1 - xa]
         return np.moveaxis(out, 0, -1)
+
+
+class MultibandBlender(DetailMixin, _Multiband):
+    """``multiband`` (see :class:`_Multiband`), with ``detail="preserve"`` on its fine levels.
+
+    The fine bands cross-fade over a few pixels around the crop cut; with ``detail="preserve"`` the
+    high-pass is re-mixed there with variance-preserving weights (:mod:`tilegraph.blend.detail`), the
+    weights being the crop mask blurred at the scale of the finest levels (wider weights over-correct:
+    the coarser levels' cross-fade is already wide enough not to cost texture).
+    """
+
+    #: binomial blurs of the crop mask giving the fine levels' mixing weights (1: about 3 px)
+    detail_blur: int = 1
+
+    def detail_weights(self, axis: AxisGrid, i: int) -> np.ndarray:
+        return _fine_weights(axis, i, self.detail_blur)
+
+
+@lru_cache(maxsize=4096)
+def _fine_weights(axis: AxisGrid, i: int, blur: int) -> np.ndarray:
+    """Window ``i``'s crop mask over its footprint blurred ``blur`` times by the binomial kernel."""
+    n = axis.out_tile
+    lo = axis.out_start(i)
+    k0, k1 = axis.keep(i)
+    pad = 64
+    pos = np.arange(lo - pad, lo + n + pad)
+    m = ((pos >= k0) & (pos < k1)).astype(np.float64)
+    kern = np.array([1.0])
+    for _ in range(blur):
+        kern = np.convolve(kern, np.array(_W))
+    w = np.convolve(m, kern, mode="same")[pad:-pad]
+    w[(np.arange(lo, lo + n) >= axis.out_size)] = 0.0
+    out = w.astype(np.float32)
+    out.flags.writeable = False
+    return out
