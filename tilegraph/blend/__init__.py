@@ -43,9 +43,12 @@ BLENDERS: Registry[type[Blender]] = Registry(
     "tilegraph.blenders",
     {
         "crop": "tilegraph.blend.builtin:CropBlender",
-        "linear": "tilegraph.blend.builtin:LinearBlender",
-        "cosine": "tilegraph.blend.builtin:CosineBlender",
-        "gaussian": "tilegraph.blend.builtin:GaussianBlender",
+        "linear": "tilegraph.blend.detail:DetailLinearBlender",
+        "cosine": "tilegraph.blend.detail:DetailCosineBlender",
+        "gaussian": "tilegraph.blend.detail:DetailGaussianBlender",
+        "multiband": "tilegraph.blend.multiband:MultibandBlender",
+        "seam": "tilegraph.blend.seam:SeamBlender",
+        "poisson": "tilegraph.blend.poisson:PoissonBlender",
     },
     base=Blender,
 )

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
@@ -38,6 +39,9 @@ from scipy.ndimage import gaussian_filter
 from tilegraph.plan.grid import AxisGrid
 from tilegraph.plan.plan import Plan
 from tilegraph.quality.icc import RGBToLab, colour_converter
+
+if TYPE_CHECKING:
+    from tilegraph.blend.abc import WindowReader
 
 __all__ = [
     "seam_metrics",
@@ -54,6 +58,10 @@ __all__ = [
 LUMA = np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
 HP_SIGMA = 3.0
 HP_HALO = 10
+#: A seam's step counts only beyond this many noise floors: a cut (``crop`` and routed seams) ...
+STEP_FLOORS_SHARP = 4.0
+#: ... and a ramp, whose statistic sees the content at the overlap's scale (heavier tails on photographs).
+STEP_FLOORS_RAMP = 6.0
 
 
 # --------------------------------------------------------------------------- units and colour
@@ -266,49 +274,207 @@ class _SeamAcc:
         self.hpq[s] += (hp * hp).sum(0)
 
 
-def _step_fit(
-    p: np.ndarray, u: np.ndarray, left: np.ndarray, right: np.ndarray
-) -> tuple[float, float, float]:
-    """Fit ``p(u) = a_side + beta u`` (one slope, an intercept per side) on the two masks.
+# --------------------------------------------------------------------------- the seam step estimator
+@dataclass(frozen=True)
+class _StepSpec:
+    """How the step across every seam of one axis is estimated (see :func:`seam_shape`).
 
-    Returns ``(jump, standard error of the jump, beta)``; the jump is ``a_right - a_left``, the step at
-    ``u = 0`` once the local gradient is removed. Columns far (3 robust sigmas) from a robust first fit
-    (median slope of neighbouring columns, median intercepts) are left out of the least-squares fit, so a
-    thin content line parallel to the seam does not count as a step.
+    ``filt`` applied to ``2 R`` profile samples centred on a line gives the band step there (the
+    least-squares amplitude of the seam shape under a quadratic content model, times ``kappa``);
+    ``parallel`` are the offsets of the parallel lines (seam-free) whose statistic is the noise floor.
     """
-    masks = [left.copy(), right.copy()]
-    if any(mk.sum() < 2 for mk in masks):
-        return 0.0, math.inf, 0.0
-    diffs = np.concatenate([np.diff(p[mk]) / np.diff(u[mk]) for mk in masks])
-    beta = float(np.median(diffs))
-    res = [p[mk] - np.median(p[mk] - beta * u[mk]) - beta * u[mk] for mk in masks]
-    for _ in range(3):
-        allres = np.concatenate(res)
-        mad = 1.4826 * float(np.median(np.abs(allres - np.median(allres))))
-        changed = False
-        for mask, r in zip(masks, res, strict=True):
-            keep = np.abs(r) <= 3 * mad + 1e-9
-            if not keep.all() and keep.sum() >= 2:
-                mask[np.flatnonzero(mask)[~keep]] = False
-                changed = True
-        ub = [u[mk].mean() for mk in masks]
-        pb = [p[mk].mean() for mk in masks]
-        sxx = sum(float(((u[mk] - a) ** 2).sum()) for mk, a in zip(masks, ub, strict=True))
-        sxy = sum(float(((u[mk] - a) * (p[mk] - b)).sum()) for mk, a, b in zip(masks, ub, pb, strict=True))
-        beta = sxy / sxx if sxx > 0 else 0.0
-        res = [p[mk] - b - beta * (u[mk] - a) for mk, a, b in zip(masks, ub, pb, strict=True)]
-        if not changed:
-            break
-    jump = (pb[1] - beta * ub[1]) - (pb[0] - beta * ub[0])
-    allres = np.concatenate(res)
-    var = float((allres**2).sum()) / max(1, len(allres) - 3)
-    # texture left in the profile is correlated across neighbouring columns: inflate by (1 + rho) / (1 - rho)
-    lag = sum(float((r[1:] * r[:-1]).sum()) for r in res)
-    rho = min(0.9, max(0.0, lag / max(float((allres**2).sum()), 1e-30)))
-    var *= (1 + rho) / (1 - rho)
-    nl, nr = masks[0].sum(), masks[1].sum()
-    se = math.sqrt(var * (1 / nl + 1 / nr + ((ub[1] - ub[0]) ** 2 / sxx if sxx > 0 else 0.0)))
-    return float(jump), se, float(beta)
+
+    shape: np.ndarray  # s(v) over v = -R + 1/2 ... R - 1/2
+    kappa: float  # band step of the shape (mean over [0, band) - mean over [-band, 0))
+    transition: int  # half-width where 0 < s < 1
+    R: int
+    filt: np.ndarray
+    near: tuple[int, ...]
+    psi: np.ndarray  # the statistic's response at the near lines to the seam shape (1 at the seam line)
+    threshold: float  # floors a step must exceed to count (content statistics have heavy tails)
+    parallel: tuple[int, ...]
+    band: int
+
+
+def _heaviside(n: int) -> np.ndarray:
+    return (np.arange(2 * n) >= n).astype(np.float64)
+
+
+def seam_shape(plan: Plan, axis: str, half: int) -> np.ndarray:
+    """Profile of the blend's response to a unit step between two windows, ``2 half`` samples across a seam.
+
+    ``s[half + v]`` is the output at offset ``v`` from the seam line (``v = -half .. half - 1``) when the
+    window before the seam outputs 0 and the one after it 1. Weighted modes (``linear``, ``cosine``,
+    ``gaussian``) give their normalised ramps; other registered modes without a strip pass (e.g.
+    ``multiband``) are run on such constant windows; ``crop`` cuts on the line (a step); modes with a
+    strip pass route their cut anywhere in the overlap (``seam``, ``poisson``): the profile is unknown
+    (NaN) there, and the step is the jump between the two sides of the overlap.
+    """
+    grid = plan.x if axis == "x" else plan.y
+    mode = plan.blend
+    if grid.count < 2 or mode == "crop":
+        return _heaviside(half)
+    line = (grid.count - 1) // 2
+    pos = grid.cut(line)
+    idx = np.arange(pos - half, pos + half)
+    if mode in ("linear", "cosine", "gaussian"):
+        from tilegraph.blend.windows import normalized_axis_weights
+
+        w = normalized_axis_weights(grid, line + 1, mode)
+        start = grid.out_start(line + 1)
+        rel = idx - start
+        ok = (rel >= 0) & (rel < w.size)
+        s = np.where(rel >= w.size, 1.0, 0.0)
+        s[ok] = w[rel[ok]]
+        return s.astype(np.float64)
+    try:
+        return _measured_shape(plan, axis, line, half)
+    except Exception:  # a registered mode that cannot run on synthetic windows: assume a cut
+        return _heaviside(half)
+
+
+def _measured_shape(plan: Plan, axis: str, line: int, half: int) -> np.ndarray:
+    """Run the plan's blender on constant windows (0 before ``line``, 1 after) across one seam."""
+    from tilegraph.blend import get_blender
+
+    blender = get_blender(plan.blend)
+    if blender.strip_pass:  # a routed cut: a step somewhere in the overlap, unknown here (NaN)
+        grid = plan.x if axis == "x" else plan.y
+        reach = math.ceil(grid.out_overlap / 2)
+        s = _heaviside(half)
+        s[max(0, half - reach) : half + reach] = np.nan
+        return s
+    grid, other = (plan.x, plan.y) if axis == "x" else (plan.y, plan.x)
+    pos = grid.cut(line)
+    lo, hi = other.keep(other.count // 2)
+    mid = (lo + hi) // 2
+    a0, a1 = max(0, pos - half), min(grid.out_size, pos + half)
+    b0, b1 = max(lo, mid - 4), min(hi, mid + 4)
+    oy, ox = plan.out_window_shape
+    cols = plan.x.count
+
+    class _Const:
+        dtype = np.dtype("float32")
+
+        def __call__(self, index: int, rows: slice, cols_: slice) -> np.ndarray:
+            r, c = divmod(index, cols)
+            k = c if axis == "x" else r
+            n_r = len(range(*rows.indices(oy)))
+            n_c = len(range(*cols_.indices(ox)))
+            return np.full((1, n_r, n_c), 1.0 if k > line else 0.0, dtype=np.float32)
+
+        raw = __call__
+
+    box = (b0, b1, a0, a1) if axis == "x" else (a0, a1, b0, b1)
+    out = np.asarray(blender.blend(plan, box, cast("WindowReader", _Const())), dtype=np.float64)[..., 0]
+    prof = out.mean(axis=0) if axis == "x" else out.mean(axis=1)
+    s = np.empty(2 * half)
+    s[: a0 - (pos - half)] = 0.0
+    s[a0 - (pos - half) : a0 - (pos - half) + prof.size] = prof
+    s[a0 - (pos - half) + prof.size :] = 1.0
+    return s
+
+
+def _step_spec(plan: Plan, axis: str, m: int) -> _StepSpec:
+    grid = plan.x if axis == "x" else plan.y
+    stride = int(grid.stride * grid.scale)
+    band = max(m, math.ceil(grid.out_overlap / 2))
+    probe = max(8, min(stride, band + 16))
+    s_full = seam_shape(plan, axis, probe)
+    v = np.arange(2 * probe) - probe
+    routed = bool(np.isnan(s_full).any())  # the cut's place in the overlap is unknown: fit the sides only
+    if routed:
+        unknown = np.flatnonzero(np.isnan(s_full))
+        trans = int(max(abs(v[unknown[0]]), abs(v[unknown[-1]] + 1)))
+    else:
+        inside = np.flatnonzero((s_full > 0.005) & (s_full < 0.995))
+        trans = 0 if inside.size == 0 else int(max(abs(v[inside[0]]), abs(v[inside[-1]] + 1)))
+        trans = min(trans, band)
+    R = trans + max(6, trans // 2)
+    # room for at least one seam-free parallel line between neighbouring seams: 2 (R + trans) <= stride
+    R = max(trans + 2, min(R, stride // 2 - trans))
+    if R <= probe:
+        s = s_full[probe - R : probe + R]
+    else:
+        s = np.concatenate([np.zeros(R - probe), s_full, np.ones(R - probe)])
+    vv = np.arange(2 * R) - R + 0.5
+    # content: a cubic across the line for sharp shapes (a soft edge centred on the line is odd, and
+    # must not read as a step); a line for ramps (whose shape a cubic would absorb) and routed cuts
+    degree = 3 if trans <= 2 else 1
+    known = np.isfinite(s)
+    X = np.stack([(vv / R) ** k for k in range(degree + 1)] + [np.where(known, s, 0.0)], axis=1)
+    pinv = np.zeros((X.shape[1], X.shape[0]))
+    pinv[:, known] = np.linalg.pinv(X[known])
+    if routed:
+        kappa = 1.0  # the whole jump across the overlap
+    else:
+        kappa = float(s_full[probe : probe + band].mean() - s_full[probe - band : probe].mean())
+        kappa = kappa if kappa > 1e-3 else 1.0
+    filt = kappa * pinv[-1]
+    s = np.where(known, s, 0.5)
+    k_near = max(3, trans // 4)
+    near = tuple(k for k in range(-k_near, k_near + 1) if k != 0)
+    ext = np.concatenate([np.zeros(k_near), s, np.ones(k_near)])
+    psi = np.array([ext[k_near - k : k_near - k + 2 * R] @ filt for k in near]) / kappa
+    lo_off, hi_off = R + trans, stride - trans - R
+    step = max(1, R // 2)
+    offs = list(range(lo_off, hi_off + 1, step)) if hi_off >= lo_off else []
+    parallel = tuple(sorted({o for o in offs} | {-o for o in offs}))
+    threshold = STEP_FLOORS_SHARP if trans <= 2 else STEP_FLOORS_RAMP
+    return _StepSpec(s, kappa, trans, R, filt, near, psi, threshold, parallel, band)
+
+
+class _StepAcc:
+    """Per-segment sums of the step statistic, per sub-segment of ``group`` pixels along the seam.
+
+    Column 0 is the seam line, the others the parallel lines of the axis's :class:`_StepSpec`; the
+    statistic is linear in the pixels, so sums over rows split between read blocks add up exactly.
+    """
+
+    def __init__(self, segs: list[_Segment], n_lines: int, target: int = 16):
+        self.group = [max(4, math.ceil((s.hi - s.lo) / target)) for s in segs]
+        n_bins = [math.ceil((s.hi - s.lo) / g) for s, g in zip(segs, self.group, strict=True)]
+        self.sums = [np.zeros((k, n_lines)) for k in n_bins]
+        self.cnt = [np.zeros(k) for k in n_bins]
+
+    def add(self, i: int, seg: _Segment, along0: int, values: np.ndarray) -> None:
+        """``values``: ``(along, n_lines)`` per-pixel statistics starting ``along0`` along the seam."""
+        k = (np.arange(along0, along0 + values.shape[0]) - seg.lo) // self.group[i]
+        np.add.at(self.sums[i], k, values.astype(np.float64))
+        np.add.at(self.cnt[i], k, 1.0)
+
+    def lines(self, i: int) -> np.ndarray:
+        """Per-bin means ``(bins, n_lines)`` of the bins that got pixels."""
+        ok = self.cnt[i] > 0
+        return self.sums[i][ok] / self.cnt[i][ok, None]
+
+
+def _robust_mean(v: np.ndarray) -> np.ndarray:
+    """Interquartile mean along axis 0 (the mean of the middle half; the median for fewer than 4)."""
+    n = v.shape[0]
+    if n < 4:
+        return np.median(v, axis=0)
+    s = np.sort(v, axis=0)
+    q = n // 4
+    return s[q : n - q].mean(axis=0)
+
+
+def _line_statistics(block: np.ndarray, pos: int, spec: _StepSpec) -> np.ndarray | None:
+    """The step statistic of every row of ``block`` (rows along the seam, columns across) at the seam
+    line (block column ``pos``) and at its parallel lines: ``(rows, 1 + len(parallel))``; ``None`` when
+    the block does not hold the seam line's neighbourhood."""
+    R = spec.R
+    offs = (0,) + spec.near + spec.parallel
+    cols = []
+    for o in offs:
+        t = pos + o
+        if t - R < 0 or t + R > block.shape[1]:
+            if abs(o) <= len(spec.near):
+                return None
+            cols.append(np.full(block.shape[0], np.nan, dtype=np.float64))
+            continue
+        cols.append(block[:, t - R : t + R].astype(np.float64) @ spec.filt)
+    return np.stack(cols, axis=1)
 
 
 # --------------------------------------------------------------------------- main entry
@@ -373,10 +539,11 @@ def seam_metrics(
     if whole is not None and tuple(whole.shape) != tuple(image.shape):
         raise ValueError(f"whole has shape {tuple(whole.shape)}, image {tuple(image.shape)}")
     weighted = plan.blend != "crop"
-    rad = {"x": _radius(plan.x, radius), "y": _radius(plan.y, radius)}
-    half_band = {
-        "x": math.ceil(plan.x.out_overlap / 2) if weighted else 0,
-        "y": math.ceil(plan.y.out_overlap / 2) if weighted else 0,
+    specs = {"x": _step_spec(plan, "x", m), "y": _step_spec(plan, "y", m)}
+    half_band = {a: specs[a].transition for a in ("x", "y")}
+    rad = {
+        "x": _radius(plan.x, max(radius, half_band["x"] + 12)),
+        "y": _radius(plan.y, max(radius, half_band["y"] + 12)),
     }
     segs = _segments(plan)
     by_axis = {
@@ -384,7 +551,12 @@ def seam_metrics(
         "y": [i for i, s in enumerate(segs) if s.axis == "y"],
     }
     accs = {a: _SeamAcc(len(segs), max(rad[a], 1)) for a in ("x", "y")}
-    usable = {a: rad[a] >= max(m, half_band[a]) + 3 for a in ("x", "y")}
+    usable = {a: rad[a] >= m + 2 for a in ("x", "y")}
+    steps = {a: _StepAcc(segs, 1 + len(specs[a].near) + len(specs[a].parallel)) for a in ("x", "y")}
+    halo = {
+        a: max(HP_HALO, int(((plan.x if a == "x" else plan.y).stride * plan.scale_fraction) // 2) + 2)
+        for a in ("x", "y")
+    }
     n_ch = 1 if len(image.shape) == 2 else int(image.shape[2])
     colour_ok = reference is not None and n_ch in (1, 3, 4)
     stride_out = (plan.y.stride * plan.scale_fraction, plan.x.stride * plan.scale_fraction)
@@ -404,30 +576,34 @@ def seam_metrics(
     if whole is not None:
         band_x = np.zeros(w, dtype=bool)
         band_y = np.zeros(h, dtype=bool)
-        bw = max(m, half_band["x"], half_band["y"], 2)
+        bw = max(m, specs["x"].band, specs["y"].band, 2)
         for s in segs:
             arr = band_x if s.axis == "x" else band_y
             arr[max(0, s.pos - bw) : s.pos + bw] = True
-        fid = {"sq_band": 0.0, "n_band": 0, "sq_int": 0.0, "n_int": 0, "max": 0.0}
+        fid: dict[str, float] = {"sq_band": 0.0, "n_band": 0.0, "sq_int": 0.0, "n_int": 0.0, "max": 0.0}
 
     ey, ex = _block_edges(plan.y, chunk), _block_edges(plan.x, chunk)
     for by0, by1 in zip(ey[:-1], ey[1:], strict=True):
         for bx0, bx1 in zip(ex[:-1], ex[1:], strict=True):
-            hy0, hy1 = max(0, by0 - HP_HALO), min(h, by1 + HP_HALO)
-            hx0, hx1 = max(0, bx0 - HP_HALO), min(w, bx1 + HP_HALO)
+            hy0, hy1 = max(0, by0 - halo["y"]), min(h, by1 + halo["y"])
+            hx0, hx1 = max(0, bx0 - halo["x"]), min(w, bx1 + halo["x"])
             dn = read_dn(image, hy0, hy1, hx0, hx1)
             lum = luminance(dn)
             hp = lum - gaussian_filter(lum, HP_SIGMA, mode="nearest")
             core = (slice(by0 - hy0, by1 - hy0), slice(bx0 - hx0, bx1 - hx0))
             lc, hc = lum[core], hp[core]
+            # seams near the image border: the step statistic reads the border mirrored (never "n/a")
+            py0, py1 = halo["y"] - (by0 - hy0), halo["y"] - (hy1 - by1)
+            px0, px1 = halo["x"] - (bx0 - hx0), halo["x"] - (hx1 - bx1)
+            lum_p = (
+                np.pad(lum, ((py0, py1), (px0, px1)), mode="symmetric") if py0 or py1 or px0 or px1 else lum
+            )
             # |gradient| profiles (the halo gives the left/top neighbour of the first column/row)
             gx = np.abs(np.diff(lum[core[0], max(0, bx0 - 1 - hx0) : bx1 - hx0], axis=1)).sum(0)
             colprof[bx1 - len(gx) : bx1] += gx
             gy = np.abs(np.diff(lum[max(0, by0 - 1 - hy0) : by1 - hy0, core[1]], axis=0)).sum(1)
             rowprof[by1 - len(gy) : by1] += gy
             for axis in ("x", "y"):
-                if not usable[axis]:
-                    continue
                 r = rad[axis]
                 for i in by_axis[axis]:
                     s = segs[i]
@@ -437,16 +613,26 @@ def seam_metrics(
                         lo, hi = max(s.lo, by0), min(s.hi, by1)
                         if lo >= hi:
                             continue
+                        stat = _line_statistics(
+                            lum_p[lo - hy0 + py0 : hi - hy0 + py0, :], s.pos - hx0 + px0, specs[axis]
+                        )
                         sl = (slice(lo - by0, hi - by0), slice(s.pos - r - bx0, s.pos + r - bx0))
-                        accs[axis].add(i, lc[sl], hc[sl])
+                        strip, hps = lc[sl], hc[sl]
                     else:
                         if not (by0 < s.pos < by1):
                             continue
                         lo, hi = max(s.lo, bx0), min(s.hi, bx1)
                         if lo >= hi:
                             continue
+                        stat = _line_statistics(
+                            lum_p[:, lo - hx0 + px0 : hi - hx0 + px0].T, s.pos - hy0 + py0, specs[axis]
+                        )
                         sl = (slice(s.pos - r - by0, s.pos + r - by0), slice(lo - bx0, hi - bx0))
-                        accs[axis].add(i, lc[sl].T, hc[sl].T)
+                        strip, hps = lc[sl].T, hc[sl].T
+                    if stat is not None:
+                        steps[axis].add(i, s, lo, stat)
+                    if usable[axis] and strip.shape[1] == 2 * r:
+                        accs[axis].add(i, strip, hps)
             if colour_ok:
                 _colour_add(dn[core], by0, bx0, cey, cex, c_sum, c_cnt, conv)
                 ry0, ry1 = _ref_index(by0, h, rh), _ref_index(by1, h, rh)
@@ -467,8 +653,8 @@ def seam_metrics(
                 fid["n_int"] += int((~mask).sum()) * diff2.shape[-1]
                 fid["max"] = max(fid["max"], float(np.sqrt(diff2.max(initial=0.0))))
 
-    seam_rows = _finish_segments(segs, accs, rad, half_band, m, usable)
-    out = {
+    seam_rows = _finish_segments(segs, accs, steps, specs, rad, half_band, m, usable)
+    out: dict[str, Any] = {
         "units": {"values": "DN (1/255 of full scale)", "colour_space": conv.description},
         "geometry": {
             "shape": [h, w],
@@ -479,6 +665,17 @@ def seam_metrics(
             "overlap_out": [plan.y.out_overlap, plan.x.out_overlap],
             "radius": [rad["y"], rad["x"]],
             "m": m,
+            "step_fit": {
+                a: {
+                    "half_width": specs[a].R,
+                    "transition": specs[a].transition,
+                    "band": specs[a].band,
+                    "kappa": specs[a].kappa,
+                    "parallel_lines": len(specs[a].parallel),
+                    "threshold_floors": specs[a].threshold,
+                }
+                for a in ("x", "y")
+            },
             "colour_block": cblock,
         },
     }
@@ -507,7 +704,7 @@ def seam_metrics(
     return out
 
 
-def _psnr(sq: float, n: int) -> float | None:
+def _psnr(sq: float, n: float) -> float | None:
     if n == 0:
         return None
     mse = sq / n
@@ -541,46 +738,86 @@ def _colour_add_mapped(dn: np.ndarray, ycen, xcen, cey, cex, acc, cnt, conv: RGB
     cnt[np.ix_(uy, ux)] += cy[:, None] * cx[None, :]
 
 
-def _finish_segments(segs, accs, rad, half_band, m, usable) -> list[dict | None]:
+def _finish_segments(segs, accs, steps, specs, rad, half_band, m, usable) -> list[dict | None]:
+    """Per-segment numbers: the step (above the noise floor), its floor, gradient and texture sums.
+
+    The raw step of a segment is the interquartile mean, over sub-segments along the seam, of the
+    band step estimated at the seam line; its noise floor is what the same statistic does on the
+    seam-free parallel lines of the same segment (RMS), pooled half-and-half with the median floor of
+    the axis (a segment has few parallel lines of its own). The reported ``step`` is the part of the
+    raw step beyond three floors (zero when the content alone could explain it).
+    """
+    raw: list[tuple[float, float | None, float, int] | None] = []
+    for i, s in enumerate(segs):
+        spec = specs[s.axis]
+        values = steps[s.axis].lines(i)
+        nn = 1 + len(spec.near)
+        if values.shape[0] == 0 or not np.all(np.isfinite(values[:, :nn])):
+            raw.append(None)
+            continue
+        finite = np.all(np.isfinite(values), axis=0)
+        means = _robust_mean(values[:, finite])
+        nb = values.shape[0]
+        se = float(np.std(values[:, 0]) / math.sqrt(max(nb - 1, 1))) * 1.1 if nb > 1 else 0.0
+        if spec.transition <= 2:  # a cut on the line: content at the line itself shows on the near lines
+            near_res = means[1:nn] - means[0] * spec.psi
+            se = max(se, float(np.sqrt(np.mean(near_res**2))))
+        par = means[nn:]
+        floor = float(np.sqrt(np.mean(par**2))) if par.size else None
+        raw.append((float(means[0]), floor, se, nb))
+    axis_floor = {}
+    for a in ("x", "y"):
+        fl = [
+            r[1] for s, r in zip(segs, raw, strict=True) if r is not None and s.axis == a and r[1] is not None
+        ]
+        axis_floor[a] = float(np.sqrt(np.mean(np.square(fl)))) if fl else None
     rows: list[dict | None] = []
     for i, s in enumerate(segs):
-        acc, r = accs[s.axis], rad[s.axis]
-        n = acc.n[i]
-        if not usable[s.axis] or n == 0:
+        est = raw[i]
+        if est is None:
             rows.append(None)
             continue
-        p = acc.prof[i] / n
-        u = np.arange(2 * r) - r + 0.5  # column offsets from the seam line (between columns r - 1 and r)
-        excl = max(m, half_band[s.axis])
-        step, se, beta = _step_fit(p, u, (u <= -excl - 0.5), (u >= excl + 0.5))
-        near = float(np.median(p[r : r + m]) - np.median(p[r - m : r]) - beta * m)
-        z = abs(step) / se if se > 0 else (math.inf if step else 0.0)
-        g = acc.gabs[i] / n  # g[k - 1]: |difference| between columns k - 1 and k
-        offs = [o for o in range(max(m, half_band[s.axis]) + 2, r)] or [max(1, r // 2)]
-        g_seam = float(g[r - 1])
-        g_int = float(np.mean([g[r + o - 1] for o in offs] + [g[r - o - 1] for o in offs]))
-        near_cols = list(range(r - 3, r + 3))
-        far_cols = [r + o for o in offs] + [r - 1 - o for o in offs]
-        rows.append(
-            {
-                "step": float(step),
-                "near_step": near,
-                "z": float(min(z, 1e6)),
-                "g_seam": g_seam,
-                "g_int": g_int,
-                "hp_near": (
-                    float(acc.hps[i][near_cols].sum()),
-                    float(acc.hpq[i][near_cols].sum()),
-                    n * len(near_cols),
-                ),
-                "hp_far": (
-                    float(acc.hps[i][far_cols].sum()),
-                    float(acc.hpq[i][far_cols].sum()),
-                    n * len(far_cols),
-                ),
-                "n": float(n),
-            }
-        )
+        value, floor, se, nb = est
+        spec = specs[s.axis]
+        if spec.transition <= 2:  # a cut: the near lines tell content at the line from a step
+            sigma = se
+        else:  # a ramp: the near lines cannot, the parallel lines bound what content does
+            sigma = max(se, floor or 0.0, axis_floor[s.axis] or 0.0)
+        z = abs(value) / sigma if sigma > 0 else (math.inf if value else 0.0)
+        k = spec.threshold
+        excess = value * min(1.0, max(0.0, (z - k) / k))  # 0 below k floors, the whole raw step from 2 k
+        row: dict = {
+            "step": float(excess),
+            "raw_step": value,
+            "floor": float(sigma),
+            "z": float(min(z, 1e6)),
+            "near_step": None,
+            "g_seam": None,
+            "g_int": None,
+            "hp_near": (0.0, 0.0, 0),
+            "hp_far": (0.0, 0.0, 0),
+            "n": float(nb),
+        }
+        acc, r = accs[s.axis], rad[s.axis]
+        n = acc.n[i]
+        if usable[s.axis] and n > 0:
+            p = acc.prof[i] / n
+            beta = float(np.median(np.diff(p)))
+            row["near_step"] = float(np.median(p[r : r + m]) - np.median(p[r - m : r]) - beta * m)
+            g = acc.gabs[i] / n  # g[k - 1]: |difference| between columns k - 1 and k
+            first = half_band[s.axis] + 2
+            offs = list(range(first, r)) if first < r else [max(1, r // 2)]
+            row["g_seam"] = float(g[r - 1])
+            row["g_int"] = float(np.mean([g[r + o - 1] for o in offs] + [g[r - o - 1] for o in offs]))
+            near_cols = list(range(r - 3, r + 3))
+            far_cols = [r + o for o in offs] + [r - 1 - o for o in offs]
+            row["hp_near"] = (float(acc.hps[i][near_cols].sum()), float(acc.hpq[i][near_cols].sum()), n * 6)
+            row["hp_far"] = (
+                float(acc.hps[i][far_cols].sum()),
+                float(acc.hpq[i][far_cols].sum()),
+                n * len(far_cols),
+            )
+        rows.append(row)
     return rows
 
 
@@ -603,33 +840,49 @@ def _ratio(a, b) -> float | None:
 def _summarise_seams(plan, segs, rows, top_k, grid_limit, weighted) -> dict:
     ok = [(s, r) for s, r in zip(segs, rows, strict=True) if r is not None]
     steps = np.array([abs(r["step"]) for _, r in ok])
-    near = np.array([abs(r["near_step"]) for _, r in ok])
-    seams: dict = {"count": len(ok)}
+    raws = np.array([abs(r["raw_step"]) for _, r in ok])
+    floors = np.array([r["floor"] for _, r in ok])
+    near = [abs(r["near_step"]) for _, r in ok if r["near_step"] is not None]
+    seams: dict = {"count": len(ok), "expected": len(segs)}
     if ok:
         seams.update(
             worst_step=float(steps.max()),
             mean_step=float(steps.mean()),
             p95_step=float(np.percentile(steps, 95)),
-            worst_near_step=float(near.max()),
-            visible=int(sum(1 for _, r in ok if abs(r["step"]) > 0.5 and r["z"] > 3)),
+            worst_raw_step=float(raws.max()),
+            noise_floor=float(np.median(floors)),
+            worst_noise_floor=float(floors.max()),
+            worst_near_step=float(max(near)) if near else None,
+            visible=int(sum(1 for _, r in ok if abs(r["step"]) >= 0.5)),
         )
-        order = np.argsort(-steps)[:top_k]
+        order = np.lexsort((-raws, -steps))[:top_k]
         seams["worst"] = [_segment_record(*ok[i]) for i in order]
         lines: dict = {}
         for s, r in ok:
             key = (s.axis, s.line)
-            tot = lines.setdefault(key, [s.pos, 0.0, 0.0])
-            tot[1] += r["step"] * r["n"]
+            tot = lines.setdefault(key, [s.pos, 0.0, 0.0, 0.0])
+            tot[1] += r["raw_step"] * r["n"]
             tot[2] += r["n"]
+            tot[3] += r["floor"] * r["n"]
         ranked = sorted(lines.items(), key=lambda kv: -abs(kv[1][1] / kv[1][2]))[:top_k]
         seams["worst_lines"] = [
-            {"axis": k[0], "line": k[1], "pos": v[0], "mean_step": float(v[1] / v[2])} for k, v in ranked
+            {
+                "axis": k[0],
+                "line": k[1],
+                "pos": v[0],
+                "mean_step": float(v[1] / v[2]),
+                "floor": float(v[3] / v[2]),
+            }
+            for k, v in ranked
         ]
     else:
         seams.update(
             worst_step=None,
             mean_step=None,
             p95_step=None,
+            worst_raw_step=None,
+            noise_floor=None,
+            worst_noise_floor=None,
             worst_near_step=None,
             visible=0,
             worst=[],
@@ -645,13 +898,14 @@ def _summarise_seams(plan, segs, rows, top_k, grid_limit, weighted) -> dict:
             else:
                 gy[s.line, s.a % cols_] = r["step"]
         seams["step_grid"] = {"x": _nan_list(gx), "y": _nan_list(gy)}
-    g_seam = sum(r["g_seam"] * r["n"] for _, r in ok)
-    g_int = sum(r["g_int"] * r["n"] for _, r in ok)
+    ok_g = [(s, r) for s, r in ok if r["g_seam"] is not None]
+    g_seam = sum(r["g_seam"] * r["n"] for _, r in ok_g)
+    g_int = sum(r["g_int"] * r["n"] for _, r in ok_g)
     per_axis = {}
     for axis in ("x", "y"):
-        sub = [r for s, r in ok if s.axis == axis]
+        sub = [r for s, r in ok_g if s.axis == axis]
         per_axis[axis] = _ratio(sum(r["g_seam"] * r["n"] for r in sub), sum(r["g_int"] * r["n"] for r in sub))
-    tcr = _ratio(_pooled_std([r["hp_near"] for _, r in ok]), _pooled_std([r["hp_far"] for _, r in ok]))
+    tcr = _ratio(_pooled_std([r["hp_near"] for _, r in ok_g]), _pooled_std([r["hp_far"] for _, r in ok_g]))
     return {
         "seams": seams,
         "gradient_ratio": {"value": _ratio(g_seam, g_int), "per_axis": per_axis},
@@ -676,6 +930,8 @@ def _segment_record(s: _Segment, r: dict) -> dict:
         "box": box,
         "windows": [s.a, s.b],
         "step": r["step"],
+        "raw_step": r["raw_step"],
+        "floor": r["floor"],
         "near_step": r["near_step"],
         "z": r["z"],
         "gradient_ratio": _ratio(r["g_seam"], r["g_int"]),
@@ -726,9 +982,13 @@ def _colour_summary(plan, c_sum, c_cnt, r_sum, r_cnt, coy, cox, remove_global, t
     tile = coy[:, None] * cols_ + cox[None, :]
     n_t = rows_ * cols_
     t_cnt = np.bincount(tile[ok], minlength=n_t).astype(float)
-    t_err = np.stack([np.bincount(tile[ok], weights=err[ok][:, k], minlength=n_t) for k in range(3)], -1)
-    t_ref = np.stack([np.bincount(tile[ok], weights=lab_r[ok][:, k], minlength=n_t) for k in range(3)], -1)
-    t_de = np.bincount(tile[ok], weights=vals, minlength=n_t)
+    t_err = np.stack(
+        [np.bincount(tile[ok], weights=err[ok][:, k], minlength=n_t) for k in range(3)], -1
+    ).astype(np.float64)
+    t_ref = np.stack(
+        [np.bincount(tile[ok], weights=lab_r[ok][:, k], minlength=n_t) for k in range(3)], -1
+    ).astype(np.float64)
+    t_de = np.bincount(tile[ok], weights=vals, minlength=n_t).astype(np.float64)
     has = t_cnt > 0
     t_err[has] /= t_cnt[has, None]
     t_ref[has] /= t_cnt[has, None]

@@ -63,11 +63,14 @@ def summary_rows(metrics: dict) -> list[dict]:
     its formatting in the HTML, ``ok`` whether it meets ``target`` (``None`` when there is no target or value).
     """
     spec = [
-        ("worst seam step (DN)", "seams.worst_step", "< 0.5", lambda v: abs(v) < 0.5),
+        ("seam segments measured", "seams.count", None, None),
+        ("worst seam step beyond the noise floor (DN)", "seams.worst_step", "< 0.5", lambda v: abs(v) < 0.5),
         ("p95 seam step (DN)", "seams.p95_step", None, None),
         ("mean seam step (DN)", "seams.mean_step", None, None),
+        ("seam step noise floor, median (DN)", "seams.noise_floor", None, None),
+        ("largest raw seam step, content included (DN)", "seams.worst_raw_step", None, None),
         ("worst near-seam step, m px each side (DN)", "seams.worst_near_step", None, None),
-        ("segments with a visible step (> 0.5 DN, z > 3)", "seams.visible", "0", lambda v: v == 0),
+        ("segments with a visible step (>= 0.5 DN beyond the floor)", "seams.visible", "0", lambda v: v == 0),
         ("seam-to-interior gradient ratio", "gradient_ratio.value", "0.9 - 1.1", lambda v: 0.9 <= v <= 1.1),
         ("texture ratio at seams", "texture_ratio.value", "0.9 - 1.1", lambda v: 0.9 <= v <= 1.1),
         ("power at the tile period (dB, max of x/y)", "period.max_db", "< 6", lambda v: v < 6),
@@ -238,8 +241,8 @@ def _pair_figure(pics: _Pictures, image, name: str, box, zoom_to: int, caption: 
     dn = read_dn(image, y0, y1, x0, x1)
     zoom = max(1, zoom_to // max(1, max(y1 - y0, x1 - x0)))
     size = ((x1 - x0) * zoom, (y1 - y0) * zoom)
-    normal = Image.fromarray(_to_rgb8(dn)).resize(size, Image.NEAREST)
-    solar = Image.fromarray(_solar8(dn)).resize(size, Image.NEAREST)
+    normal = Image.fromarray(_to_rgb8(dn)).resize(size, Image.Resampling.NEAREST)
+    solar = Image.fromarray(_solar8(dn)).resize(size, Image.Resampling.NEAREST)
     a, b = pics.add(f"{name}", normal), pics.add(f"{name}_solar", solar)
     cap = html.escape(caption)
     return (
@@ -340,6 +343,7 @@ def write_report(
     worst_rows = "".join(
         f"<tr><td>{s['axis']}</td><td class='num'>{s['pos']}</td><td class='num'>{s['extent'][0]}-{s['extent'][1]}</td>"
         f"<td class='num'>{s['windows'][0]}/{s['windows'][1]}</td><td class='num'>{s['step']:+.3f}</td>"
+        f"<td class='num'>{s['raw_step']:+.3f}</td><td class='num'>{s['floor']:.3f}</td>"
         f"<td class='num'>{_fmt(s['near_step'])}</td><td class='num'>{s['z']:.1f}</td>"
         f"<td class='num'>{_fmt(s['gradient_ratio'])}</td></tr>"
         for s in _get(metrics, "seams", "worst") or []
@@ -350,7 +354,9 @@ def write_report(
 <body>
 <h1>{html.escape(title)}</h1>
 <p>Output {h} &times; {w}, {plan.grid[0]} &times; {plan.grid[1]} windows, blend <b>{html.escape(plan.blend)}</b>,
-seam segments measured: {_get(metrics, "seams", "count")}. Units: DN = 1/255 of full scale.
+seam segments measured: {_get(metrics, "seams", "count")} of {_get(metrics, "seams", "expected")}.
+Units: DN = 1/255 of full scale. A seam's step is what it shows beyond its noise floor (what the content
+does on parallel lines and on the lines beside the seam); the raw step includes the content.
 The same numbers are in <a href="report.json">report.json</a>.</p>
 <h2>Summary</h2>
 {summary_html(metrics)}
@@ -360,13 +366,14 @@ The same numbers are in <a href="report.json">report.json</a>.</p>
 <figcaption>Every seam segment coloured by its step: green 0 DN, yellow {step_scale / 2:g} DN, red &ge; {step_scale:g} DN
 (thumbnail 1:{factor}).</figcaption></figure>
 <h2>Worst seams</h2>
-<table><tr><th>axis</th><th>pos</th><th>extent</th><th>windows</th><th>step (DN)</th><th>near step</th><th>z</th>
+<table><tr><th>axis</th><th>pos</th><th>extent</th><th>windows</th><th>step (DN)</th><th>raw step</th>
+<th>floor</th><th>near step</th><th>z</th>
 <th>gradient ratio</th></tr>{worst_rows}</table>
 {"".join(figures)}
 <h2>Tile corner</h2>
 {corner}
 <p style="font-size:12px;color:#666">Profile half-width {geo.get("radius")}, step over {geo.get("m")} px per
-side; colour blocks of {geo.get("colour_block")} px.</p>
+side; colour blocks of {geo.get("colour_block")} px; step fit {html.escape(json.dumps(geo.get("step_fit")))}.</p>
 </body></html>
 """
     html_path = out_dir / "report.html"
