@@ -27,9 +27,9 @@ from tilegraph.testing.seam_models import (  # noqa: E402
     ArrayReader,
     ShadedTextureModel,
     seam_scores,
-    window_inputs,
     window_outputs,
 )
+from tilegraph.testing.windows import window_inputs  # noqa: E402
 
 MODES = [
     ("crop", "none"),
@@ -68,7 +68,7 @@ def main() -> None:
         ("generative stand-in", ShadedTextureModel()),
         ("drift model", models.DriftModel(seed=0)),
     ):
-        outputs = window_outputs(plan, image, model)
+        outputs = window_outputs(model, plan, image)
         truth = whole_image_inference(image, model.smooth, plan)
         inputs = window_inputs(plan, image)
         pairs = [pair_stats(plan, a, b, outputs[a], outputs[b]) for a, b in neighbour_pairs(plan)]

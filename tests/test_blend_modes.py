@@ -28,9 +28,9 @@ from tilegraph.testing.seam_models import (  # noqa: E402
     blend_image,
     measure_strips,
     seam_scores,
-    window_inputs,
     window_outputs,
 )
+from tilegraph.testing.windows import window_inputs  # noqa: E402
 
 NEW_MODES = ("multiband", "seam", "poisson")
 
@@ -80,7 +80,7 @@ def test_levels_follow_the_overlap():
 def test_same_pixels_whatever_the_chunking(mode, detail, overlap):
     plan = small_plan(mode, tile=64 + overlap, overlap=overlap)
     image = smooth_gradient(plan.shape)
-    read = ArrayReader(window_outputs(plan, image, ShadedTextureModel(texture_dn=3, shading_dn=4)))
+    read = ArrayReader(window_outputs(ShadedTextureModel(texture_dn=3, shading_dn=4), plan, image))
     b = blender(mode, detail)
     strips = measure_strips(b, plan, read)
     whole = blend_image(b, plan, read, strips=strips)
@@ -95,7 +95,7 @@ def test_identity_windows_come_out_as_the_image(mode, detail):
     plan = small_plan(mode)
     image = smooth_gradient(plan.shape) + 0.02 * np.random.default_rng(0).standard_normal((*plan.shape, 3))
     image = image.astype(np.float32)
-    read = ArrayReader(window_outputs(plan, image, models.Identity()))
+    read = ArrayReader(window_outputs(models.Identity(), plan, image))
     b = blender(mode, detail)
     out = blend_image(b, plan, read, strips=measure_strips(b, plan, read))
     err = float(np.abs(out - image).max())
@@ -119,7 +119,7 @@ def test_exact_models_match_whole_image_inference(mode, detail, model):
         plan = small_plan(mode, tile=96, overlap=32)
     image = smooth_gradient(plan.shape) + 0.05 * np.random.default_rng(1).standard_normal((*plan.shape, 3))
     image = image.astype(np.float32)
-    read = ArrayReader(window_outputs(plan, image, net))
+    read = ArrayReader(window_outputs(net, plan, image))
     b = blender(mode, detail)
     out = blend_image(b, plan, read, strips=measure_strips(b, plan, read))
     whole = whole_image_inference(image, net, plan)
@@ -148,7 +148,7 @@ class CheckedReader(ArrayReader):
 @pytest.mark.parametrize("mode", NEW_MODES)
 def test_reads_stay_inside_the_declared_windows(mode):
     plan = small_plan(mode, n=4)
-    outputs = window_outputs(plan, smooth_gradient(plan.shape), ShadedTextureModel())
+    outputs = window_outputs(ShadedTextureModel(), plan, smooth_gradient(plan.shape))
     b = get_blender(mode)
     strips = measure_strips(b, plan, ArrayReader(outputs))
     for box in ((40, 90, 30, 100), (0, 17, 150, plan.out_shape[1])):
@@ -159,7 +159,7 @@ def test_reads_stay_inside_the_declared_windows(mode):
 def test_blend_needs_only_the_strips_of_its_box(mode):
     """The engine sends each blend task the strip results of ``strips_for_box`` only."""
     plan = small_plan(mode, n=4)
-    read = ArrayReader(window_outputs(plan, smooth_gradient(plan.shape), ShadedTextureModel(shading_dn=4)))
+    read = ArrayReader(window_outputs(ShadedTextureModel(shading_dn=4), plan, smooth_gradient(plan.shape)))
     b = get_blender(mode)
     combined = measure_strips(b, plan, read)
     whole = blend_image(b, plan, read, strips=combined)
@@ -174,7 +174,7 @@ def test_blend_needs_only_the_strips_of_its_box(mode):
 def test_seam_paths_are_small_continuous_and_meet_at_the_corners():
     plan = small_plan("seam", n=4)
     image = smooth_gradient(plan.shape)
-    read = ArrayReader(window_outputs(plan, image, ShadedTextureModel(texture_dn=3)))
+    read = ArrayReader(window_outputs(ShadedTextureModel(texture_dn=3), plan, image))
     b = SeamBlender()
     paths = measure_strips(b, plan, read)
     assert set(paths) == {(s.a, s.b) for s in overlap_strips(plan)}
@@ -253,7 +253,7 @@ def generative_case():
     plan = make_plan((size, size), tile=tile, overlap=overlap, channels=3, dtype="float32", blend="cosine")
     image = smooth_gradient(plan.shape)
     model = ShadedTextureModel()
-    outputs = window_outputs(plan, image, model)
+    outputs = window_outputs(model, plan, image)
     truth = whole_image_inference(image, model.smooth, plan)  # what the windows deviate from
     return plan, image, model, outputs, truth
 
@@ -325,7 +325,7 @@ def test_poisson_removes_the_drift_step():
     plan = make_plan((size, size), tile=tile, overlap=overlap, channels=3, dtype="float32", blend="crop")
     image = smooth_gradient(plan.shape)
     model = models.DriftModel(seed=0)
-    outputs = window_outputs(plan, image, model)
+    outputs = window_outputs(model, plan, image)
     truth = whole_image_inference(image, model.smooth, plan)
     crop = seam_scores(_run("crop", plan, outputs), plan, truth=truth)["worst_step_16"]
     poisson = seam_scores(_run("poisson", plan, outputs), plan, truth=truth)["worst_step_16"]

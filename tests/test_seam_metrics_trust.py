@@ -90,7 +90,7 @@ def drift_case():
 def test_drift_step_matches_whole_image_reference(drift_case, blend):
     image, model, tile, overlap = drift_case
     plan = make_plan(image.shape[:2], tile=tile, overlap=overlap, channels=3, dtype="float32", blend=blend)
-    b, read = get_blender(blend), ArrayReader(window_outputs(plan, image, model))
+    b, read = get_blender(blend), ArrayReader(window_outputs(model, plan, image))
     out = blend_image(b, plan, read, strips=measure_strips(b, plan, read))
     truth = whole_image_inference(image, model.smooth, plan)  # the smooth filter without the drift
     # a routed cut may sit anywhere in the overlap: its step is the jump across the whole overlap
@@ -110,7 +110,7 @@ def test_exact_model_on_a_photo_reports_no_step(seam_free_outputs):
     image = seam_free_outputs["astronaut", "tv"]
     plan = make_plan(image.shape[:2], tile=128, overlap=32, channels=3, dtype="float32", blend="crop")
     model = models.LocalConv()
-    out = blend_image(get_blender("crop"), plan, ArrayReader(window_outputs(plan, image, model)))
+    out = blend_image(get_blender("crop"), plan, ArrayReader(window_outputs(model, plan, image)))
     whole = whole_image_inference(image, model, plan)
     assert np.abs(out - whole).max() * 255 < 1e-3
     seams = seam_metrics(out, plan)["seams"]

@@ -5,8 +5,9 @@ Everything here drives :class:`~tilegraph.blend.abc.Blender` objects directly, w
 * :class:`ShadedTextureModel`: a smooth local filter plus, per window, structured texture (streaks of
   about 10 px) and low-frequency shading (an offset and a ramp along each axis, per channel) that no
   per-window gain and offset removes; :meth:`ShadedTextureModel.base` is the deterministic part;
-* :func:`window_outputs`, :class:`ArrayReader`, :func:`measure_strips`, :func:`blend_image`: compute a
-  plan's window outputs in memory, read them as a blender does, run the strip pass and blend boxes;
+* :func:`measure_strips`, :func:`blend_image`: run the strip pass and blend boxes over window outputs
+  held in memory (:func:`tilegraph.testing.windows.window_outputs`, :class:`~tilegraph.testing.windows.ArrayReader`,
+  re-exported here);
 * :func:`seam_scores`: texture ratio, gradient ratio and band steps over the plan's seam lines, as the
   seam issue defines them (steps against a truth such as whole-image inference).
 """
@@ -14,8 +15,7 @@ Everything here drives :class:`~tilegraph.blend.abc.Blender` objects directly, w
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,11 +24,11 @@ from scipy.ndimage import gaussian_filter
 from tilegraph.blend.abc import Blender, Box, overlap_strips
 from tilegraph.plan.plan import Plan
 from tilegraph.testing.models import _Declared, _finish, _near_identity_conv, _seeded, content_seed
+from tilegraph.testing.windows import ArrayReader, window_outputs
 
 __all__ = [
     "ShadedTextureModel",
     "ArrayReader",
-    "window_inputs",
     "window_outputs",
     "measure_strips",
     "blend_image",
@@ -111,53 +111,6 @@ class ShadedTextureModel(_Declared):
 
 
 # ----------------------------------------------------------------------------- harness
-def window_inputs(plan: Plan, image: np.ndarray) -> np.ndarray:
-    """Every window's input ``(N, C, th, tw)`` float32: the image padded as the plan pads it, then cut."""
-    img = image if image.ndim == 3 else image[..., None]
-    py, px = plan.padded_shape
-    widths = ((0, int(py - img.shape[0])), (0, int(px - img.shape[1])), (0, 0))
-    pad = np.pad(img, widths, mode=cast(Any, plan.pad_mode))
-    return np.stack([np.moveaxis(pad[w.y0 : w.y1, w.x0 : w.x1], -1, 0) for w in plan.windows()]).astype(
-        np.float32
-    )
-
-
-def window_outputs(plan: Plan, image: np.ndarray, model: Callable, *, batch: int = 16) -> np.ndarray:
-    """Every window's output ``(N, C', oh, ow)`` float32 (a torch module or a numpy batch callable)."""
-    inputs = window_inputs(plan, image)
-    outs = []
-    for i in range(0, len(inputs), batch):
-        chunk = inputs[i : i + batch]
-        if isinstance(model, torch.nn.Module):
-            with torch.inference_mode():
-                outs.append(model(torch.from_numpy(chunk)).numpy())
-        else:
-            outs.append(np.asarray(model(chunk), dtype=np.float32))
-    return np.ascontiguousarray(np.concatenate(outs).astype(np.float32))
-
-
-class ArrayReader:
-    """A :class:`~tilegraph.blend.abc.WindowReader` over in-memory window outputs ``(N, C, oh, ow)``.
-
-    ``reads`` counts the pixels read (to check that blenders read only what they need).
-    """
-
-    def __init__(self, outputs: np.ndarray, dtype: str | np.dtype = "float32") -> None:
-        self.outputs = outputs
-        self.dtype = np.dtype(dtype)
-        self.reads = 0
-
-    def __call__(self, index: int, rows: slice, cols: slice) -> np.ndarray:
-        region = self.outputs[index][:, rows, cols]
-        self.reads += region.size
-        out = region.astype(np.float32, copy=False).view()
-        out.flags.writeable = False  # blenders must never modify what they read
-        return out
-
-    def raw(self, index: int, rows: slice, cols: slice) -> np.ndarray:
-        return self.outputs[index][:, rows, cols].astype(self.dtype, copy=False)
-
-
 def measure_strips(blender: Blender, plan: Plan, read: ArrayReader) -> Any:
     """Run the strip pass of ``blender`` (if it has one) over every strip, then combine; else ``None``."""
     if not blender.strip_pass:

@@ -40,30 +40,48 @@ def window_inputs(plan: Plan, image: np.ndarray) -> np.ndarray:
     )
 
 
-def window_outputs(model: Any, plan: Plan, image: np.ndarray) -> np.ndarray:
-    """``model`` (a torch module or a numpy callable) over every window of ``image``, ``(N, C', h', w')``."""
+def window_outputs(model: Any, plan: Plan, image: np.ndarray, *, batch: int = 16) -> np.ndarray:
+    """``model`` (a torch module or a numpy callable) over every window of ``image``, ``(N, C', h', w')``,
+    ``batch`` windows per call."""
+    image = image if image.ndim == 3 else image[..., None]
     x = np.ascontiguousarray(window_inputs(plan, image).astype(np.float32))
     import sys
 
     torch = sys.modules.get("torch")
-    if torch is not None and isinstance(model, torch.nn.Module):
-        with torch.inference_mode():
-            return model(torch.from_numpy(x)).numpy()
-    return np.asarray(model(x))
+    outs = []
+    for i in range(0, len(x), batch):
+        part = x[i : i + batch]
+        if torch is not None and isinstance(model, torch.nn.Module):
+            with torch.inference_mode():
+                outs.append(model(torch.from_numpy(part)).numpy())
+        else:
+            outs.append(np.asarray(model(part)))
+    return np.concatenate(outs)
 
 
 class ArrayReader:
-    """A :class:`~tilegraph.blend.abc.WindowReader` over window outputs held in memory ``(N, C', h', w')``."""
+    """A :class:`~tilegraph.blend.abc.WindowReader` over window outputs held in memory ``(N, C', h', w')``.
+
+    Regions are read-only (a blender must never modify what it reads); ``reads`` counts the values read
+    (to check that blenders read only what they need).
+    """
 
     def __init__(self, outputs: np.ndarray) -> None:
         self.outputs = outputs
         self.dtype = np.dtype(outputs.dtype)
+        self.reads = 0
 
     def raw(self, index: int, rows: slice, cols: slice) -> np.ndarray:
-        return self.outputs[index][:, rows, cols]
+        region = self.outputs[index][:, rows, cols].view()
+        region.flags.writeable = False
+        return region
 
     def __call__(self, index: int, rows: slice, cols: slice) -> np.ndarray:
-        return self.raw(index, rows, cols).astype(np.float32, copy=False)
+        region = self.raw(index, rows, cols)
+        self.reads += region.size
+        out = region.astype(np.float32, copy=False).view()
+        out.flags.writeable = False
+        return out
 
 
 def blend_windows(
