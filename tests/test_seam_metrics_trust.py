@@ -3,6 +3,8 @@ content does on parallel lines, with their noise floor; verdicts follow from the
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
@@ -63,7 +65,7 @@ def test_seam_free_outputs_report_no_step(seam_free_outputs, blend):
             plan = make_plan(
                 image.shape[:2], tile=tile, overlap=overlap, channels=3, dtype="float32", blend=blend
             )
-            m = seam_metrics(image, plan)
+            m = seam_metrics(image, plan, seam_profile=partial(get_blender(blend).seam_profile, plan))
             seams = m["seams"]
             assert seams["count"] == seams["expected"] > 0, (name, op, tile)  # every seam measured, no "n/a"
             assert seams["worst_step"] is not None and seams["noise_floor"] is not None
@@ -95,7 +97,7 @@ def test_drift_step_matches_whole_image_reference(drift_case, blend):
     truth = whole_image_inference(image, model.smooth, plan)  # the smooth filter without the drift
     # a routed cut may sit anywhere in the overlap: its step is the jump across the whole overlap
     direct = float(np.abs(band_steps(out, truth, plan, across=b.strip_pass)).max())
-    m = seam_metrics(out, plan)
+    m = seam_metrics(out, plan, seam_profile=partial(b.seam_profile, plan))
     qa = m["seams"]["worst_step"]
     print(f"{blend}: worst step against the whole image {direct:.3f} DN, QA {qa:.3f} DN")
     assert direct > 2.0  # the drift shows

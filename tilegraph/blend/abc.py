@@ -13,7 +13,11 @@ What a blender declares:
 * :attr:`Blender.strip_pass`: whether it needs a pass over every overlap strip first (a seam
   path, statistics of both sides): :meth:`Blender.measure_strip` then runs once per
   :class:`Strip` on a worker, :meth:`Blender.combine_strips` gathers the small results on the
-  client, and every :meth:`Blender.blend` call receives them.
+  client, and each :meth:`Blender.blend` call receives what :meth:`Blender.strips_for_task` selects
+  for its box (by default the results of :meth:`Blender.strips_for_box`, not every strip);
+* :meth:`Blender.seam_profile`: its response to a unit step between two windows across a seam,
+  which the QA fits to measure seam steps (the QA package does not import blend modes: the engine
+  hands it this profile).
 
 Everything here is pure numpy on what the ``read`` callable returns; no I/O, no Dask.
 """
@@ -29,6 +33,7 @@ import numpy as np
 
 from tilegraph.options import BlendOptions
 from tilegraph.plan.plan import Plan
+from tilegraph.plan.weights import heaviside_profile, routed_profile
 
 __all__ = ["Blender", "Box", "Strip", "WindowReader", "WindowTransform", "overlap_strips"]
 
@@ -157,8 +162,36 @@ class Blender(ABC):
         raise NotImplementedError(f"blend mode {self.name!r} declares no strip pass")
 
     def combine_strips(self, plan: Plan, results: Mapping[tuple[int, int], Any]) -> Any:
-        """Gather the strip results (keyed by ``(a, b)``) on the client; what every :meth:`blend` receives."""
+        """Gather the strip results (keyed by ``(a, b)``) on the client (default: a dict)."""
         return dict(results)
+
+    def strips_for_task(self, plan: Plan, box: Box, combined: Any) -> Any:
+        """What the :meth:`blend` task of ``box`` receives of the combined strip results (client side).
+
+        Default: when :meth:`combine_strips` gave a mapping keyed by ``(a, b)``, only the entries of
+        :meth:`strips_for_box`, so a blend task carries its own strips, not every strip of the image;
+        anything else is passed whole.
+        """
+        if not isinstance(combined, Mapping):
+            return combined
+        keys = [(s.a, s.b) for s in self.strips_for_box(plan, box)]
+        return {k: combined[k] for k in keys if k in combined}
+
+    def seam_profile(self, plan: Plan, axis: str, half: int) -> np.ndarray:
+        """This mode's response to a unit step between two windows across a seam of ``axis`` (``"x"``, ``"y"``).
+
+        ``2 half`` float64 samples centred on the plan's middle seam line of that axis (offsets ``-half ..
+        half - 1``): the output when the windows before the line output 0 and those after it 1. NaN where
+        the response is unknown (a cut routed anywhere in the overlap). The QA fits it to measure the
+        step across every seam. Default: :meth:`blend` run on such constant windows (no reconciliation),
+        or the routed profile for modes with a strip pass.
+        """
+        grid = plan.x if axis == "x" else plan.y
+        if grid.count < 2:
+            return heaviside_profile(half)
+        if self.strip_pass:
+            return routed_profile(grid, half)
+        return _constant_response(self, plan, axis, half)
 
     @abstractmethod
     def blend(
@@ -180,3 +213,40 @@ class Blender(ABC):
     def describe(self) -> dict:
         """Plain data for the output's metadata."""
         return {"mode": self.name}
+
+
+class _ConstantWindows:
+    """A :class:`WindowReader` whose windows are constant: 0 up to window ``line`` along ``axis``, then 1."""
+
+    dtype = np.dtype("float32")
+
+    def __init__(self, plan: Plan, axis: str, line: int) -> None:
+        self.plan, self.axis, self.line = plan, axis, line
+
+    def __call__(self, index: int, rows: slice, cols: slice) -> np.ndarray:
+        r, c = divmod(index, self.plan.x.count)
+        oy, ox = self.plan.out_window_shape
+        value = 1.0 if (c if self.axis == "x" else r) > self.line else 0.0
+        return np.full((1, len(range(*rows.indices(oy))), len(range(*cols.indices(ox)))), value, np.float32)
+
+    raw = __call__
+
+
+def _constant_response(blender: Blender, plan: Plan, axis: str, half: int) -> np.ndarray:
+    """:meth:`Blender.seam_profile` measured: the blender run on constant windows across the middle seam."""
+    grid, other = (plan.x, plan.y) if axis == "x" else (plan.y, plan.x)
+    line = (grid.count - 1) // 2
+    pos = grid.cut(line)
+    lo, hi = other.keep(other.count // 2)
+    mid = (lo + hi) // 2
+    a0, a1 = max(0, pos - half), min(grid.out_size, pos + half)
+    b0, b1 = max(lo, mid - 4), min(hi, mid + 4)
+    box = (b0, b1, a0, a1) if axis == "x" else (a0, a1, b0, b1)
+    out = np.asarray(blender.blend(plan, box, _ConstantWindows(plan, axis, line)), dtype=np.float64)[..., 0]
+    prof = out.mean(axis=0) if axis == "x" else out.mean(axis=1)
+    s = np.empty(2 * half)
+    first = a0 - (pos - half)
+    s[:first] = 0.0
+    s[first : first + prof.size] = prof
+    s[first + prof.size :] = 1.0
+    return s

@@ -13,6 +13,7 @@ import numpy as np
 from tilegraph.blend.abc import Blender, Box, WindowReader, WindowTransform
 from tilegraph.blend.merge import blend_box, crop_box
 from tilegraph.plan.plan import Plan
+from tilegraph.plan.weights import step_profile
 
 __all__ = ["CropBlender", "WeightedBlender", "LinearBlender", "CosineBlender", "GaussianBlender"]
 
@@ -34,6 +35,9 @@ class CropBlender(Blender):
     def windows_for_box(self, plan: Plan, box: Box) -> list[int]:
         return plan.windows_for_box(*box, crop=True)
 
+    def seam_profile(self, plan: Plan, axis: str, half: int) -> np.ndarray:
+        return step_profile(plan.x if axis == "x" else plan.y, "crop", half)
+
     def blend(
         self,
         plan: Plan,
@@ -50,6 +54,9 @@ class CropBlender(Blender):
 
 class WeightedBlender(Blender):
     """Windows weighted by normalised per-axis weights of :attr:`name` (a partition of unity)."""
+
+    def seam_profile(self, plan: Plan, axis: str, half: int) -> np.ndarray:
+        return step_profile(plan.x if axis == "x" else plan.y, self.name, half)
 
     def blend(
         self,

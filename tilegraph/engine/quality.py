@@ -7,6 +7,7 @@ report says why instead of a figure.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -103,7 +104,12 @@ def quality_report(run: PreparedRun, executor: Executor, output_path: str) -> di
             f"image of {megapixels:.0f} MP is larger than psnr_max_megapixels={opts.psnr_max_megapixels:g}"
         )
     metrics = seam_metrics(
-        image, plan, reference=reference, whole=whole, icc_profile=run.source.metadata.icc_profile
+        image,
+        plan,
+        reference=reference,
+        whole=whole,
+        icc_profile=run.source.metadata.icc_profile,
+        seam_profile=functools.partial(run.context.blender.seam_profile, plan),
     )
     if whole_note is not None:
         metrics["fidelity_note"] = whole_note

@@ -30,21 +30,22 @@ neighbouring tiles); PSNR of the tiled result against whole-image inference in s
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from tilegraph.plan.grid import AxisGrid
 from tilegraph.plan.plan import Plan
+from tilegraph.plan.weights import heaviside_profile, routed_profile, step_profile
 from tilegraph.quality.icc import RGBToLab, colour_converter
 
-if TYPE_CHECKING:
-    from tilegraph.blend.abc import WindowReader
-
 __all__ = [
+    "SeamProfile",
     "seam_metrics",
+    "seam_shape",
     "difference_metrics",
     "seam_lines",
     "to_dn",
@@ -296,91 +297,41 @@ class _StepSpec:
     band: int
 
 
-def _heaviside(n: int) -> np.ndarray:
-    return (np.arange(2 * n) >= n).astype(np.float64)
+SeamProfile = Callable[[str, int], np.ndarray]
+"""``profile(axis, half)``: a blend mode's response to a unit step across a seam of ``axis`` (``"x"`` or
+``"y"``), ``2 half`` samples centred on the seam line, NaN where unknown
+(:meth:`tilegraph.blend.Blender.seam_profile` bound to the plan)."""
 
 
-def seam_shape(plan: Plan, axis: str, half: int) -> np.ndarray:
+def seam_shape(plan: Plan, axis: str, half: int, profile: SeamProfile | None = None) -> np.ndarray:
     """Profile of the blend's response to a unit step between two windows, ``2 half`` samples across a seam.
 
     ``s[half + v]`` is the output at offset ``v`` from the seam line (``v = -half .. half - 1``) when the
-    window before the seam outputs 0 and the one after it 1. Weighted modes (``linear``, ``cosine``,
-    ``gaussian``) give their normalised ramps; other registered modes without a strip pass (e.g.
-    ``multiband``) are run on such constant windows; ``crop`` cuts on the line (a step); modes with a
-    strip pass route their cut anywhere in the overlap (``seam``, ``poisson``): the profile is unknown
-    (NaN) there, and the step is the jump between the two sides of the overlap.
+    window before the seam outputs 0 and the one after it 1. ``profile`` (the mode's own, given by the
+    caller: this package does not import blend modes) wins; without it ``crop`` cuts on the line, the
+    weighted modes (``linear``, ``cosine``, ``gaussian``) give their normalised ramps, and any other mode
+    is taken as a cut routed somewhere in the overlap (NaN across it: the step is then the jump between
+    the two sides of the overlap).
     """
     grid = plan.x if axis == "x" else plan.y
-    mode = plan.blend
-    if grid.count < 2 or mode == "crop":
-        return _heaviside(half)
-    line = (grid.count - 1) // 2
-    pos = grid.cut(line)
-    idx = np.arange(pos - half, pos + half)
-    if mode in ("linear", "cosine", "gaussian"):
-        from tilegraph.blend.windows import normalized_axis_weights
-
-        w = normalized_axis_weights(grid, line + 1, mode)
-        start = grid.out_start(line + 1)
-        rel = idx - start
-        ok = (rel >= 0) & (rel < w.size)
-        s = np.where(rel >= w.size, 1.0, 0.0)
-        s[ok] = w[rel[ok]]
-        return s.astype(np.float64)
-    try:
-        return _measured_shape(plan, axis, line, half)
-    except Exception:  # a registered mode that cannot run on synthetic windows: assume a cut
-        return _heaviside(half)
-
-
-def _measured_shape(plan: Plan, axis: str, line: int, half: int) -> np.ndarray:
-    """Run the plan's blender on constant windows (0 before ``line``, 1 after) across one seam."""
-    from tilegraph.blend import get_blender
-
-    blender = get_blender(plan.blend)
-    if blender.strip_pass:  # a routed cut: a step somewhere in the overlap, unknown here (NaN)
-        grid = plan.x if axis == "x" else plan.y
-        reach = math.ceil(grid.out_overlap / 2)
-        s = _heaviside(half)
-        s[max(0, half - reach) : half + reach] = np.nan
+    if grid.count < 2 or plan.blend == "crop":
+        return heaviside_profile(half)
+    if profile is not None:
+        s = np.asarray(profile(axis, half), dtype=np.float64)
+        if s.shape != (2 * half,):
+            raise ValueError(f"seam profile of {plan.blend!r} has shape {s.shape}, expected ({2 * half},)")
         return s
-    grid, other = (plan.x, plan.y) if axis == "x" else (plan.y, plan.x)
-    pos = grid.cut(line)
-    lo, hi = other.keep(other.count // 2)
-    mid = (lo + hi) // 2
-    a0, a1 = max(0, pos - half), min(grid.out_size, pos + half)
-    b0, b1 = max(lo, mid - 4), min(hi, mid + 4)
-    oy, ox = plan.out_window_shape
-    cols = plan.x.count
-
-    class _Const:
-        dtype = np.dtype("float32")
-
-        def __call__(self, index: int, rows: slice, cols_: slice) -> np.ndarray:
-            r, c = divmod(index, cols)
-            k = c if axis == "x" else r
-            n_r = len(range(*rows.indices(oy)))
-            n_c = len(range(*cols_.indices(ox)))
-            return np.full((1, n_r, n_c), 1.0 if k > line else 0.0, dtype=np.float32)
-
-        raw = __call__
-
-    box = (b0, b1, a0, a1) if axis == "x" else (a0, a1, b0, b1)
-    out = np.asarray(blender.blend(plan, box, cast("WindowReader", _Const())), dtype=np.float64)[..., 0]
-    prof = out.mean(axis=0) if axis == "x" else out.mean(axis=1)
-    s = np.empty(2 * half)
-    s[: a0 - (pos - half)] = 0.0
-    s[a0 - (pos - half) : a0 - (pos - half) + prof.size] = prof
-    s[a0 - (pos - half) + prof.size :] = 1.0
-    return s
+    if plan.blend in ("linear", "cosine", "gaussian"):
+        return step_profile(grid, plan.blend, half)
+    return routed_profile(grid, half)
 
 
-def _step_spec(plan: Plan, axis: str, m: int) -> _StepSpec:
+def _step_spec(plan: Plan, axis: str, m: int, profile: SeamProfile | None = None) -> _StepSpec:
     grid = plan.x if axis == "x" else plan.y
     stride = int(grid.stride * grid.scale)
     band = max(m, math.ceil(grid.out_overlap / 2))
     probe = max(8, min(stride, band + 16))
-    s_full = seam_shape(plan, axis, probe)
+    s_full = seam_shape(plan, axis, probe, profile)
     v = np.arange(2 * probe) - probe
     routed = bool(np.isnan(s_full).any())  # the cut's place in the overlap is unknown: fit the sides only
     if routed:
@@ -492,6 +443,7 @@ def seam_metrics(
     remove_global_colour: bool = False,
     grid_limit: int = 50_000,
     icc_profile: bytes | None = None,
+    seam_profile: SeamProfile | None = None,
 ) -> dict:
     """Seam, texture, periodicity, colour-drift and fidelity metrics of a stitched output.
 
@@ -525,6 +477,10 @@ def seam_metrics(
         ICC profile of ``image`` and ``reference`` (they share it) for the colour metrics; ``None`` means
         sRGB. A profile that is not a matrix/TRC RGB profile falls back to sRGB; ``units.colour_space``
         records which was used.
+    seam_profile
+        The blend mode's response to a step across a seam (:data:`SeamProfile`;
+        ``functools.partial(blender.seam_profile, plan)``), which the step estimator fits; default: known
+        for the built-in modes, else a cut routed anywhere in the overlap (see :func:`seam_shape`).
 
     Returns
     -------
@@ -539,7 +495,7 @@ def seam_metrics(
     if whole is not None and tuple(whole.shape) != tuple(image.shape):
         raise ValueError(f"whole has shape {tuple(whole.shape)}, image {tuple(image.shape)}")
     weighted = plan.blend != "crop"
-    specs = {"x": _step_spec(plan, "x", m), "y": _step_spec(plan, "y", m)}
+    specs = {"x": _step_spec(plan, "x", m, seam_profile), "y": _step_spec(plan, "y", m, seam_profile)}
     half_band = {a: specs[a].transition for a in ("x", "y")}
     rad = {
         "x": _radius(plan.x, max(radius, half_band["x"] + 12)),
