@@ -163,9 +163,14 @@ def test_blend_needs_only_the_strips_of_its_box(mode):
     b = get_blender(mode)
     combined = measure_strips(b, plan, read)
     whole = blend_image(b, plan, read, strips=combined)
+    everything = combined.paths if mode == "poisson" else combined
     for box in ((0, 40, 0, 40), (50, 120, 60, 130), (100, plan.out_shape[0], 0, plan.out_shape[1])):
-        subset = {(s.a, s.b): combined[s.a, s.b] for s in b.strips_for_box(plan, box)}
-        assert len(subset) < len(combined) or box[0] == 0
+        subset = b.strips_for_task(plan, box, combined)
+        paths = subset.paths if mode == "poisson" else subset
+        assert set(paths) == {(s.a, s.b) for s in b.strips_for_box(plan, box)}
+        assert len(paths) < len(everything) or box[0] == 0
+        if mode == "poisson":  # the planes of those strips' windows only
+            assert set(subset.planes) == {i for k in paths for i in k}
         part = np.asarray(b.blend(plan, box, read, strips=subset))
         assert np.array_equal(part, whole[box[0] : box[1], box[2] : box[3]])
 
@@ -193,8 +198,9 @@ def test_seam_paths_are_small_continuous_and_meet_at_the_corners():
             assert pos[0] == across.cut(k)  # the branch point at the crop corner
         if p.start + pos.size < along.out_size:
             assert pos[-1] == across.cut(k)
-    poisson = measure_strips(PoissonBlender(), plan, read)
+    poisson = measure_strips(PoissonBlender(), plan, read).paths
     assert all(p.mismatch is not None and p.mismatch.shape == (3, p.offsets.size) for p in poisson.values())
+    assert all(p.fit is not None and p.fit.coef.shape == (3, 3) for p in poisson.values())
 
 
 def test_seam_cut_follows_where_windows_agree():

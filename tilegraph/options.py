@@ -51,6 +51,10 @@ __all__ = [
     "ReconcileReference",
     "Device",
     "CodecPipeline",
+    "DetailMode",
+    "LowFreqMode",
+    "LowFreqSplit",
+    "RefineMode",
 ]
 
 Precision = Literal["fp32", "fp16", "bf16"]
@@ -60,6 +64,10 @@ ReconcileMode = Literal["offset", "gain-offset"]
 ReconcileReference = Literal["input", "thumbnail"]
 Device = Literal["auto", "cpu", "cuda"]
 CodecPipeline = Literal["auto", "zarrs", "zarr-python"]
+DetailMode = Literal["none", "preserve"]
+LowFreqMode = Literal["thumbnail"]
+LowFreqSplit = Literal["gaussian", "wavelet"]
+RefineMode = Literal["seams"]
 
 S = TypeVar("S")
 
@@ -202,11 +210,35 @@ class TilingOptions:
 class BlendOptions:
     """How windows are merged into the output (the mode is a registered :class:`~tilegraph.blend.Blender`)."""
 
-    mode: str = _opt("cosine", "blend mode: crop, linear, cosine, gaussian or a registered one", flat="blend")
+    mode: str = _opt(
+        "cosine",
+        "blend mode: crop, linear, cosine, gaussian, multiband, seam, poisson or a registered one",
+        flat="blend",
+    )
+    detail: DetailMode = _opt(
+        "none",
+        "where windows are averaged (linear, cosine, gaussian, multiband's fine levels): none, or preserve "
+        "(high frequencies mixed with variance-preserving weights: texture keeps its contrast)",
+    )
+    lowfreq: LowFreqMode | None = _opt(
+        None,
+        "thumbnail: after blending, low frequencies from the run's one thumbnail inference where windows "
+        "disagree (a pass; windows that agree are left as they are)",
+    )
+    lowfreq_split: LowFreqSplit = _opt("gaussian", "how lowfreq splits low from high frequencies")
+    refine: RefineMode | None = _opt(
+        None,
+        "seams: after blending, rerun the model on windows centred on the seams and blend them into "
+        "bands along the seams (a pass; about three times the model work)",
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.mode, str):
             raise InputError(f"blend must be the name of a blend mode, got {self.mode!r}")
+        _choice(self.detail, get_args(DetailMode), "detail")
+        _choice(self.lowfreq, get_args(LowFreqMode), "lowfreq", none=True)
+        _choice(self.lowfreq_split, get_args(LowFreqSplit), "lowfreq_split")
+        _choice(self.refine, get_args(RefineMode), "refine", none=True)
 
 
 @dataclass(frozen=True)

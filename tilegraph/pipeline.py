@@ -29,6 +29,10 @@ def run(
     tile: Any = 512,
     overlap: Any = 64,
     blend: str = "cosine",
+    detail: str = "none",
+    lowfreq: str | None = None,
+    lowfreq_split: str = "gaussian",
+    refine: str | None = None,
     client: Any = None,
     scale: Any = None,
     batch_size: int = 4,
@@ -80,8 +84,23 @@ def run(
         probes the real model on a worker's device and picks the largest window and batch that fit
         its memory with a margin (recorded in ``result.extra["autotile"]`` and the output's metadata).
     blend
-        ``"crop"``, ``"linear"``, ``"cosine"`` (default), ``"gaussian"``, or a registered mode
-        (:func:`tilegraph.blend.register_blender`).
+        ``"crop"``, ``"linear"``, ``"cosine"`` (default), ``"gaussian"``, ``"multiband"`` (Laplacian
+        pyramid), ``"seam"`` (optimal cuts), ``"poisson"`` (optimal cuts, then the mismatch along them
+        removed by a membrane per window), or a registered mode (:func:`tilegraph.blend.register_blender`).
+        The README's "Blend modes" section says which to choose for which model.
+    detail
+        ``"preserve"``: where windows are averaged (``linear``, ``cosine``, ``gaussian``, the fine levels
+        of ``multiband``) high frequencies are mixed with variance-preserving weights, so invented texture
+        keeps its contrast in the overlaps; ``"none"`` (default).
+    lowfreq, lowfreq_split
+        ``lowfreq="thumbnail"``: a pass after blending that takes the output's low frequencies from the
+        run's one thumbnail inference where the windows' own low frequencies disagree (windows that agree
+        are left as they are); split by a Gaussian (default) or a wavelet (``lowfreq_split="wavelet"``)
+        at a cut-off of twice the thumbnail's pixel size.
+    refine
+        ``"seams"``: a pass after blending that runs the model again on windows centred on the seams
+        (the grid shifted by half a stride: about three times the model work) and blends their outputs
+        into bands along the seams.
     client
         ``None`` starts an embedded local cluster; ``"inprocess"`` runs here without a cluster; a
         scheduler address or a ``distributed.Client`` uses that cluster.
@@ -220,7 +239,12 @@ def execute(
             report=report,
             progress=progress,
         )
-        passed = run_passes(run_, executor, progress)
+        passed = run_passes(
+            run_,
+            executor,
+            progress,
+            corrections=reconciliation.corrections if reconciliation is not None else None,
+        )
         return finish(
             run_,
             executor,

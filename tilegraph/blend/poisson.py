@@ -1,23 +1,39 @@
-"""``poisson``: optimal cuts (``seam``), then the mismatch along every cut removed by a membrane per window.
+"""``poisson``: gradient-domain repair: per-window shading planes, optimal cuts (``seam``), then the
+mismatch left along every cut removed by a membrane per window.
 
-The strip pass is :class:`~tilegraph.blend.seam.SeamBlender`'s, and also records the mismatch
-``D = b - a`` along each cut (averaged over the feather width across it). Every window ``i`` then gets a
-smooth correction ``delta_i``: the harmonic function (Laplace's equation, as in Poisson image editing's
-correction form) on the window's crop rectangle whose values just outside each side shared with a
-neighbour are half the mismatch with that neighbour (``+D/2`` toward ``b``, ``-D/2`` toward ``a``, so both
-sides meet half-way), with zero flux across sides on the image border. The mismatch is low-passed along
-the cut (``smooth`` px) first, so only shading is corrected: texture that differs between windows stays
-single-source. Each solve is one rectangle (DST-I per Dirichlet axis, DCT-II per Neumann axis, a mirrored
-DST-I for a mixed axis): O(S^2 log S) per window, no solve spans the image, and a blend task solves only
-the windows its box needs. Outside its rectangle (the feather and where a cut bends into the neighbour's
-rectangle) a window's correction is continued by its nearest value.
+Generative and restoration models shade each window differently across it (an offset and ramps), which
+no per-window gain and offset removes and which a cut alone leaves as a step. Three steps remove it:
 
-Windows that agree have no mismatch and are left as they are; the result does not depend on the output
-chunking.
+1. **Planes.** The strip pass (:meth:`PoissonBlender.fit_strip`, once per overlap strip) fits a plane to
+   the two windows' difference ``b - a`` over their overlap (less ``max(2, overlap / 8)`` px at its ends,
+   where a window shows its own border); :meth:`PoissonBlender.combine_strips` then solves, on the client,
+   one small sparse least-squares problem for a plane per window (offset and slope along each axis, per
+   channel) that makes every pair agree: corrected windows share their first-order shading. The null
+   space (one plane added to every window) is taken at its minimum norm, so the image keeps the mean of
+   its windows' shading. A few numbers per strip and per window travel; no solve spans the pixels.
+2. **Cuts** through each overlap as in ``seam``, found on the difference less its plane, so they follow
+   where the texture agrees, not where the shading happens to.
+3. **Membranes.** The strip pass records the mismatch ``D = b - a`` along each cut (averaged over the
+   feather width across it); with the solved planes it is what is left after step 1. Every window ``i``
+   then gets a smooth correction ``delta_i``: the harmonic function (Laplace's equation, as in Poisson
+   image editing's correction form) on the window's crop rectangle whose values just outside each side
+   shared with a neighbour are half the mismatch with that neighbour (``+D/2`` toward ``b``, ``-D/2``
+   toward ``a``, so both sides meet half-way), with zero flux across sides on the image border. The
+   mismatch is low-passed along the cut (``smooth`` px) first, so only shading is corrected: texture that
+   differs between windows stays single-source. Each solve is one rectangle (the eigenbases of the 1-D
+   operators): O(S^2 log S) per window, and a blend task solves only the windows its box needs. Outside
+   its rectangle (the feather and where a cut bends into the neighbour's rectangle) a window's correction
+   is continued by its nearest value.
+
+Windows that agree have no difference, hence no plane and no mismatch, and are left as they are; the
+result does not depend on the output chunking. A blend task receives the paths of its strips and the
+planes of their windows only (:meth:`PoissonBlender.strips_for_task`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, ClassVar
 
@@ -29,7 +45,108 @@ from tilegraph.blend.abc import Box, Strip, WindowReader, WindowTransform, overl
 from tilegraph.blend.seam import SeamBlender, SeamPath, compose, read_region, seam_layout
 from tilegraph.plan.plan import Plan
 
-__all__ = ["PoissonBlender", "membrane"]
+__all__ = ["PlaneFit", "PoissonBlender", "PoissonStrips", "membrane", "solve_planes"]
+
+
+@dataclass(frozen=True)
+class PlaneFit:
+    """A plane fitted to ``b - a`` over one overlap: ``p(y, x) = c0 + cx (x - mx) / L + cy (y - my) / L``.
+
+    ``coef`` is ``(3, C)`` (``c0``, ``cx``, ``cy`` per channel); ``weights`` the precision of the slopes
+    (``(wx, wy)``: the fitted region's extent along each axis over ``L``, the window's output size).
+    """
+
+    my: float
+    mx: float
+    coef: np.ndarray
+    weights: tuple[float, float]
+    scale: float
+
+    def __call__(self, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """The plane at positions ``y``, ``x`` (broadcast together), ``(C, ...)``."""
+        c0, cx, cy = self.coef
+        shape = (-1,) + (1,) * np.broadcast(y, x).ndim
+        return (
+            c0.reshape(shape)
+            + cx.reshape(shape) * ((x - self.mx) / self.scale)
+            + cy.reshape(shape) * ((y - self.my) / self.scale)
+        )
+
+
+@dataclass(frozen=True)
+class PoissonStrips:
+    """What a ``poisson`` blend needs: cut paths by strip ``(a, b)`` and each window's plane ``(3, C)``
+    (``offset``, ``slope x``, ``slope y`` per unit of ``scale`` px, about the window's footprint centre)."""
+
+    paths: dict[tuple[int, int], SeamPath]
+    planes: dict[int, np.ndarray] = field(default_factory=dict)
+    scale: float = 1.0
+
+
+def _centre(plan: Plan, index: int) -> tuple[float, float]:
+    r, c = divmod(index, plan.x.count)
+    (y0, y1), (x0, x1) = plan.y.footprint(r), plan.x.footprint(c)
+    return (y0 + y1) / 2, (x0 + x1) / 2
+
+
+def _window_plane(
+    plan: Plan, index: int, coef: np.ndarray | None, scale: float, y: np.ndarray, x: np.ndarray
+) -> np.ndarray | float:
+    """Window ``index``'s plane correction at ``y``, ``x`` (0.0 without one)."""
+    if coef is None:
+        return 0.0
+    cy, cx = _centre(plan, index)
+    shape = (-1,) + (1,) * np.broadcast(y, x).ndim
+    return (
+        coef[0].reshape(shape)
+        + coef[1].reshape(shape) * ((x - cx) / scale)
+        + coef[2].reshape(shape) * ((y - cy) / scale)
+    )
+
+
+def solve_planes(
+    plan: Plan, fits: Mapping[tuple[int, int], PlaneFit], *, ridge: float = 1e-3
+) -> dict[int, np.ndarray]:
+    """Per-window planes ``(3, C)`` making every fitted pair agree (least squares, minimum norm).
+
+    For each strip ``(a, b)`` with fit ``p``: ``c_b(m) - c_a(m) = -p(m)`` at the fit's centre ``m`` and
+    ``slope(c_b) - slope(c_a) = -slope(p)`` along each axis, weighted by the slopes' precision; a small
+    ridge picks the minimum-norm solution in the null space. Windows in no strip get none.
+    """
+    from scipy.sparse import coo_matrix, identity
+    from scipy.sparse.linalg import spsolve
+
+    items = [(k, f) for k, f in sorted(fits.items()) if f is not None]
+    if not items:
+        return {}
+    n = plan.n_windows
+    scale = items[0][1].scale
+    rows, cols, vals, rhs = [], [], [], []
+    eq = 0
+    for (a, b), f in items:
+        wx, wy = f.weights
+        # offsets at the fit's centre
+        for sign, i in ((1.0, b), (-1.0, a)):
+            cy, cx = _centre(plan, i)
+            for k, v in ((0, 1.0), (1, (f.mx - cx) / scale), (2, (f.my - cy) / scale)):
+                rows.append(eq)
+                cols.append(3 * i + k)
+                vals.append(sign * v)
+        rhs.append(-f.coef[0])
+        eq += 1
+        for k, w in ((1, wx), (2, wy)):  # slopes
+            rows += [eq, eq]
+            cols += [3 * b + k, 3 * a + k]
+            vals += [w, -w]
+            rhs.append(-w * f.coef[k])
+            eq += 1
+    a_mat = coo_matrix((vals, (rows, cols)), shape=(eq, 3 * n)).tocsr()
+    b_mat = np.asarray(rhs, dtype=np.float64)  # (eq, C)
+    normal = (a_mat.T @ a_mat + ridge**2 * identity(3 * n)).tocsc()
+    sol = spsolve(normal, a_mat.T @ b_mat)
+    sol = np.asarray(sol, dtype=np.float64).reshape(3 * n, -1)
+    used = {i for (a, b), _ in items for i in (a, b)}
+    return {i: sol[3 * i : 3 * i + 3].astype(np.float32) for i in sorted(used)}
 
 
 _BLOCK = 64
@@ -116,11 +233,54 @@ class PoissonBlender(SeamBlender):
     name: ClassVar[str] = "poisson"
     record_mismatch: ClassVar[bool] = True
     smooth: float = 4.0
+    #: solve per-window shading planes from the overlaps before cutting (step 1 of the module notes)
+    planes: bool = True
 
     def strips_for_box(self, plan: Plan, box: Box) -> list[Strip]:
         """Every strip touching a window of the box: a window's membrane needs all four of its sides."""
         windows = set(self.windows_for_box(plan, box))
         return [s for s in overlap_strips(plan) if s.a in windows or s.b in windows]
+
+    def fit_strip(
+        self, plan: Plan, strip: Strip, diff: np.ndarray, along: np.ndarray, across: np.ndarray
+    ) -> tuple[np.ndarray, Any]:
+        """The plane of ``b - a`` over the strip less its ends; the cut is found on what it leaves."""
+        if not self.planes:
+            return diff, None
+        grid = plan.x if strip.axis == 1 else plan.y
+        trim = max(2, grid.out_overlap // 8)
+        sub = diff[:, :, trim : diff.shape[2] - trim] if diff.shape[2] > 2 * trim + 2 else diff
+        acr = across[trim : across.size - trim] if diff.shape[2] > 2 * trim + 2 else across
+        scale = float(max(plan.out_window_shape))
+        # positions in (y, x): a vertical seam runs along rows
+        ys, xs = (along, acr) if strip.axis == 1 else (acr, along)
+        my, mx = float(ys.mean()), float(xs.mean())
+        gy = (along[:, None] if strip.axis == 1 else acr[None, :]) - my
+        gx = (acr[None, :] if strip.axis == 1 else along[:, None]) - mx
+        gy, gx = np.broadcast_arrays(gy / scale, gx / scale)
+        design = np.stack([np.ones(gy.size), gx.ravel(), gy.ravel()], axis=1)
+        coef, *_ = np.linalg.lstsq(design, sub.reshape(sub.shape[0], -1).T, rcond=None)  # (3, C)
+        weights = (float(np.ptp(xs) + 1) / scale, float(np.ptp(ys) + 1) / scale)
+        fit = PlaneFit(my, mx, coef.astype(np.float64), weights, scale)
+        ya, xa = (along[:, None], across[None, :]) if strip.axis == 1 else (across[None, :], along[:, None])
+        return diff - fit(ya, xa), fit
+
+    def combine_strips(self, plan: Plan, results: Mapping[tuple[int, int], Any]) -> PoissonStrips:
+        """The cut paths, and the per-window planes solved from the strips' fits (on the client)."""
+        paths = {k: v for k, v in sorted(results.items())}
+        fits = {k: v.fit for k, v in paths.items() if v.fit is not None}
+        planes = solve_planes(plan, fits) if fits else {}
+        return PoissonStrips(paths, planes, float(max(plan.out_window_shape)))
+
+    def strips_for_task(self, plan: Plan, box: Box, combined: Any) -> Any:
+        """The paths of :meth:`strips_for_box` and the planes of their windows."""
+        if not isinstance(combined, PoissonStrips):
+            return super().strips_for_task(plan, box, combined)
+        keys = [(s.a, s.b) for s in self.strips_for_box(plan, box)]
+        paths = {k: combined.paths[k] for k in keys if k in combined.paths}
+        windows = {i for k in paths for i in k}
+        planes = {i: combined.planes[i] for i in sorted(windows) if i in combined.planes}
+        return PoissonStrips(paths, planes, combined.scale)
 
     def correction(
         self, plan: Plan, index: int, strips: Any, box: Box | None = None
@@ -132,11 +292,21 @@ class PoissonBlender(SeamBlender):
         y0, y1 = plan.y.keep(r)
         x0, x1 = plan.x.keep(c)
 
+        state = strips if isinstance(strips, PoissonStrips) else PoissonStrips(dict(strips))
+
         def side(key: tuple[int, int], sign: float, n: int) -> np.ndarray:
-            path: SeamPath = strips[key]
+            path: SeamPath = state.paths[key]
             if path.mismatch is None:
                 raise ValueError("poisson needs the strip pass of PoissonBlender (mismatch along the cut)")
             d = path.mismatch.astype(np.float64)
+            if path.fit is not None:  # what the planes left of the mismatch: fit + c_b - c_a at the cut
+                k = np.arange(path.start, path.start + path.offsets.size) + 0.5
+                pos = path.positions.astype(np.float64)
+                y, x = (k, pos) if path.axis == 1 else (pos, k)
+                a, b = key
+                d = d + path.fit(y, x)
+                d = d + _window_plane(plan, b, state.planes.get(b), state.scale, y, x)
+                d = d - _window_plane(plan, a, state.planes.get(a), state.scale, y, x)
             if self.smooth > 0:
                 d = gaussian_filter1d(d, self.smooth, axis=1, mode="nearest")
             assert d.shape[1] == n, (d.shape, n)
@@ -170,14 +340,19 @@ class PoissonBlender(SeamBlender):
         transform: WindowTransform | None = None,
         strips: Any = None,
     ) -> np.ndarray:
-        strips = strips or {}
-        layout = seam_layout(plan, box, strips, self.feather)
+        state = strips if isinstance(strips, PoissonStrips) else PoissonStrips(dict(strips or {}))
+        layout = seam_layout(plan, box, state.paths, self.feather)
         cache: dict[int, tuple[tuple[int, int, int, int], np.ndarray]] = {}
 
         def get(index: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
             region = read_region(plan, read, transform, index, y0, y1, x0, x1)
+            coef = state.planes.get(index)
+            if coef is not None and coef.any():
+                y = (np.arange(y0, y1) + 0.5)[:, None]
+                x = (np.arange(x0, x1) + 0.5)[None, :]
+                region = region + np.asarray(_window_plane(plan, index, coef, state.scale, y, x), np.float32)
             if index not in cache:
-                cache[index] = self.correction(plan, index, strips, box)
+                cache[index] = self.correction(plan, index, state, box)
             (ky0, ky1, kx0, kx1), delta = cache[index]
             if not delta.any():
                 return region
@@ -188,4 +363,4 @@ class PoissonBlender(SeamBlender):
         return compose(plan, box, layout, get, self.feather)
 
     def describe(self) -> dict:
-        return {**super().describe(), "smooth": self.smooth}
+        return {**super().describe(), "smooth": self.smooth, "planes": self.planes}

@@ -63,6 +63,8 @@ class SeamPath:
         uint16, ``offsets[k] + base`` is the first pixel taken from ``b`` in row (column) ``start + k``.
     mismatch : numpy.ndarray or None
         ``(C, n)`` float32 ``b - a`` along the cut (only for modes that correct it, e.g. ``poisson``).
+    fit : object or None
+        What the mode fitted to ``b - a`` over the strip (``poisson``: a plane), else ``None``.
     """
 
     axis: int
@@ -70,6 +72,7 @@ class SeamPath:
     base: int
     offsets: np.ndarray
     mismatch: np.ndarray | None = None
+    fit: Any = None
 
     @property
     def positions(self) -> np.ndarray:
@@ -437,6 +440,9 @@ class SeamBlender(Blender):
             a = np.swapaxes(read_region(plan, read, transform, strip.a, lo, hi, s0, s1), 1, 2)
             b = np.swapaxes(read_region(plan, read, transform, strip.b, lo, hi, s0, s1), 1, 2)
         diff = b.astype(np.float64) - a.astype(np.float64)  # (C, along, across)
+        along_pos = np.arange(s0, s1) + 0.5
+        across_pos = np.arange(lo, hi) + 0.5
+        diff, fit = self.fit_strip(plan, strip, diff, along_pos, across_pos)
         blurred = gaussian_filter1d(
             gaussian_filter1d(diff, 1.0, axis=1, mode="nearest"), 1.0, axis=2, mode="nearest"
         )
@@ -455,7 +461,15 @@ class SeamBlender(Blender):
             f = max(1, self.feather)
             cols = np.clip(path[:, None] + np.arange(-f, f)[None, :], 0, diff.shape[2] - 1)
             mismatch = diff[:, rr[:, None], cols].mean(axis=2).astype(np.float32)
-        return SeamPath(strip.axis, s0, lo, path.astype(np.uint16), mismatch)
+        return SeamPath(strip.axis, s0, lo, path.astype(np.uint16), mismatch, fit)
+
+    def fit_strip(
+        self, plan: Plan, strip: Strip, diff: np.ndarray, along: np.ndarray, across: np.ndarray
+    ) -> tuple[np.ndarray, Any]:
+        """What the cut is found on (and the mismatch measured from): ``diff`` ``(C, along, across)``, the
+        windows' difference ``b - a`` at output positions ``along`` x ``across``, less what this mode
+        corrects before cutting; and the fit it keeps (default: ``diff`` as it is, ``None``)."""
+        return diff, None
 
     def combine_strips(
         self, plan: Plan, results: Mapping[tuple[int, int], Any]

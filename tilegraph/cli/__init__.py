@@ -69,6 +69,10 @@ def _add_option_flags(p: argparse.ArgumentParser) -> None:
             "ReconcileReference",
             "Device",
             "CodecPipeline",
+            "DetailMode",
+            "LowFreqMode",
+            "LowFreqSplit",
+            "RefineMode",
         )
     }
     for f in o.flat_fields():

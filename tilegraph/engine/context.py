@@ -33,10 +33,12 @@ class ProbeResult:
     passthrough : int
         Source channels passed around the model (alpha).
     out_channels : int
-        Channels the model returned.
+        Channels the model returned, less its confidence channel.
     in_size, out_size : int
         Probe input extent and the output extent it gave (rows == cols).
     device : str
+    confidence : bool
+        The model returns a confidence channel last (not counted in ``out_channels``).
     """
 
     declared: dict
@@ -46,6 +48,7 @@ class ProbeResult:
     in_size: int
     out_size: tuple[int, int]
     device: str
+    confidence: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class RunContext:
     writer: ChunkWriter | None
     reconcile: ReconcileContext | None = None
     split_halo: int = 0  # source pixels of context when a window alone is split after running out of memory
+    confidence: bool = False  # the model returns a confidence channel (kept last in the store, never written)
 
 
 @dataclass(frozen=True)

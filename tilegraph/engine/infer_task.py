@@ -151,7 +151,8 @@ def _run_model(
         raise ModelOutputError(f"model raised {exc!r}", window=_rc(plan, indices[0])) from exc
     oy, ox = plan.out_window_shape
     n_extra = raw.shape[3] - ctx.model_channels
-    expected = (len(indices), (plan.out_channels or 0) - n_extra, oy, ox)
+    conf = int(ctx.confidence)  # a confidence channel comes last, after the outputs
+    expected = (len(indices), (plan.out_channels or 0) - n_extra + conf, oy, ox)
     if tuple(y.shape) != expected:
         raise ModelOutputError(
             f"model returned shape {tuple(y.shape)} for a batch of windows {[_rc(plan, i) for i in indices]}, "
@@ -163,7 +164,8 @@ def _run_model(
         extra = to_output_scale(plan, raw, ctx.model_channels)
         if y.dtype.kind == "u":
             extra = np.rint(extra * np.float32(np.iinfo(y.dtype).max))
-        y = np.concatenate([y, extra.astype(y.dtype)], axis=1)
+        parts = [y[:, : y.shape[1] - conf], extra.astype(y.dtype)] + ([y[:, -conf:]] if conf else [])
+        y = np.concatenate(parts, axis=1)  # pass-through channels before the confidence
     return y, clipped
 
 

@@ -3,11 +3,18 @@
 Blending writes float32 into scratch space when passes follow; each pass reads its input box plus
 halo and writes its output box once; the last pass writes the destination (rounding and clipping
 there, once).
+
+A pass prepares on the client with the engine's :class:`~tilegraph.passes.abc.PassContext`: the
+run's thumbnail inference, a reader of the run's window outputs, and :meth:`_PassContext.infer`,
+which runs the model over windows of another grid (a shifted plan) as ordinary model tasks
+(:func:`~tilegraph.engine.infer_task.infer_windows` with the run's context on that plan, an image kind
+and a second per-window store in scratch space) and hands back a reader of that store.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -15,24 +22,92 @@ import numpy as np
 
 from tilegraph.engine.context import PreparedRun
 from tilegraph.engine.executor import Executor
+from tilegraph.engine.infer_task import infer_windows
 from tilegraph.engine.progress import Progress
+from tilegraph.outputs.image import ImageKind, TileStoreReader
 from tilegraph.passes.abc import Pass
 from tilegraph.plan.plan import Plan
 from tilegraph.sink.abc import ChunkWriter
 from tilegraph.sink.builtin import scratch_writer
+from tilegraph.sink.tile_store import TileStore
 
-__all__ = ["run_passes", "pass_box"]
+__all__ = ["run_passes", "pass_box", "StoreWindows"]
 
 
-@dataclass(frozen=True)
+class StoreWindows:
+    """A :class:`~tilegraph.passes.abc.WindowOutputs` over a per-window store (opened on first use).
+
+    ``channels`` first channels are returned (a confidence channel kept in the store is not);
+    ``transform``: the run's colour correction, applied per region when given.
+    """
+
+    def __init__(self, plan: Plan, tiles: TileStore, channels: int, transform: Any = None) -> None:
+        self.plan, self.tiles, self.channels, self.transform = plan, tiles, channels, transform
+        self._reader: TileStoreReader | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_reader": None}
+
+    def __call__(self, index: int, rows: slice, cols: slice) -> np.ndarray:
+        if self._reader is None:
+            self._reader = TileStoreReader(self.plan, self.tiles)
+        region = self._reader(index, rows, cols)
+        if region.shape[0] != self.channels:
+            region = region[: self.channels]
+        if self.transform is not None:
+            region = self.transform(index, region, (rows, cols))
+        return region
+
+
+@dataclass
 class _PassContext:
     """The engine's side of :class:`tilegraph.passes.abc.PassContext`."""
 
-    plan: Plan
-    thumbnails: Any
+    run: PreparedRun
+    executor: Executor
+    progress: Progress | None
+    corrections: Any = None
+    runs: int = 0
+
+    @property
+    def plan(self) -> Plan:
+        return self.run.plan
 
     def thumbnail(self) -> tuple[np.ndarray, float]:
-        return self.thumbnails.get()
+        return self.run.thumbnails.get()
+
+    def windows(self) -> StoreWindows | None:
+        ctx = self.run.context
+        if ctx.tile_store is None:
+            return None
+        transform = self.corrections.transform if self.corrections is not None else None
+        return StoreWindows(ctx.plan, ctx.tile_store, int(ctx.plan.out_channels or 0), transform)
+
+    def infer(self, plan: Plan, windows: Sequence[int] | None = None) -> StoreWindows:
+        run, executor = self.run, self.executor
+        self.runs += 1
+        plan = replace(plan, store_dtype="float32", reconcile=None)
+        channels = int(plan.out_channels or 0)
+        stored = channels + int(getattr(run.context, "confidence", False))
+        oy, ox = plan.out_window_shape
+        tiles = TileStore.create(
+            f"{run.scratch}/pass-windows-{self.runs}.zarr", (plan.n_windows, stored, oy, ox), "float32"
+        )
+        ctx = replace(run.context, plan=plan, kind=ImageKind(), tile_store=tiles, writer=None, reconcile=None)
+        wanted = sorted(set(range(plan.n_windows) if windows is None else (int(i) for i in windows)))
+        per = plan.batch_size * plan.batches_per_task
+        groups = [wanted[i : i + per] for i in range(0, len(wanted), per)]
+        shared = executor.share(ctx)
+        handles = executor.map(
+            infer_windows,
+            [shared] * len(groups),
+            groups,
+            [run.payload] * len(groups),
+            keys=[f"tg-pass-infer{self.runs}-{run.token}-{g}" for g in range(len(groups))],
+            resources=executor.infer_resources,
+        )
+        executor.wait(handles, progress=self.progress, label="pass windows", units=[len(g) for g in groups])
+        return StoreWindows(plan, tiles, channels)
 
 
 def pass_box(shared: tuple, box: tuple[int, int, int, int]) -> dict:
@@ -59,14 +134,19 @@ def _boxes(shape: tuple[int, int], chunks: tuple[int, int]) -> list[tuple[int, i
     ]
 
 
-def run_passes(run: PreparedRun, executor: Executor, progress: Progress | None) -> tuple[int, float]:
-    """Run every pass of ``run`` in order; returns the values clipped at the final write and task seconds."""
+def run_passes(
+    run: PreparedRun, executor: Executor, progress: Progress | None, *, corrections: Any = None
+) -> tuple[int, float]:
+    """Run every pass of ``run`` in order; returns the values clipped at the final write and task seconds.
+
+    ``corrections``: the run's colour corrections (what :meth:`_PassContext.windows` applies).
+    """
     if not run.passes:
         return 0, 0.0
     source: ChunkWriter | None = run.context.writer
     assert source is not None and run.final_writer is not None
     clipped, seconds = 0, 0.0
-    ctx = _PassContext(run.plan, run.thumbnails)
+    ctx = _PassContext(run, executor, progress, corrections)
     for k, p in enumerate(run.passes):
         last = k == len(run.passes) - 1
         shape = p.out_shape(source.layout.shape)

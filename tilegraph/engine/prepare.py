@@ -31,7 +31,17 @@ from tilegraph.sink.builtin import scratch_writer
 from tilegraph.sink.tile_store import TileStore
 from tilegraph.source.abc import Source
 
-__all__ = ["prepare", "stage_source"]
+__all__ = ["blend_passes", "prepare", "stage_source"]
+
+
+def blend_passes(options: RunOptions) -> tuple:
+    """The passes the blend options ask for, in order: ``refine="seams"``, then ``lowfreq``."""
+    out = []
+    if options.blend.refine == "seams":
+        out.append(get_pass("refine-seams"))
+    if options.blend.lowfreq == "thumbnail":
+        out.append(get_pass("lowfreq", split=options.blend.lowfreq_split))
+    return tuple(out)
 
 
 def _pair(v) -> tuple[int, int]:
@@ -82,7 +92,7 @@ def prepare(
     sink.check(source_path=source.path, overwrite=out_opts.overwrite)
     blender = get_blender(options.blend)
     kind = get_kind(options.task)
-    passes = tuple(get_pass(name) for name in options.passes)
+    passes = blend_passes(options) + tuple(get_pass(name) for name in options.passes)
     scratch = out_opts.scratch or f"{destination.rstrip('/')}.tilegraph-tmp-{token}"
 
     pipelines = configure_codecs(executor, options.execution.codec_pipeline)
@@ -131,7 +141,10 @@ def prepare(
         batches_per_task=tiling.batches_per_task,
         halo=spec.halo,
         reconcile=rec.mode,
-        store_dtype=blender.store_dtype(out_dtype, corrected=rec.mode is not None or bool(passes)),
+        # a confidence channel is stored beside the outputs: never rounded to the output dtype
+        store_dtype="float32"
+        if found.confidence
+        else blender.store_dtype(out_dtype, corrected=rec.mode is not None or bool(passes)),
     )
     kind = kind.specialise(plan, blender, corrected=rec.mode is not None, passes=bool(passes))
     if rec.mode and rec.reference == "input" and found.out_channels != found.model_channels:
@@ -162,7 +175,7 @@ def prepare(
         oy, ox = plan.out_window_shape
         tiles = TileStore.create(
             f"{scratch}/tiles.zarr",
-            (plan.n_windows, int(plan.out_channels or 0), oy, ox),
+            (plan.n_windows, int(plan.out_channels or 0) + int(found.confidence), oy, ox),
             plan.tile_store_dtype,
         )
     provenance = {
@@ -226,6 +239,7 @@ def prepare(
         writer=writer,
         reconcile=reconcile,
         split_halo=int(spec.halo if spec.halo is not None else min(plan.overlap) // 2),
+        confidence=found.confidence,
     )
     return PreparedRun(
         token=token,

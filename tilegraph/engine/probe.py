@@ -72,14 +72,21 @@ def probe_task(spec: ModelSpec, payload, source_channels: int) -> ProbeResult:
         raise ModelOutputError(
             f"model returned shape {shape} for input (1, {channels}, {size}, {size}); expected (N, C, H, W)"
         )
+    confidence = bool(eff.confidence)
+    if confidence and shape[1] < 2:
+        raise ModelOutputError(
+            f"model declares confidence=True but returned {shape[1]} channel(s): the confidence channel comes "
+            "last, after at least one output channel"
+        )
     return ProbeResult(
         declared=declared,
         model_channels=channels,
         passthrough=passthrough,
-        out_channels=int(shape[1]),
+        out_channels=int(shape[1]) - int(confidence),
         in_size=size,
         out_size=(int(shape[2]), int(shape[3])),
         device=runner.device,
+        confidence=confidence,
     )
 
 

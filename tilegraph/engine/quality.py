@@ -46,6 +46,8 @@ def whole_image_task(ctx: RunContext, payload, path: str) -> str | None:
         if is_oom(exc):
             return None
         raise
+    if ctx.confidence:  # the confidence channel is never part of the output
+        y = y[:, :-1]
     if raw.shape[3] > ctx.model_channels:
         y = np.concatenate([y, to_output_scale(plan, raw, ctx.model_channels)], axis=1)
     oh, ow = plan.out_shape

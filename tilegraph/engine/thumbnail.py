@@ -44,6 +44,8 @@ def thumbnail_inference(
     small = np.pad(acc, ((0, ah - th), (0, aw - tw), (0, 0)), mode="reflect" if min(th, tw) > 1 else "edge")
     x = np.moveaxis(small[..., :channels], -1, 0)[None].astype(np.float32)
     y = get_runner(spec, payload)(np.ascontiguousarray(x))[0]
+    if spec.confidence:  # a confidence channel is not an output
+        y = y[:-1]
     s = y.shape[1] / ah
     return np.ascontiguousarray(np.moveaxis(y, 0, -1)[: int(round(th * s)), : int(round(tw * s))])
 

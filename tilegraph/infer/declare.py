@@ -1,7 +1,9 @@
 """One rule for what a model declares, read identically from an instance, an import path or a file.
 
 A model may declare, as attributes, ``scale`` (``2``, ``4``, ``"1/8"``), ``in_channels``,
-``out_channels``, ``stride`` (its total stride) and ``halo`` (context pixels each side needs).
+``out_channels``, ``stride`` (its total stride), ``halo`` (context pixels each side needs) and
+``confidence`` (``True``: it returns one channel more, its confidence in each pixel, which multiplies
+the blend weights and is not written; ``out_channels`` then counts the channels without it).
 The rule is applied where the model object exists: on the client for instances, and on a worker,
 by the probe, for every model (so a model built from an import path or loaded from a file declares
 exactly as an instance does).
@@ -21,7 +23,7 @@ from tilegraph.errors import ModelLoadError
 
 __all__ = ["DECLARABLE", "declarations"]
 
-DECLARABLE = ("scale", "in_channels", "out_channels", "stride", "halo")
+DECLARABLE = ("scale", "in_channels", "out_channels", "stride", "halo", "confidence")
 
 
 def _is_torch_layer(model: object) -> bool:
@@ -35,7 +37,8 @@ def declarations(model: object, *, skip: tuple[str, ...] = ()) -> dict[str, Any]
     Returns
     -------
     dict
-        A subset of :data:`DECLARABLE`; ``scale`` as a string (``"2"``, ``"1/8"``), the others ints.
+        A subset of :data:`DECLARABLE`; ``scale`` as a string (``"2"``, ``"1/8"``), ``confidence`` a
+        bool, the others ints.
 
     Raises
     ------
@@ -62,6 +65,14 @@ def declarations(model: object, *, skip: tuple[str, ...] = ()) -> dict[str, Any]
                     hint="declare scale as 2, 4 or '1/8', or pass scale= to run()",
                 )
             out[name] = str(frac)
+            continue
+        if name == "confidence":
+            if not isinstance(value, bool):
+                raise ModelLoadError(
+                    f"the model's confidence attribute {value!r} is not a declaration (True or False was expected)",
+                    hint="declare confidence = True when the model returns a confidence channel last",
+                )
+            out[name] = value
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "halo" else 1):
             raise ModelLoadError(

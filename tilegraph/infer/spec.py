@@ -47,6 +47,8 @@ class ModelSpec:
         Weights file for ``kind="path"``.
     scale, in_channels, out_channels, stride, halo
         Declared (or given) properties; ``None`` when unknown.
+    confidence : bool or None
+        The model returns a confidence channel last (declared; ``out_channels`` excludes it).
     precision : {"fp32", "fp16", "bf16"}
         Autocast precision, opt-in.
     channels_last : bool
@@ -71,6 +73,7 @@ class ModelSpec:
     out_channels: int | None = None
     stride: int | None = None
     halo: int | None = None
+    confidence: bool | None = None
     precision: str = "fp32"
     channels_last: bool = False
     compile: bool = False

@@ -4,7 +4,10 @@ Model tasks write each window's full output into the per-window store (and, when
 return a few hundred bytes of colour statistics per window); then one task per output chunk reads
 the windows covering it, applies the correction, blends them with the run's
 :class:`~tilegraph.blend.Blender` and writes the chunk once through the sink's writer. A blender
-with a strip pass first gets one task per overlap strip.
+with a strip pass first gets one task per overlap strip; each blend task then receives only the
+strip results its box needs (:meth:`~tilegraph.blend.Blender.strips_for_task`). A model that declares
+a confidence channel has it kept in the store (last channel) and multiplying the blend weights
+(:mod:`tilegraph.blend.confidence`); it is never written.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import numpy as np
 
 from tilegraph._cast import astype_float
 from tilegraph.blend.abc import Blender, Box, Strip, overlap_strips
+from tilegraph.blend.confidence import confident_blend, confident_strip
 from tilegraph.errors import MissingWindowError, SinkError
 from tilegraph.outputs.abc import Assembly, KindResult, OutputKind, Step, WindowContext
 from tilegraph.plan.plan import Plan
@@ -121,7 +125,10 @@ class ImageKind(OutputKind):
     def consume(
         self, ctx: WindowContext, indices: Sequence[int], raw: np.ndarray, y: np.ndarray, pool: Executor
     ) -> Any:
-        stats = _window_stats(ctx.plan, ctx.reconcile, raw, indices, y) if ctx.reconcile is not None else []
+        kept = _without_confidence(ctx, y)
+        stats = (
+            _window_stats(ctx.plan, ctx.reconcile, raw, indices, kept) if ctx.reconcile is not None else []
+        )
         tiles = ctx.tile_store
         assert tiles is not None  # this kind always has a store
         array = None if tiles.direct else tiles.open()
@@ -151,8 +158,11 @@ class ImageKind(OutputKind):
         results = yield Step(
             "blend",
             blend_chunk,
-            [(box,) for _, box in chunks],
-            shared=(job.context, job.corrections, strips_state),
+            [
+                (box, None if strips_state is None else blender.strips_for_task(plan, box, strips_state))
+                for _, box in chunks
+            ],
+            shared=(job.context, job.corrections),
             after=[blender.windows_for_box(plan, box) for _, box in chunks],
         )
         t += sum(r["seconds"] for r in results)
@@ -175,6 +185,7 @@ class DirectCropKind(ImageKind):
     ) -> Any:
         plan, writer = ctx.plan, ctx.writer
         assert writer is not None
+        y = _without_confidence(ctx, y)
 
         def put(k: int) -> int:
             w = plan.window(indices[k])
@@ -196,19 +207,32 @@ def measure_strip(shared: tuple, strip: Strip) -> Any:
     ctx, corrections = shared
     reader = TileStoreReader(ctx.plan, ctx.tile_store)
     transform = corrections.transform if corrections is not None else None
+    if getattr(ctx, "confidence", False):
+        return confident_strip(ctx.blender, ctx.plan, strip, reader, transform)
     return ctx.blender.measure_strip(ctx.plan, strip, reader, transform)
 
 
-def blend_chunk(shared: tuple, box: Box) -> dict:
-    """Task: build one output chunk from the per-window store and write it once (no read-modify-write)."""
+def blend_chunk(shared: tuple, box: Box, strips: Any = None) -> dict:
+    """Task: build one output chunk from the per-window store and write it once (no read-modify-write).
+
+    ``strips``: what the blender's strip pass gave for this box (only its own strips).
+    """
     t0 = time.perf_counter()
-    ctx, corrections, strips = shared
+    ctx, corrections = shared
     blender: Blender = ctx.blender
     reader = TileStoreReader(ctx.plan, ctx.tile_store)
     transform = corrections.transform if corrections is not None else None
-    block = blender.blend(ctx.plan, box, reader, transform=transform, strips=strips)
+    if getattr(ctx, "confidence", False):
+        block = confident_blend(blender, ctx.plan, box, reader, transform=transform, strips=strips)
+    else:
+        block = blender.blend(ctx.plan, box, reader, transform=transform, strips=strips)
     clipped = ctx.writer.write(box, block, integer_scaled=reader.dtype.kind == "f" or block.dtype.kind == "f")
     return {"clipped": clipped, "seconds": time.perf_counter() - t0}
+
+
+def _without_confidence(ctx: Any, y: np.ndarray) -> np.ndarray:
+    """``y`` ``(N, C, h, w)`` less the model's confidence channel (kept last in the store), if it has one."""
+    return y[:, :-1] if getattr(ctx, "confidence", False) else y
 
 
 def _window_stats(

@@ -1,20 +1,36 @@
-"""Passes after blending: the :class:`Pass` contract and its registry (no built-in passes yet)."""
+"""Passes after blending: the :class:`Pass` contract, its registry and the built-in passes.
+
+Built in: ``lowfreq`` (low frequencies from the run's thumbnail inference where windows disagree,
+:mod:`tilegraph.passes.lowfreq`) and ``refine-seams`` (the model rerun on windows centred on the seams,
+blended into bands along them, :mod:`tilegraph.passes.refine`); ``run(lowfreq=..., refine=...)`` ask for
+them.
+"""
 
 from __future__ import annotations
 
-from tilegraph.passes.abc import Box, Pass, PassContext
+from typing import Any
+
+from tilegraph.passes.abc import Box, Pass, PassContext, WindowOutputs
 from tilegraph.registry import Registry
 
-__all__ = ["PASSES", "Box", "Pass", "PassContext", "get_pass", "register_pass"]
+__all__ = ["PASSES", "Box", "Pass", "PassContext", "WindowOutputs", "get_pass", "register_pass"]
 
 
 #: Passes by name (registered, and from the ``tilegraph.passes`` entry points).
-PASSES: Registry[type[Pass]] = Registry("pass", "tilegraph.passes", {}, base=Pass)
+PASSES: Registry[type[Pass]] = Registry(
+    "pass",
+    "tilegraph.passes",
+    {
+        "lowfreq": "tilegraph.passes.lowfreq:LowFreqPass",
+        "refine-seams": "tilegraph.passes.refine:RefineSeamsPass",
+    },
+    base=Pass,
+)
 
 #: Register a :class:`Pass` subclass under ``name`` (default ``cls.name``); returns ``cls``.
 register_pass = PASSES.add
 
 
-def get_pass(name: str) -> Pass:
-    """A new instance of the pass registered as ``name``."""
-    return PASSES.get(name)()
+def get_pass(name: str, **options: Any) -> Pass:
+    """A new instance of the pass registered as ``name`` (``options``: its keyword arguments)."""
+    return PASSES.get(name)(**options)

@@ -7,22 +7,40 @@ pyramid level... Each is one class and one registration (:func:`tilegraph.passes
 or an entry point in the ``tilegraph.passes`` group), asked for with ``run(..., passes=[name])``.
 
 :meth:`Pass.prepare` runs once on the client and returns a small state every task receives (a
-thumbnail, statistics); it gets a :class:`PassContext` from the engine, which gives it the plan and
-the run's one cached thumbnail inference.
+thumbnail, statistics, readers); it gets a :class:`PassContext` from the engine, which gives it the plan,
+the run's one cached thumbnail inference, a reader of the run's window outputs, and model windows on
+another grid (:meth:`PassContext.infer`: the engine runs them as model tasks, distributed like the run's
+own, and keeps their outputs in a second per-window store that tasks read through the returned
+:class:`WindowOutputs`).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
 from tilegraph.plan.plan import Plan
 
-__all__ = ["Pass", "PassContext", "Box"]
+__all__ = ["Pass", "PassContext", "Box", "WindowOutputs"]
 
 Box = tuple[int, int, int, int]
+
+
+class WindowOutputs(Protocol):
+    """Window outputs a pass task reads (small and picklable: it opens its store on first use).
+
+    ``outputs(index, rows, cols)`` returns window ``index``'s output over ``rows`` x ``cols`` (slices in
+    the window's output coordinates) as ``(C', r, c)`` float32 in the model's units (a model's
+    confidence channel excluded); must not be modified. ``outputs.plan`` is the grid of the windows.
+    """
+
+    @property
+    def plan(self) -> Plan: ...
+
+    def __call__(self, index: int, rows: slice, cols: slice) -> np.ndarray: ...
 
 
 class PassContext(Protocol):
@@ -34,6 +52,17 @@ class PassContext(Protocol):
     def thumbnail(self) -> tuple[np.ndarray, float]:
         """The model run once on a thumbnail of the whole image, ``(h, w, C')`` float32 in the model's
         units, and how many output pixels one thumbnail pixel spans. Cached: one inference per run."""
+        ...
+
+    def windows(self) -> WindowOutputs | None:
+        """The run's own window outputs (colour corrections applied when the run reconciles), or ``None``
+        when the run kept no per-window store."""
+        ...
+
+    def infer(self, plan: Plan, windows: Sequence[int] | None = None) -> WindowOutputs:
+        """Run the model over ``windows`` (default: all) of ``plan``, a grid of the run's geometry with
+        another origin (:func:`tilegraph.plan.shifted_plan`), as model tasks on the run's workers; waits
+        for them and returns their outputs (float32, uncorrected). Windows not run must not be read."""
         ...
 
 
