@@ -471,9 +471,7 @@ class SeamBlender(Blender):
         corrects before cutting; and the fit it keeps (default: ``diff`` as it is, ``None``)."""
         return diff, None
 
-    def combine_strips(
-        self, plan: Plan, results: Mapping[tuple[int, int], Any]
-    ) -> dict[tuple[int, int], SeamPath]:
+    def combine_strips(self, plan: Plan, results: Mapping[tuple[int, int], Any]) -> Any:
         """The paths keyed by ``(a, b)``; a blend task needs only those of :meth:`strips_for_box`."""
         return {k: v for k, v in sorted(results.items())}
 

@@ -146,6 +146,8 @@ def prepare(
         if found.confidence
         else blender.store_dtype(out_dtype, corrected=rec.mode is not None or bool(passes)),
     )
+    for p in passes:
+        p.check(plan)
     kind = kind.specialise(plan, blender, corrected=rec.mode is not None, passes=bool(passes))
     if rec.mode and rec.reference == "input" and found.out_channels != found.model_channels:
         raise InputError(

@@ -85,6 +85,12 @@ class Pass(ABC):
         y0, y1, x0, x1 = box
         return max(0, y0 - h), min(shape[0], y1 + h), max(0, x0 - h), min(shape[1], x1 + h)
 
+    def check(self, plan: Plan) -> None:
+        """Refuse a plan this pass cannot work with, before any inference (default: accept any).
+
+        Raises a :class:`~tilegraph.errors.TilegraphError` saying what to change.
+        """
+
     def prepare(self, ctx: PassContext) -> Any:
         """Small state for every task, computed once on the client (default ``None``)."""
         return None

@@ -58,10 +58,10 @@ def band_weight(axis: AxisGrid, lo: int, hi: int) -> np.ndarray:
 def _band_windows(plan: Plan, shifted: Plan, *, rows: bool, cols: bool) -> list[int]:
     """Windows of ``shifted`` whose kept region meets a band along the shifted axes."""
     out = []
-    sets = []
+    sets: list[list[int]] = []
     for axis, sh, on in ((plan.y, shifted.y, rows), (plan.x, shifted.x, cols)):
         if not on:
-            sets.append(range(sh.count))
+            sets.append(list(range(sh.count)))
             continue
         _, reach = _bands(axis)
         keep: set[int] = set()
@@ -107,6 +107,11 @@ class RefineSeamsPass(Pass):
     """The model rerun on windows centred on the seams, blended into bands along them (module notes)."""
 
     name: ClassVar[str] = "refine-seams"
+
+    def check(self, plan: Plan) -> None:
+        """The shifted grids must fit (an overlap under half the window): refused before any inference."""
+        for rows, cols in ((False, True), (True, False)):
+            shifted_plan(plan, rows=rows, cols=cols)
 
     def prepare(self, ctx: PassContext) -> Any:
         plan = ctx.plan

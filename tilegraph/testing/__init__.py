@@ -7,7 +7,10 @@ torch is imported only when a name from :mod:`tilegraph.testing.models` is reque
 * :mod:`tilegraph.testing.images`: :func:`coordinate_image`, :func:`decode_coordinates`, :func:`gradient_photo`;
 * :mod:`tilegraph.testing.reference`: :func:`whole_image_inference`;
 * :mod:`tilegraph.testing.stages`: :class:`Stages`, a run driven stage by stage;
-* :mod:`tilegraph.testing.blenders`: :class:`FirstWindow` (a blend mode) and :class:`Negate` (a pass).
+* :mod:`tilegraph.testing.blenders`: :class:`FirstWindow` (a blend mode) and :class:`Negate` (a pass);
+* :mod:`tilegraph.testing.seam_models`: :class:`ShadedTextureModel` (the generative stand-in: structured
+  texture and low-frequency shading per window), :class:`ConfidenceModel` (declares a confidence channel),
+  :func:`seam_scores` (texture ratio, gradient ratio and band steps over the seam lines).
 """
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ _WHERE = {
     "Stages": "tilegraph.testing.stages",
     "FirstWindow": "tilegraph.testing.blenders",
     "Negate": "tilegraph.testing.blenders",
+    "ShadedTextureModel": "tilegraph.testing.seam_models",
+    "ConfidenceModel": "tilegraph.testing.seam_models",
+    "seam_scores": "tilegraph.testing.seam_models",
     **{name: "tilegraph.testing.models" for name in _MODELS},
     **{name: "tilegraph.testing.images" for name in _IMAGES},
     **{name: "tilegraph.testing.reference" for name in _REFERENCE},

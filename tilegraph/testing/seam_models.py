@@ -28,6 +28,7 @@ from tilegraph.testing.windows import ArrayReader, window_outputs
 
 __all__ = [
     "ShadedTextureModel",
+    "ConfidenceModel",
     "ArrayReader",
     "window_outputs",
     "measure_strips",
@@ -108,6 +109,70 @@ class ShadedTextureModel(_Declared):
         y = self.smooth(x)
         extra = np.stack([self.invented(x[i]) for i in range(x.shape[0])])
         return y + torch.from_numpy(extra).to(device=y.device, dtype=y.dtype)
+
+
+class ConfidenceModel(_Declared):
+    """A model that declares ``confidence = True``: ``base``'s output plus one last channel, its confidence.
+
+    The confidence of each window is a constant drawn from ``[low, 1]`` by an RNG seeded by
+    :func:`content_seed` of the window (``constant`` fixes it), times ``profile`` of the window position
+    when ``peaked`` (1 at the centre, ``low`` at the borders: trust the middle of a window most).
+
+    Parameters
+    ----------
+    base
+        The model whose output is returned (default: an identity on ``channels``).
+    channels
+        Channels of the base when it is the identity.
+    low
+        Smallest confidence.
+    constant
+        A fixed confidence for every window (``None``: drawn per window).
+    peaked
+        Multiply by a raised-cosine profile across the window.
+    seed
+        Seed of the draws.
+    """
+
+    confidence = True
+
+    def __init__(
+        self,
+        base: torch.nn.Module | None = None,
+        channels: int = 3,
+        low: float = 0.1,
+        constant: float | None = None,
+        peaked: bool = False,
+        seed: int = 0,
+    ) -> None:
+        from tilegraph.testing.models import Identity
+
+        inner = base if base is not None else Identity(channels)
+        out = getattr(inner, "out_channels", None) or channels
+        super().__init__(getattr(inner, "in_channels", None) or channels, out)
+        self.base = inner
+        self.stride, self.halo = int(getattr(inner, "stride", 1)), int(getattr(inner, "halo", 0))
+        self.low, self.constant, self.peaked, self.seed = float(low), constant, bool(peaked), int(seed)
+
+    def weight(self, tile: torch.Tensor | np.ndarray) -> np.ndarray:
+        """The confidence ``(H, W)`` this model returns for one window ``(C, H, W)`` (float64)."""
+        _, h, w = (int(v) for v in tile.shape)
+        if self.constant is not None:
+            c = float(self.constant)
+        else:
+            c = float(np.random.default_rng(content_seed(tile, self.seed)).uniform(self.low, 1.0))
+        out = np.full((h, w), c)
+        if self.peaked:
+            py = np.sin(np.pi * (np.arange(h) + 0.5) / h) ** 2
+            px = np.sin(np.pi * (np.arange(w) + 0.5) / w) ** 2
+            out *= self.low + (1 - self.low) * np.outer(py, px)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``base(x)`` with the confidence channel appended last."""
+        y = self.base(x)
+        conf = np.stack([self.weight(x[i]) for i in range(x.shape[0])])[:, None]
+        return torch.cat([y, torch.from_numpy(conf).to(device=y.device, dtype=y.dtype)], dim=1)
 
 
 # ----------------------------------------------------------------------------- harness
