@@ -3,6 +3,12 @@
 It sits beside :mod:`tilegraph.pipeline` (the grid-shift check runs the pipeline on a region). Nothing
 recorded in an output is ever imported or executed: the grid-shift check runs only a model given by
 the caller.
+
+Any array can be measured, not only tilegraph outputs: given the window, overlap and blend mode to
+assume (``tilegraph qa image.tif --tile 256 --overlap 64 --blend cosine``), the seams are those of that
+grid (an output without seams should then report no step). :func:`compare_modes` runs a central region
+of the source with each blend mode and tabulates the seam figures and the time
+(``tilegraph qa OUTPUT --model ... --compare-modes``).
 """
 
 from __future__ import annotations
@@ -15,24 +21,109 @@ import numpy as np
 from tilegraph.errors import InputError
 from tilegraph.plan import Plan
 
-__all__ = ["measure_output", "grid_shift_check"]
+__all__ = ["measure_output", "grid_shift_check", "compare_modes", "format_modes_table", "COMPARED_MODES"]
+
+#: What ``--compare-modes`` runs: ``(label, run() keywords)``.
+COMPARED_MODES: tuple[tuple[str, dict], ...] = (
+    ("crop", {"blend": "crop"}),
+    ("cosine", {"blend": "cosine"}),
+    ("cosine detail=preserve", {"blend": "cosine", "detail": "preserve"}),
+    ("multiband", {"blend": "multiband"}),
+    ("multiband detail=preserve", {"blend": "multiband", "detail": "preserve"}),
+    ("seam", {"blend": "seam"}),
+    ("poisson", {"blend": "poisson"}),
+    ("poisson reconcile=gain-offset", {"blend": "poisson", "reconcile": "gain-offset"}),
+    ("cosine refine=seams", {"blend": "cosine", "refine": "seams"}),
+    ("cosine lowfreq=thumbnail", {"blend": "cosine", "lowfreq": "thumbnail"}),
+)
 
 
-def _open_output(path: str):
+def _seam_profile(plan: Plan):
+    """The blend mode's seam profile for the QA (``None`` for a mode this process cannot build)."""
+    import functools
+
+    from tilegraph.blend import get_blender
+    from tilegraph.errors import TilegraphError
+
+    try:
+        blender = get_blender(plan.blend)
+    except (TilegraphError, ImportError, TypeError):
+        return None
+    return functools.partial(blender.seam_profile, plan)
+
+
+def _open_array(path: str):
+    """Any image array: ``.npy`` (memory-mapped), a Zarr array, or what :func:`tilegraph.source.open_source`
+    opens (TIFF, PNG, JPEG); returns an array-like ``(H, W, C)`` or ``(H, W)``."""
+    if path.lower().endswith(".npy"):
+        arr = np.load(path, mmap_mode="r")
+        return arr if arr.ndim != 3 or arr.shape[-1] <= 4 else np.moveaxis(arr, 0, -1)
+    from tilegraph.source import open_source
+    from tilegraph.source.view import SourceView
+
+    view = SourceView(open_source(path))
+    return view if view.shape[2] > 1 else _Squeezed(view)
+
+
+class _Squeezed:
+    """A single-channel view as ``(H, W)``."""
+
+    def __init__(self, view) -> None:
+        self.view, self.shape, self.dtype = view, view.shape[:2], view.dtype
+
+    def __getitem__(self, index):
+        return self.view[index][..., 0]
+
+
+def assumed_plan(shape, *, tile, overlap, blend: str, channels: int, dtype: str) -> Plan:
+    """The plan whose seams ``tilegraph qa --tile --overlap --blend`` measures on any array."""
+    from tilegraph.plan import make_plan
+    from tilegraph.plan.plan import SUPPORTED_DTYPES
+
+    dt = str(np.dtype(dtype))
+    return make_plan(
+        tuple(int(v) for v in shape[:2]),
+        tile=tile,
+        overlap=overlap,
+        channels=channels,
+        dtype=dt if dt in SUPPORTED_DTYPES else "float32",
+        blend=blend,
+        out_dtype=dt if dt in SUPPORTED_DTYPES else "float32",
+    )
+
+
+def _open_output(path: str, assume: dict | None = None):
+    """The output, its image view, its plan and its metadata; ``assume`` (``tile``, ``overlap``, ``blend``)
+    measures any array on that grid instead of a recorded plan."""
     import zarr
 
     from tilegraph.source.zarr_source import check_complete
 
     try:
-        arr = zarr.open_array(path, mode="r")
+        arr: Any = zarr.open_array(path, mode="r")
     except Exception as exc:
-        raise InputError(f"not a tilegraph Zarr output: {exc}", path=path) from exc
+        if assume is None:
+            raise InputError(
+                f"not a tilegraph Zarr output: {exc}",
+                path=path,
+                hint="to measure any array, give the grid to assume: --tile, --overlap and --blend",
+            ) from exc
+        arr = None
+    if assume is not None:
+        image = _open_array(path) if arr is None else arr
+        if len(image.shape) == 3 and image.shape[0] <= 4 < image.shape[-1]:  # a CYX Zarr
+            image = np.moveaxis(np.asarray(image[:]), 0, -1)
+        channels = 1 if len(image.shape) == 2 else int(image.shape[2])
+        plan = assumed_plan(image.shape, channels=channels, dtype=str(image.dtype), **assume)
+        return arr, image, plan, {}
     check_complete(arr.attrs, path)
     recorded = arr.attrs.get("tilegraph")
     meta: dict[str, Any] = dict(recorded) if isinstance(recorded, dict) else {}
     if not isinstance(meta.get("plan"), dict):
         raise InputError(
-            "no tilegraph plan in the attributes", path=path, hint="qa needs an output of tilegraph.run"
+            "no tilegraph plan in the attributes",
+            path=path,
+            hint="qa needs an output of tilegraph.run, or the grid to assume: --tile, --overlap and --blend",
         )
     image = arr if meta.get("layout", "YXC") != "CYX" else np.moveaxis(np.asarray(arr[:]), 0, -1)
     return arr, image, Plan.from_dict(meta["plan"]), meta
@@ -130,13 +221,15 @@ def measure_output(
     grid_shift: bool = False,
     out_dir: str | None = None,
     psnr_max_megapixels: float = 64.0,
+    assume: dict | None = None,
 ) -> dict:
-    """Seam metrics and QA report of a finished tilegraph output (``tilegraph qa``).
+    """Seam metrics and QA report of a finished tilegraph output (``tilegraph qa``), or of any array.
 
     Parameters
     ----------
     path
-        The output Zarr written by :func:`tilegraph.run`.
+        The output Zarr written by :func:`tilegraph.run`; with ``assume``, any array (Zarr, TIFF, PNG,
+        JPEG, ``.npy``).
     source
         The input (default: the path recorded in the output); used as the colour reference when its
         channels match, and by the grid-shift check.
@@ -150,13 +243,16 @@ def measure_output(
     psnr_max_megapixels
         With a model and a source, images up to this size are also run whole and the report gives
         the PSNR of the tiled output against that (seam bands and interiors).
+    assume
+        ``{"tile": ..., "overlap": ..., "blend": ...}``: measure the seams of that grid (for arrays that
+        are not tilegraph outputs, or to measure an output as if made otherwise).
     """
     from tilegraph.quality.metrics import seam_metrics
     from tilegraph.quality.report import write_report
     from tilegraph.source import open_source
     from tilegraph.source.view import SourceView
 
-    arr, image, plan, meta = _open_output(path)
+    arr, image, plan, meta = _open_output(path, assume)
     source = source or (meta.get("source") or {}).get("path")
     from tilegraph.metadata.attrs import attrs_to_metadata
 
@@ -165,7 +261,7 @@ def measure_output(
         src = open_source(source)
         if src.channels == plan.out_channels:
             reference = SourceView(src)
-    icc = attrs_to_metadata(dict(arr.attrs)).icc_profile  # recorded from the source at run time
+    icc = attrs_to_metadata(dict(arr.attrs)).icc_profile if arr is not None else None  # recorded at run time
     whole, note = None, None
     if model is None or source is None:
         note = "no model given: PSNR against whole-image inference needs --model (and the source)"
@@ -175,7 +271,9 @@ def measure_output(
         whole = whole_image_run(source, model, plan)
         if whole.ndim == 3 and image.ndim == 2:
             whole = whole[..., 0]
-    metrics = seam_metrics(image, plan, reference=reference, whole=whole, icc_profile=icc)
+    metrics = seam_metrics(
+        image, plan, reference=reference, whole=whole, icc_profile=icc, seam_profile=_seam_profile(plan)
+    )
     if note is not None:
         metrics["fidelity_note"] = note
     if grid_shift:
@@ -193,4 +291,98 @@ def measure_output(
     paths = write_report(
         metrics, image, plan, out_dir or f"{path.rstrip('/')}.qa", title=f"tilegraph QA: {path}"
     )
-    return {"metrics": metrics, "paths": {k: str(v) for k, v in paths.items()}}
+    return {"metrics": metrics, "paths": {k: str(v) for k, v in paths.items()}, "plan": plan}
+
+
+def _region(shape: tuple[int, int], plan: Plan, windows: int) -> tuple[int, int, int, int]:
+    """A central region of about ``windows`` windows per axis, on the grid's alignment."""
+    box = []
+    for axis, size in ((plan.y, shape[0]), (plan.x, shape[1])):
+        length = min(size, windows * axis.stride + axis.tile - axis.stride)
+        start = max(0, (size - length) // 2 // plan.align * plan.align)
+        box += [start, start + length]
+    return box[0], box[1], box[2], box[3]
+
+
+def compare_modes(
+    source,
+    model,
+    plan: Plan,
+    *,
+    modes: tuple[tuple[str, dict], ...] = COMPARED_MODES,
+    windows: int = 3,
+    whole: bool = True,
+) -> list[dict]:
+    """Run a central region of ``source`` with each mode and measure its seams (``--compare-modes``).
+
+    The region spans about ``windows`` windows per axis of ``plan``'s geometry (tile, overlap, output
+    dtype). Each row: ``mode``, ``texture_ratio``, ``worst_step`` (DN), ``gradient_ratio`` (the QA's
+    figures over the region's seam lines), ``max_abs_vs_whole`` (DN against the model run on the region
+    whole, when ``whole``) and ``seconds`` (the run's wall time, in process).
+    """
+    import tempfile
+    import time
+
+    from tilegraph.pipeline import run
+    from tilegraph.quality.metrics import seam_metrics
+    from tilegraph.source import open_source
+
+    src = open_source(source)
+    y0, y1, x0, x1 = _region(src.shape, plan, windows)
+    crop = src.read(y0, y1, x0, x1)
+    references: dict = {}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="tilegraph-modes-") as tmp:
+        for k, (label, kw) in enumerate(modes):
+            t0 = time.perf_counter()
+            res = run(
+                crop,
+                os.path.join(tmp, f"mode-{k}.zarr"),
+                model=model,
+                tile=plan.tile,
+                overlap=plan.overlap,
+                client="inprocess",
+                output_dtype=plan.out_dtype,
+                progress=False,
+                **kw,
+            )
+            seconds = time.perf_counter() - t0
+            out = np.asarray(res.output[:])
+            m = seam_metrics(out, res.plan, seam_profile=_seam_profile(res.plan))
+            row = {
+                "mode": label,
+                "texture_ratio": m["texture_ratio"]["value"],
+                "worst_step": m["seams"]["worst_step"],
+                "gradient_ratio": m["gradient_ratio"]["value"],
+                "max_abs_vs_whole": None,
+                "seconds": seconds,
+            }
+            if whole:
+                key = (res.plan.origin, res.plan.padded_shape)  # the near edges are padded per grid
+                if key not in references:
+                    ref = whole_image_run(crop, model, res.plan)
+                    references[key] = ref[..., 0] if ref.ndim == 3 and out.ndim == 2 else ref
+                reference = references[key]
+                scale = 255.0 if out.dtype.kind == "f" else 255.0 / np.iinfo(out.dtype).max
+                diff = np.abs(out.astype(np.float64) - np.asarray(reference, dtype=np.float64))
+                row["max_abs_vs_whole"] = float(diff.max() * scale)
+            rows.append(row)
+    return rows
+
+
+def format_modes_table(rows: list[dict]) -> str:
+    """``rows`` of :func:`compare_modes` as a plain-text table."""
+
+    def f(v, spec: str) -> str:
+        return "n/a" if v is None else format(v, spec)
+
+    head = (
+        f"{'mode':32s} {'texture':>8s} {'step DN':>8s} {'gradient':>9s} {'vs whole DN':>12s} {'time s':>7s}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r['mode']:32s} {f(r['texture_ratio'], '8.3f')} {f(r['worst_step'], '8.3f')} "
+            f"{f(r['gradient_ratio'], '9.3f')} {f(r['max_abs_vs_whole'], '12.3f')} {f(r['seconds'], '7.2f')}"
+        )
+    return "\n".join(lines)

@@ -96,10 +96,14 @@ def _add_option_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument(flag, **kw)
 
 
+#: The built-in blend modes offered as choices (``run --blend`` takes any registered name).
+_BLENDS = ["crop", "linear", "cosine", "gaussian", "multiband", "seam", "poisson"]
+
+
 def _common_geometry(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile", type=_tile, default=512, help="model window in source pixels (default 512)")
     p.add_argument("--overlap", type=_overlap, default=64, help="pixels, or a fraction of tile (default 64)")
-    p.add_argument("--blend", default="cosine", choices=["crop", "linear", "cosine", "gaussian"])
+    p.add_argument("--blend", default="cosine", choices=_BLENDS)
     p.add_argument("--scale", default=None, help="model scale: 2, 4 or 1/8 (default: declared or probed)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--chunks", type=int, default=1024, help="output chunk size (default 1024)")
@@ -138,6 +142,17 @@ def _parser() -> argparse.ArgumentParser:
         "--grid-shift", action="store_true", help="rerun a region with the grid shifted by half a stride"
     )
     p.add_argument("--out", default=None, help="report folder (default OUTPUT.qa)")
+    p.add_argument(
+        "--tile", type=_pair_or_int, default=None, help="measure any array: the window to assume (source px)"
+    )
+    p.add_argument("--overlap", type=_pair_or_int, default=None, help="with --tile: the overlap to assume")
+    p.add_argument("--blend", default=None, help="with --tile: the blend mode to assume (default crop)")
+    p.add_argument(
+        "--compare-modes",
+        action="store_true",
+        help="run a central region with each blend mode (needs --model) and print a table",
+    )
+    p.add_argument("--windows", type=int, default=3, help="--compare-modes: windows per axis of the region")
 
     p = sub.add_parser("demo", help="make a synthetic 16-bit photograph and run a built-in model on it")
     p.add_argument("--output", default="tilegraph-demo-output", help="output directory")
@@ -145,7 +160,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=8000)
     p.add_argument("--tile", type=int, default=1024)
     p.add_argument("--overlap", type=int, default=128)
-    p.add_argument("--blend", default="cosine", choices=["crop", "linear", "cosine", "gaussian"])
+    p.add_argument("--blend", default="cosine", choices=_BLENDS)
     p.add_argument("--inprocess", action="store_true", help="run without a cluster")
     return parser
 
@@ -253,10 +268,21 @@ def _info(args) -> int:
 
 
 def _qa(args) -> int:
+    from tilegraph.errors import InputError
     from tilegraph.qa import measure_output
 
+    assume = None
+    if args.tile is not None:
+        assume = {"tile": args.tile, "overlap": args.overlap or 0, "blend": args.blend or "crop"}
+    elif args.overlap is not None or args.blend is not None:
+        raise InputError("--overlap and --blend describe the grid to assume: give --tile too")
     out = measure_output(
-        args.output, source=args.source, model=args.model, grid_shift=args.grid_shift, out_dir=args.out
+        args.output,
+        source=args.source,
+        model=args.model,
+        grid_shift=args.grid_shift,
+        out_dir=args.out,
+        assume=assume,
     )
     m = out["metrics"]
     summary = {
@@ -272,7 +298,33 @@ def _qa(args) -> int:
     if "grid_shift" in m:
         summary["grid_shift_max_abs_dn"] = m["grid_shift"]["max_abs_dn"]
     print(json.dumps(summary, indent=2))
+    if args.compare_modes:
+        _compare_modes(args, out["plan"])
     return 0
+
+
+def _compare_modes(args, plan) -> None:
+    from tilegraph.errors import InputError
+    from tilegraph.qa import compare_modes, format_modes_table
+
+    source = args.source or out_source(args.output)
+    if args.model is None or source is None:
+        raise InputError(
+            "--compare-modes runs the model on a region of the source",
+            hint="pass --model package.module:factory (and --source when the output does not record it)",
+        )
+    print(format_modes_table(compare_modes(source, args.model, plan, windows=args.windows)))
+
+
+def out_source(path: str) -> str | None:
+    """The source path recorded in a tilegraph output (``None`` when there is none)."""
+    try:
+        import zarr
+
+        meta = zarr.open_array(path, mode="r").attrs.get("tilegraph") or {}
+    except Exception:
+        return None
+    return (meta.get("source") or {}).get("path") if isinstance(meta, dict) else None
 
 
 def _demo(args) -> int:

@@ -29,6 +29,7 @@ from tilegraph.testing.windows import ArrayReader, window_outputs
 __all__ = [
     "ShadedTextureModel",
     "ConfidenceModel",
+    "make_shaded_texture_model",
     "ArrayReader",
     "window_outputs",
     "measure_strips",
@@ -303,3 +304,8 @@ def seam_scores(out: np.ndarray, plan: Plan, *, truth: np.ndarray | None = None,
         scores["worst_step"] = float(np.abs(s).max()) if s.size else 0.0
         scores["worst_step_16"] = float(np.abs(s16).max()) if s16.size else 0.0
     return scores
+
+
+def make_shaded_texture_model(**kwargs: Any) -> ShadedTextureModel:
+    """Factory for import paths (``tilegraph.testing.seam_models:make_shaded_texture_model``)."""
+    return ShadedTextureModel(**kwargs)
