@@ -121,6 +121,9 @@ class Blender(ABC):
     name: ClassVar[str] = ""
     #: Whether :meth:`measure_strip` must run over every overlap strip before blending.
     strip_pass: ClassVar[bool] = False
+    #: How a model's confidence channel weighs windows (:mod:`tilegraph.blend.confidence`): ``"ratio"``
+    #: (the mode is linear and per pixel: ``B(c y) / B(c)``), ``"shift"`` (the default) or ``"none"``.
+    confidence_rule: ClassVar[str] = "shift"
 
     def __init__(self, options: BlendOptions | None = None) -> None:
         self.options = options if options is not None else BlendOptions(mode=self.name)

@@ -26,6 +26,7 @@ class CropBlender(Blender):
     """
 
     name: ClassVar[str] = "crop"
+    confidence_rule: ClassVar[str] = "none"
 
     def store_dtype(self, out_dtype: str, *, corrected: bool) -> str:
         if out_dtype in ("uint8", "uint16") and not corrected:
@@ -54,6 +55,8 @@ class CropBlender(Blender):
 
 class WeightedBlender(Blender):
     """Windows weighted by normalised per-axis weights of :attr:`name` (a partition of unity)."""
+
+    confidence_rule: ClassVar[str] = "ratio"
 
     def seam_profile(self, plan: Plan, axis: str, half: int) -> np.ndarray:
         return step_profile(plan.x if axis == "x" else plan.y, self.name, half)

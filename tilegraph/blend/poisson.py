@@ -232,14 +232,17 @@ class PoissonBlender(SeamBlender):
 
     name: ClassVar[str] = "poisson"
     record_mismatch: ClassVar[bool] = True
+    confidence_rule: ClassVar[str] = "shift"  # planes and membranes from the outputs themselves
     smooth: float = 4.0
     #: solve per-window shading planes from the overlaps before cutting (step 1 of the module notes)
     planes: bool = True
 
     def strips_for_box(self, plan: Plan, box: Box) -> list[Strip]:
-        """Every strip touching a window of the box: a window's membrane needs all four of its sides."""
+        """The cuts reaching the box (``seam``'s) and every strip touching a window of the box: a window's
+        membrane needs all four of its sides."""
         windows = set(self.windows_for_box(plan, box))
-        return [s for s in overlap_strips(plan) if s.a in windows or s.b in windows]
+        near = {(s.a, s.b) for s in super().strips_for_box(plan, box)}
+        return [s for s in overlap_strips(plan) if s.a in windows or s.b in windows or (s.a, s.b) in near]
 
     def fit_strip(
         self, plan: Plan, strip: Strip, diff: np.ndarray, along: np.ndarray, across: np.ndarray

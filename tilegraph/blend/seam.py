@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-from tilegraph.blend.abc import Blender, Box, Strip, WindowReader, WindowTransform
+from tilegraph.blend.abc import Blender, Box, Strip, WindowReader, WindowTransform, overlap_strips
 from tilegraph.errors import InputError
 from tilegraph.plan.grid import AxisGrid
 from tilegraph.plan.plan import Plan
@@ -411,11 +411,22 @@ class SeamBlender(Blender):
 
     name: ClassVar[str] = "seam"
     strip_pass: ClassVar[bool] = True
+    confidence_rule: ClassVar[str] = "ratio"  # the feather weighs per pixel
     feather: int = 3
     guard: int | None = None
     centre_pull: float = 0.1
     #: whether the strip pass also records the mismatch along the cut (for gradient-domain repair)
     record_mismatch: ClassVar[bool] = False
+
+    def strips_for_box(self, plan: Plan, box: Box) -> list[Strip]:
+        """Strips whose overlap meets the box grown by the feather: every cut whose band can reach it."""
+        f = self.feather + 1
+        y0, y1, x0, x1 = box[0] - f, box[1] + f, box[2] - f, box[3] + f
+        return [
+            s
+            for s in overlap_strips(plan)
+            if s.box[0] < y1 and s.box[1] > y0 and s.box[2] < x1 and s.box[3] > x0
+        ]
 
     def _margin(self, axis: AxisGrid) -> int:
         g = self.guard if self.guard is not None else max(2, axis.out_overlap // 8)
