@@ -90,6 +90,7 @@ class Pass(ABC):
 
         Raises a :class:`~tilegraph.errors.TilegraphError` saying what to change.
         """
+        return None
 
     def prepare(self, ctx: PassContext) -> Any:
         """Small state for every task, computed once on the client (default ``None``)."""
