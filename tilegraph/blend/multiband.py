@@ -23,6 +23,7 @@ seam the pyramid needs :meth:`MultibandBlender.halo` px beyond the box.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, ClassVar
 
@@ -213,45 +214,103 @@ def _reduce0(a: np.ndarray, mode: str) -> np.ndarray:
 
 
 def _expand0(a: np.ndarray, n: int, mode: str) -> np.ndarray:
-    """:func:`_expand` along axis 0 (polyphase) with one padded buffer (the hot path)."""
+    """:func:`_expand` along axis 0 (polyphase), interior from slices of ``a``, the two ends apart (the hot
+    path: no padded copy, even and odd rows written side by side)."""
     m = a.shape[0]
-    p = np.empty((m + 2,) + a.shape[1:], dtype=np.float32)
-    p[1 : m + 1] = a
-    if mode == "zero":
-        p[0] = 0.0
-        p[m + 1] = 0.0
+    out = np.empty((m, 2) + a.shape[1:], dtype=np.float32)
+    even, odd = out[:, 0], out[:, 1]
+    six, eighth, half = np.float32(6.0 / 8), np.float32(1.0 / 8), np.float32(0.5)
+    lo = a[0] if mode != "zero" else np.zeros_like(a[0])
+    hi = a[m - 1] if mode != "zero" else np.zeros_like(a[0])
+    if m >= 3:
+        inner = even[1 : m - 1]
+        np.add(a[: m - 2], a[2:], out=inner)
+        inner *= eighth
+        inner += a[1 : m - 1] * six
+    if m >= 2:
+        even[0] = (lo + a[1]) * eighth + a[0] * six
+        even[m - 1] = (a[m - 2] + hi) * eighth + a[m - 1] * six
+        np.add(a[: m - 1], a[1:], out=odd[: m - 1])
+        odd[: m - 1] *= half
     else:
-        p[0], p[m + 1] = a[0], a[m - 1]
-    out = np.empty((2 * m,) + a.shape[1:], dtype=np.float32)
-    even = out[0::2]
-    np.add(p[0:m], p[2 : m + 2], out=even)
-    even *= np.float32(1.0 / 8)
-    even += p[1 : m + 1] * np.float32(6.0 / 8)
-    odd = out[1::2]
-    np.add(p[1 : m + 1], p[2 : m + 2], out=odd)
-    odd *= np.float32(0.5)
-    return out[:n]
+        even[0] = (lo + hi) * eighth + a[0] * six
+    odd[m - 1] = (a[m - 1] + hi) * half
+    return out.reshape((2 * m,) + a.shape[1:])[:n]
+
+
+@dataclass(frozen=True)
+class _Blocks:
+    """The non-zero block of each level's seam operator (most of each matrix is zero: level 0 acts on two
+    columns around the cut, level ``k`` on about ``4 * 2^k``), and the input columns each level of the
+    reduction chain must carry (those of its own and deeper levels)."""
+
+    n_out: int
+    blocks: tuple[tuple[int, int, int, int, np.ndarray], ...]  # (i0, i1, o0, o1, B[i0:i1, o0:o1]) per level
+    carry: tuple[tuple[int, int], ...]  # input columns levels >= k need
+
+
+_BLOCKS: dict[int, tuple[np.ndarray, _Blocks]] = {}
+
+
+def _blocks(ops: np.ndarray, tol: float = 0.0) -> _Blocks:
+    """:class:`_Blocks` of ``ops`` (cached by identity: :func:`seam_operators` caches its matrices)."""
+    hit = _BLOCKS.get(id(ops))
+    if hit is not None and hit[0] is ops:
+        return hit[1]
+    levels = ops.shape[0]
+    blocks = []
+    for k in range(levels):
+        m = np.abs(ops[k]) > tol
+        rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+        if rows.size == 0:
+            blocks.append((0, 0, 0, 0, np.zeros((0, 0), np.float32)))
+            continue
+        i0, i1, o0, o1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        b = np.ascontiguousarray(ops[k, i0:i1, o0:o1])
+        b.flags.writeable = False
+        blocks.append((i0, i1, o0, o1, b))
+    carry = []
+    for k in range(levels):
+        used = [(i0, i1) for i0, i1, *_ in blocks[k:] if i1 > i0]
+        carry.append((min(a for a, _ in used), max(b for _, b in used)) if used else (0, 0))
+    out = _Blocks(int(ops.shape[2]), tuple(blocks), tuple(carry))
+    if len(_BLOCKS) > 512:
+        _BLOCKS.clear()
+    _BLOCKS[id(ops)] = (ops, out)
+    return out
 
 
 def fast_correction(
-    diff: np.ndarray, ops: np.ndarray, levels: int, *, along_mode: str = "symmetric"
+    diff: np.ndarray, ops: np.ndarray, levels: int, *, along_mode: str = "symmetric", layout: str = "channels"
 ) -> np.ndarray:
     """:func:`pyramid_correction` of the overlap differences ``diff`` ``(C, n_along, n_in)`` with the
-    matrices of :func:`seam_operators`: ``(C, n_along, n_out)`` float32."""
-    c, n, n_in = diff.shape
-    n_out = ops.shape[2]
-    ys = [np.ascontiguousarray(np.transpose(diff, (1, 0, 2)), dtype=np.float32)]  # (along, C, n_in)
-    for _ in range(levels):
-        ys.append(_reduce0(ys[-1], along_mode))
-    acc = None
+    matrices of :func:`seam_operators`: ``(C, n_along, n_out)`` float32 (a view; ``layout="along"``: the
+    ``(n_along, C, n_out)`` array it is computed in).
+
+    Each level multiplies only its operator's non-zero block, and the reduction along the seam carries
+    only the columns the deeper levels use (:class:`_Blocks`): the same sums as the full products.
+    """
+    c, n, _ = diff.shape
+    blk = _blocks(ops)
+    lo, hi = blk.carry[0]
+    ys = [np.ascontiguousarray(np.transpose(diff[:, :, lo:hi], (1, 0, 2)), dtype=np.float32)]  # (along, C, k)
+    offs = [lo]
+    for k in range(1, levels + 1):
+        a, b = blk.carry[k]
+        prev = ys[-1][:, :, a - offs[-1] : b - offs[-1]]
+        ys.append(_reduce0(prev, along_mode))
+        offs.append(a)
+    acc: np.ndarray | None = None
     for k in range(levels, -1, -1):
         y = ys[k]
-        term = (y.reshape(-1, n_in) @ ops[k]).reshape(y.shape[0], c, n_out)
-        if acc is not None:
-            term += _expand0(acc, y.shape[0], along_mode)
-        acc = term
+        rows = y.shape[0]
+        acc = np.zeros((rows, c, blk.n_out), np.float32) if acc is None else _expand0(acc, rows, along_mode)
+        i0, i1, o0, o1, b = blk.blocks[k]
+        if i1 > i0:
+            part = y[:, :, i0 - offs[k] : i1 - offs[k]]
+            acc[:, :, o0:o1] += (part.reshape(-1, i1 - i0) @ b).reshape(rows, c, o1 - o0)
     assert acc is not None
-    return np.transpose(acc, (1, 0, 2))
+    return acc if layout == "along" else np.transpose(acc, (1, 0, 2))
 
 
 def _seam_domain(axis: AxisGrid, i: int, levels: int) -> tuple[int, int, int, int, int]:
@@ -336,8 +395,10 @@ class _Multiband(Blender):
         transform: WindowTransform | None,
         cache: dict[tuple[int, int], tuple[int, int, np.ndarray] | None],
         need: dict[int, tuple[int, int]],
+        dest: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Window row ``r`` blended across its vertical seams over ``rows`` x ``cols``: ``(C, h, w)``.
+        """Window row ``r`` blended across its vertical seams over ``rows`` x ``cols``: ``(C, h, w)``
+        (written into ``dest`` when given).
 
         A seam's correction is computed once per box over the rows ``need[r]`` of the row needs, plus
         ``4 * 2^L`` rows of pyramid support (its reach along the seam) (decimated from the footprint's first row, mirrored at the
@@ -345,7 +406,7 @@ class _Multiband(Blender):
         """
         (ya, yb), (xa, xb) = rows, cols
         ncols = plan.x.count
-        out: np.ndarray | None = None
+        out: np.ndarray | None = dest
         tx = axis_table(plan.x)
         for c in tx.covering(xa, xb, crop=True):
             k0, k1 = tx.keep(c)
@@ -358,24 +419,12 @@ class _Multiband(Blender):
             out[:, :, a - xa : b - xa] = part
         assert out is not None
         lx = self._levels(plan.x)
-        for j in _seams_near(plan.x, lx, xa, xb):
-            d0, d1, o0, o1, cut = _seam_domain(plan.x, j, lx)
-            key = (r, j)
-            if key not in cache:
-                fy0, fy1 = axis_table(plan.y).footprint(r)
-                step, halo = 2**lx, 4 * 2**lx
-                lo, hi = need[r]
-                ra = max(fy0, fy0 + ((lo - halo - fy0) // step) * step)
-                rb = min(fy1, hi + halo)
-                left = read_region(plan, read, transform, r * ncols + j, ra, rb, o0, o1)
-                right = read_region(plan, read, transform, r * ncols + j + 1, ra, rb, o0, o1)
-                diff = np.asarray(right, dtype=np.float32) - np.asarray(left, dtype=np.float32)
-                if not diff.any():
-                    cache[key] = None
-                else:
-                    q_lo, _, ops = seam_operators(o1 - o0, o0 - d0, d1 - d0, cut - d0, lx, self.feather)
-                    cache[key] = (ra, d0 + q_lo, fast_correction(diff, ops, lx))
-            hit = cache[key]
+        near = _seams_near(plan.x, lx, xa, xb)
+        todo = [j for j in near if (r, j) not in cache]
+        if todo:
+            self._row_corrections(plan, r, todo, lx, read, transform, cache, need)
+        for j in near:
+            hit = cache[r, j]
             if hit is None:
                 continue
             ra, q0, q = hit
@@ -383,6 +432,46 @@ class _Multiband(Blender):
             if a < b:
                 out[:, :, a - xa : b - xa] += q[:, ya - ra : yb - ra, a - q0 : b - q0]
         return out
+
+    def _row_corrections(
+        self,
+        plan: Plan,
+        r: int,
+        seams: list[int],
+        lx: int,
+        read: WindowReader,
+        transform: WindowTransform | None,
+        cache: dict[tuple[int, int], tuple[int, int, np.ndarray] | None],
+        need: dict[int, tuple[int, int]],
+    ) -> None:
+        """The corrections of window row ``r``'s vertical ``seams`` over the rows it needs plus ``4 * 2^L``
+        (decimated from the footprint's first row, mirrored at its ends): seams with the same operator
+        are stacked and corrected in one call (the same sums as one call each)."""
+        ncols = plan.x.count
+        fy0, fy1 = axis_table(plan.y).footprint(r)
+        step, halo = 2**lx, 4 * 2**lx
+        lo, hi = need[r]
+        ra = max(fy0, fy0 + ((lo - halo - fy0) // step) * step)
+        rb = min(fy1, hi + halo)
+        groups: dict[int, list[tuple[int, int, np.ndarray]]] = {}
+        operators: dict[int, tuple[int, np.ndarray]] = {}
+        for j in seams:
+            d0, d1, o0, o1, cut = _seam_domain(plan.x, j, lx)
+            left = read_region(plan, read, transform, r * ncols + j, ra, rb, o0, o1)
+            right = read_region(plan, read, transform, r * ncols + j + 1, ra, rb, o0, o1)
+            diff = np.subtract(right, left, dtype=np.float32)
+            if not diff.any():
+                cache[r, j] = None
+                continue
+            q_lo, _, ops = seam_operators(o1 - o0, o0 - d0, d1 - d0, cut - d0, lx, self.feather)
+            operators[id(ops)] = (q_lo, ops)
+            groups.setdefault(id(ops), []).append((j, d0, diff))
+        for key, members in groups.items():
+            q_lo, ops = operators[key]
+            c = members[0][2].shape[0]
+            q = fast_correction(np.concatenate([m[2] for m in members]), ops, lx)
+            for k, (j, d0, _) in enumerate(members):
+                cache[r, j] = (ra, d0 + q_lo, q[k * c : (k + 1) * c])
 
     # ------------------------------------------------------------------ step 2: rows
     def blend(
@@ -425,23 +514,33 @@ class _Multiband(Blender):
             add(s, o0, o1)
             add(s + 1, o0, o1)
         cache: dict[tuple[int, int], tuple[int, int, np.ndarray] | None] = {}
-        out: np.ndarray | None = None
-        for r, a, b in parts:
-            part = self._row(plan, r, (a, b), (x0, x1), read, transform, cache, need)
-            if out is None:
-                out = np.empty((part.shape[0], y1 - y0, x1 - x0), dtype=np.float32)
-            out[:, a - y0 : b - y0] = part
-        assert out is not None
+        r0 = parts[0][0]
+        c0 = axis_table(plan.x).covering(x0, x1, crop=True)[0]
+        channels = read_region(
+            plan, read, transform, r0 * plan.x.count + c0, parts[0][1], parts[0][1] + 1, x0, x0 + 1
+        )
+        out = np.empty((channels.shape[0], y1 - y0, x1 - x0), dtype=np.float32)
+        for r, a, b in parts:  # straight into the box
+            self._row(plan, r, (a, b), (x0, x1), read, transform, cache, need, dest=out[:, a - y0 : b - y0])
+        groups: dict[int, list[tuple[int, np.ndarray]]] = {}  # horizontal seams sharing an operator
+        operators: dict[int, np.ndarray] = {}
         for s, q0, o0, o1, ops in seams:
             upper = self._row(plan, s, (o0, o1), (xa, xb), read, transform, cache, need)
             lower = self._row(plan, s + 1, (o0, o1), (xa, xb), read, transform, cache, need)
             diff = lower - upper
-            if not diff.any():
-                continue
-            q = np.swapaxes(fast_correction(np.swapaxes(diff, 1, 2), ops, ly), 1, 2)  # (C, rows, cols)
-            a, b = max(y0, q0), min(y1, q0 + q.shape[1])
-            if a < b:
-                out[:, a - y0 : b - y0] += q[:, a - q0 : b - q0, x0 - xa : x1 - xa]
+            if diff.any():
+                operators[id(ops)] = ops
+                groups.setdefault(id(ops), []).append((q0, diff))
+        c = out.shape[0]
+        for key, members in groups.items():
+            stacked = np.concatenate([np.swapaxes(m[1], 1, 2) for m in members])  # (C k, cols, rows)
+            along = fast_correction(stacked, operators[key], ly, layout="along")  # (cols, C k, rows)
+            q_all = np.ascontiguousarray(np.transpose(along, (1, 2, 0)))  # (C k, rows, cols), one transpose
+            for k, (q0, _) in enumerate(members):
+                q = q_all[k * c : (k + 1) * c]
+                a, b = max(y0, q0), min(y1, q0 + q.shape[1])
+                if a < b:
+                    out[:, a - y0 : b - y0] += q[:, a - q0 : b - q0, x0 - xa : x1 - xa]
         return np.moveaxis(out, 0, -1)
 
 
