@@ -305,10 +305,10 @@ def fast_correction(
         y = ys[k]
         rows = y.shape[0]
         acc = np.zeros((rows, c, blk.n_out), np.float32) if acc is None else _expand0(acc, rows, along_mode)
-        i0, i1, o0, o1, b = blk.blocks[k]
+        i0, i1, o0, o1, block = blk.blocks[k]
         if i1 > i0:
             part = y[:, :, i0 - offs[k] : i1 - offs[k]]
-            acc[:, :, o0:o1] += (part.reshape(-1, i1 - i0) @ b).reshape(rows, c, o1 - o0)
+            acc[:, :, o0:o1] += (part.reshape(-1, i1 - i0) @ block).reshape(rows, c, o1 - o0)
     assert acc is not None
     return acc if layout == "along" else np.transpose(acc, (1, 0, 2))
 

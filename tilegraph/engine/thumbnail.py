@@ -40,14 +40,21 @@ def thumbnail_inference(
         block = np.pad(block, ((0, ph), (0, pw), (0, 0)), mode="edge")
         r = block.reshape(block.shape[0] // factor, factor, tw, factor, -1).mean(axis=(1, 3))
         acc[y0 // factor : y0 // factor + r.shape[0]] = r
-    ah, aw = -(-th // align) * align, -(-tw // align) * align
-    small = np.pad(acc, ((0, ah - th), (0, aw - tw), (0, 0)), mode="reflect" if min(th, tw) > 1 else "edge")
+    # a margin of context on every side (mirrored), so the model's own border handling (zero padding)
+    # stays outside the thumbnail, as it does for the whole image, whose border is one pixel of its own
+    m = min(
+        -(-max(8, int(spec.halo or 0) // factor) // align) * align, max(0, min(th, tw) - 1) // align * align
+    )
+    ah, aw = -(-(th + 2 * m) // align) * align, -(-(tw + 2 * m) // align) * align
+    widths = ((m, ah - th - m), (m, aw - tw - m), (0, 0))
+    small = np.pad(acc, widths, mode="reflect") if min(th, tw) > 1 else np.pad(acc, widths, mode="edge")
     x = np.moveaxis(small[..., :channels], -1, 0)[None].astype(np.float32)
     y = get_runner(spec, payload)(np.ascontiguousarray(x))[0]
     if spec.confidence:  # a confidence channel is not an output
         y = y[:-1]
     s = y.shape[1] / ah
-    return np.ascontiguousarray(np.moveaxis(y, 0, -1)[: int(round(th * s)), : int(round(tw * s))])
+    o = int(round(m * s))
+    return np.ascontiguousarray(np.moveaxis(y, 0, -1)[o : o + int(round(th * s)), o : o + int(round(tw * s))])
 
 
 class Thumbnails:
