@@ -134,6 +134,8 @@ def test_decoder_layers_and_inner_resolutions():
     rep = ns.find_norm_layers(TinyVAEDecoder(), example=torch.zeros(1, 4, 16, 16))
     assert len(rep.names) == 7 and rep.passes == 8
     assert [layer.resolution[0] for layer in rep.sync_layers] == [1, 1, 2, 2, 4, 4, 8]
+    costs = ns.pass_costs(TinyVAEDecoder(), rep, torch.zeros(1, 4, 32, 32), repeats=1)
+    assert len(costs) == rep.passes and all(c > 0 for c in costs)
 
 
 # ----------------------------------------------------------------------------- exact sync

@@ -61,6 +61,9 @@ __all__ = [
     "measure",
     "apply",
     "record_stats",
+    "pass_costs",
+    "synced",
+    "stitch",
     "reduce_stats",
     "exact_stats",
     "tiled_exact",
@@ -895,6 +898,52 @@ def record_stats(module, batch) -> dict[str, LayerStats]:
     with torch.inference_mode():
         _shadow(module, repl)(x)
     return out
+
+
+def pass_costs(module, report: NormReport, example, *, repeats: int = 3) -> list[float]:
+    """Cost of each ``norm_sync="exact"`` pass relative to one plain forward, timed on ``example``.
+
+    Pass ``k`` stops at layer ``k``, so early passes are cheap; the last pass is a whole forward with
+    fixed statistics. The plan can report ``sum(pass_costs(...))`` as the inference cost of the run in
+    units of a run without sync.
+
+    Parameters
+    ----------
+    module
+        The torch module.
+    report
+        Its :class:`NormReport`.
+    example
+        A window-sized input ``(N, C, H, W)`` (tensor or float32 array).
+    repeats
+        Timings per pass (the median counts).
+
+    Returns
+    -------
+    list of float
+        One value per pass (``report.passes`` values), the last one for the output pass.
+    """
+    import torch
+
+    x = _as_tensor(example, module)
+    stats = record_stats(module, x)
+    box = [(Fraction(0), Fraction(x.shape[2]), Fraction(0), Fraction(x.shape[3]))] * x.shape[0]
+
+    def timed(fn) -> float:
+        times = []
+        for _ in range(max(1, repeats)):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times))
+
+    with torch.inference_mode():
+        full = timed(lambda: module(x))
+    costs = [
+        timed(lambda name=name: measure(module, x, layer=name, known_stats=stats, keep_boxes=box)) / full
+        for name in report.names
+    ]
+    return [*costs, timed(lambda: apply(module, x, stats=stats)) / full]
 
 
 # --------------------------------------------------------------------------- in-process reference driver

@@ -13,6 +13,15 @@ normal equations ``J^T W J x = J^T W r`` are a sparse grid Laplacian plus a diag
 (SuperLU) for all channels at once. Pair residuals are re-weighted with Huber weights (IRLS) so overlaps
 where windows genuinely disagree pull less. Residuals are measured in DN (1/255 of ``full_scale``).
 
+Three rules keep the solve from making things worse (issue 11):
+
+* pairs whose sides agree (within ``agree`` DN) ask for no relative correction, and when *every* pair agrees
+  the result is exactly the identity, whatever the anchors say;
+* ``anchor_fit="regression"`` fits each window to its anchor by pixelwise least squares (the gain is the
+  regression slope), which reaches the best per-window affine fit where the moment match does not;
+* without anchors each window is anchored to itself, so pairs that disagree systematically cannot add up
+  into drifts across the grid.
+
 :func:`solve_sequential` is the classic baseline ("APT statistical matching"): windows in raster order,
 each matched in mean and standard deviation to its already-corrected left and top neighbours over the
 shared bands, computed analytically from the same statistics. Its errors add up along the chain.
@@ -286,9 +295,11 @@ def solve_global(
 
     Notes
     -----
-    Without anchors the solution is relative: the weak priors alone would let the gains shrink (smaller
-    gains shrink every pair residual). The result is therefore re-centred per channel to a mean gain of
-    1 and a mean offset of 0, which leaves every relative correction as the pairs asked.
+    Without anchors, the weak priors alone would let the solution drift: smaller gains shrink every pair
+    residual, and pairs that disagree in a systematic way (per-window normalisation) add up across the grid
+    into ramps far larger than the seams they fix. Each window is then anchored to *itself* (its own moments,
+    pooled over its overlap bands, with the weight ``anchor``): the solve moves windows towards their
+    neighbours only as far as seams ask, never the whole image away from the model's output.
     """
     _check(mode, strength)
     if anchor_fit not in ANCHOR_FITS:
@@ -324,10 +335,16 @@ def solve_global(
             "anchor_fit": anchor_fit,
             "agreeing_pairs": snapped_pairs,
             "agreeing_anchors": snapped_refs,
-            "recentred": False,
+            "self_anchored": False,
             "note": "all windows agree in their overlaps: no correction",
         }
         return Corrections.identity(n, nc).with_info(info).scaled(strength)
+    self_anchored = False
+    if not len(ir) and len(ia):
+        # relative only: each window is anchored to itself, so the solve fixes seams and nothing else
+        ir, nref, m_t, t_t = _self_table(n, ia, ib, npair, mu_a, mu_b, s_a, s_b)
+        m_r, t_r, cov_tr = m_t, t_t, t_t * t_t
+        self_anchored = True
     # pair weight: pixels in the band over the noise variance (eq. 12); an anchor weighs ``anchor`` typical
     # pairs, scaled by its own pixel count; the priors are absolute and therefore weak for real tile sizes
     typical = float(np.median(npair)) if len(npair) else float(np.median(nref)) if len(nref) else 1.0
@@ -395,11 +412,6 @@ def solve_global(
             gain[:, c], offset[:, c] = x[0::2], x[1::2] / k
         else:
             offset[:, c] = x / k
-    recentred = False
-    if not len(ir) and len(ia):  # relative only: mean gain 1 and mean offset 0 per channel
-        lam = 1.0 / np.mean(gain, axis=0) if gain_mode else np.ones(nc)
-        gain, offset = gain * lam, (offset - offset.mean(axis=0)) * lam
-        recentred = True
     exact = (np.abs(gain - 1.0) < 1e-9) & (np.abs(offset * k) < 1e-7)
     gain[exact], offset[exact] = 1.0, 0.0
     pr = np.concatenate(resid)
@@ -416,9 +428,27 @@ def solve_global(
         "anchor_fit": anchor_fit,
         "agreeing_pairs": snapped_pairs,
         "agreeing_anchors": snapped_refs,
-        "recentred": recentred,
+        "self_anchored": self_anchored,
     }
     return Corrections(gain, offset, info).scaled(strength)
+
+
+def _self_table(n: int, ia, ib, npair, mu_a, mu_b, s_a, s_b):
+    """Self-anchors: each window's own mean and standard deviation pooled over its overlap bands (DN)."""
+    nc = mu_a.shape[1]
+    cnt = np.zeros(n)
+    s1 = np.zeros((n, nc))
+    s2 = np.zeros((n, nc))
+    for idx, mu, sd in ((ia, mu_a, s_a), (ib, mu_b, s_b)):
+        w = npair[:, None]
+        np.add.at(cnt, idx, npair)
+        np.add.at(s1, idx, w * mu)
+        np.add.at(s2, idx, w * (sd * sd + mu * mu))
+    ir = np.flatnonzero(cnt > 0)
+    nref = cnt[ir]
+    m = s1[ir] / nref[:, None]
+    t = np.sqrt(np.maximum(s2[ir] / nref[:, None] - m * m, 0.0))
+    return ir.astype(np.intp), nref, m, t
 
 
 def _snap_pairs(mu_a, mu_b, s_a, s_b, tol: float):
