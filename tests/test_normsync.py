@@ -18,6 +18,7 @@ nn = torch.nn
 F = torch.nn.functional
 
 from tilegraph.infer import normsync as ns  # noqa: E402
+from tilegraph.testing import normsync as nsd  # noqa: E402
 from tilegraph.testing.norm_models import (  # noqa: E402
     InstanceNormModel,
     TinyVAEDecoder,
@@ -191,8 +192,8 @@ def test_exact_sync_equals_whole_image(photo512, model_cls):
     model = model_cls()
     plan = _plan(photo512.shape[:2])
     truth = whole(model, photo512)
-    out, info = ns.tiled_exact(model, photo512, plan)
-    nosync = ns.stitch(plan, ns.tiled_windows(model, photo512, plan))
+    out, info = nsd.tiled_exact(model, photo512, plan)
+    nosync = nsd.stitch(plan, ns.tiled_windows(model, photo512, plan))
     band = model.halo
     err = np.abs(interior(out, band) - interior(truth, band)).max()
     before = np.abs(interior(nosync, band) - interior(truth, band)).max()
@@ -208,7 +209,7 @@ def test_decoder_exact_sync_equals_whole_image():
     z = latent((256, 256))
     plan = _plan(z.shape[:2], channels=4, tile=64, overlap=16, scale=8)
     truth = whole(model, z)
-    out, info = ns.tiled_exact(model, z, plan, batch_size=5)
+    out, info = nsd.tiled_exact(model, z, plan, batch_size=5)
     band = model.halo * 8
     err = np.abs(interior(out, band) - interior(truth, band)).max()
     print(f"decoder: exact {err:.2e} over {out.shape}, {info['passes']} passes, {info['seconds']:.1f} s")
@@ -225,7 +226,7 @@ def test_strided_model_exact_and_alignment_checked():
     image = gradient_photo((size, size), "float32", seed=4)
     plan = _plan((size, size), tile=64, overlap=20, stride=2)
     truth = whole(model, image)
-    out, _ = ns.tiled_exact(model, image, plan)
+    out, _ = nsd.tiled_exact(model, image, plan)
     assert np.abs(interior(out, 6) - interior(truth, 6)).max() < 1e-3
     bad = make_plan((size, size), tile=64, overlap=22, channels=3, dtype="float32", model_stride=2)
     with pytest.raises(PlanError, match="half the overlap") as exc:
@@ -281,9 +282,9 @@ def test_thumbnail_sync_at_least_halves_seams_and_block_errors():
     image = gradient_photo((1024, 1024), "float32")
     plan = _plan((1024, 1024), tile=256, overlap=64, blend="cosine")
     truth = whole(model, image)
-    raw = ns.stitch(plan, ns.tiled_windows(model, image, plan))
+    raw = nsd.stitch(plan, ns.tiled_windows(model, image, plan))
     stats, info = ns.thumbnail_stats(model, image, size=256)
-    synced = ns.stitch(plan, ns.tiled_windows(model, image, plan, stats=stats))
+    synced = nsd.stitch(plan, ns.tiled_windows(model, image, plan, stats=stats))
     step0, step1 = block_step_dn(raw, truth, block=128), block_step_dn(synced, truth, block=128)
     err0, err1 = block_error_dn(raw, truth, block=64), block_error_dn(synced, truth, block=64)
     print(

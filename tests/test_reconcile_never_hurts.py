@@ -2,7 +2,7 @@
 
 An in-process driver does what the engine does: every window's output is computed by the model, its
 statistics by :func:`~tilegraph.reconcile.stats.window_stats` (the reference chosen by
-:func:`~tilegraph.reconcile.reference.choose_reference`), one :func:`~tilegraph.reconcile.solve.solve_global`
+:func:`~tilegraph.quality.reference.choose_reference`), one :func:`~tilegraph.reconcile.solve.solve_global`
 on the client, and the output blended with :func:`~tilegraph.blend.merge.blend_box` and the corrections'
 transform. The truth is whole-image inference of the same model, never the reference the solve aimed at.
 """
@@ -15,7 +15,8 @@ import pytest
 from tilegraph._cast import to_output_dtype
 from tilegraph.blend.merge import blend_box
 from tilegraph.plan import make_plan
-from tilegraph.reconcile.reference import choose_reference, reference_region, thumbnail_sigma
+from tilegraph.quality.reference import choose_reference
+from tilegraph.reconcile.reference import reference_region, thumbnail_sigma
 from tilegraph.reconcile.solve import RECOMMENDED, solve_global
 from tilegraph.reconcile.stats import pairs_from_windows, window_stats
 from tilegraph.testing import gradient_photo, smooth_gradient

@@ -37,7 +37,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import cache
@@ -63,10 +63,8 @@ __all__ = [
     "record_stats",
     "pass_costs",
     "synced",
-    "stitch",
     "reduce_stats",
     "exact_stats",
-    "tiled_exact",
     "tiled_windows",
     "thumbnail",
     "thumbnail_stats",
@@ -1025,40 +1023,6 @@ def tiled_windows(
             y = apply(module, x, stats=stats)
         outs.append(y.detach().to("cpu", torch.float32).numpy())
     return np.concatenate(outs)
-
-
-def stitch(
-    plan: Plan, outputs: np.ndarray, *, mode: str | None = None, transform: Callable | None = None
-) -> np.ndarray:
-    """Blend window outputs ``(N, C', h, w)`` into the image ``(H', W', C')`` with the plan's blend mode."""
-    from tilegraph.blend.merge import blend_box
-
-    h, w = plan.out_shape
-    return blend_box(plan, 0, h, 0, w, lambda i, r, c: outputs[i][:, r, c], mode=mode, transform=transform)
-
-
-def tiled_exact(
-    module, image: np.ndarray, plan: Plan, *, batch_size: int = 4, mode: str = "crop"
-) -> tuple[np.ndarray, dict]:
-    """``norm_sync="exact"`` in process: the passes, then the output stitched (``crop`` by default).
-
-    Returns
-    -------
-    tuple
-        ``(output (H', W', C') float32, info)``; ``info`` has the statistics and the cost.
-    """
-    stats, info = exact_stats(module, image, plan, batch_size=batch_size)
-    t0 = time.perf_counter()
-    outputs = tiled_windows(module, image, plan, stats=stats, batch_size=batch_size)
-    out = stitch(plan, outputs, mode=mode)
-    info = {
-        **info,
-        "passes": info["passes"] + 1,
-        "window_forwards": info["window_forwards"] + plan.n_windows,
-        "seconds": info["seconds"] + time.perf_counter() - t0,
-        "stats": stats,
-    }
-    return out, info
 
 
 # --------------------------------------------------------------------------- thumbnail mode
