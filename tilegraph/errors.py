@@ -24,6 +24,9 @@ context a person needs to act: the file (``path``), the window (``window``) and 
     ├── SinkError                  writing the output failed (disk full, permission, ...)
     └── ClusterError               the cluster cannot run the job as asked
         └── ResourceRestrictionError   GPU restrictions did not reach the scheduler
+
+What a run does that will likely show in its output (per-window normalisation) is a
+:class:`TilegraphWarning` (a ``UserWarning``), not an error.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ __all__ = [
     "SinkError",
     "ClusterError",
     "ResourceRestrictionError",
+    "TilegraphWarning",
 ]
 
 
@@ -174,3 +178,7 @@ class ClusterError(TilegraphError):
 
 class ResourceRestrictionError(ClusterError):
     """Tasks that need a GPU reached the scheduler without their resource restriction."""
+
+
+class TilegraphWarning(UserWarning):
+    """Something a run does that will likely show in its output (normalisation that seams, ...)."""

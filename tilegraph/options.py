@@ -49,6 +49,8 @@ __all__ = [
     "Layout",
     "ReconcileMode",
     "ReconcileReference",
+    "AnchorFit",
+    "NormSync",
     "Device",
 ]
 
@@ -56,7 +58,9 @@ Precision = Literal["fp32", "fp16", "bf16"]
 PadMode = Literal["reflect", "symmetric", "edge", "constant"]
 Layout = Literal["YX", "YXC", "CYX"]
 ReconcileMode = Literal["offset", "gain-offset"]
-ReconcileReference = Literal["input", "thumbnail"]
+ReconcileReference = Literal["auto", "input", "thumbnail"]
+AnchorFit = Literal["regression", "moments"]
+NormSync = Literal["exact", "thumbnail"]
 Device = Literal["auto", "cpu", "cuda"]
 
 S = TypeVar("S")
@@ -160,8 +164,16 @@ class ModelOptions:
     channels_last: bool = _opt(False, "torch channels_last memory format")
     compile: bool = _opt(False, "torch.compile the model on each worker")
     device: Device = _opt("auto", "'auto' (the worker's GPU if any), 'cpu' or 'cuda'")
+    norm_sync: NormSync | None = _opt(
+        None,
+        "GroupNorm/InstanceNorm statistics over the whole image: exact (one pass over the windows per layer) "
+        "or thumbnail (recorded by the run's thumbnail inference)",
+    )
 
     def __post_init__(self) -> None:
+        if self.norm_sync in ("none", "None"):
+            object.__setattr__(self, "norm_sync", None)
+        _choice(self.norm_sync, get_args(NormSync), "norm_sync", none=True)
         _choice(self.precision, get_args(Precision), "precision")
         _choice(self.device, get_args(Device), "device")
         for name in ("in_channels", "out_channels", "stride"):
@@ -213,16 +225,27 @@ class ReconcileOptions:
 
     mode: ReconcileMode | None = _opt(None, "colour reconciliation: offset or gain-offset", flat="reconcile")
     reference: ReconcileReference | None = _opt(
-        "input",
-        "what the colours are anchored to: input, thumbnail (the model run on a thumbnail) or none",
+        "auto",
+        "what the colours are anchored to: auto (input or thumbnail, chosen by measuring the model on the "
+        "run's thumbnail), input, thumbnail (the model run on a thumbnail) or none",
         run=False,
     )
     strength: float = _opt(1.0, "fraction of the solved correction applied (0..1)", run=False)
     field: bool = _opt(False, "interpolate corrections smoothly between window centres", run=False)
     sigma: float = _opt(2.0, "low-pass sigma (output pixels) of the statistics", run=False)
+    # the solve's settings measured best against whole-image inference (tilegraph.reconcile.RECOMMENDED)
+    anchor_fit: AnchorFit = _opt(
+        "regression",
+        "how a window meets its anchor: regression (pixelwise least squares) or moments (mean and spread)",
+        run=False,
+    )
+    anchor: float = _opt(3.0, "weight of each window's anchor, in typical overlap pairs", run=False)
 
     def __post_init__(self) -> None:
         _choice(self.mode, get_args(ReconcileMode), "reconcile", none=True)
+        _choice(self.anchor_fit, get_args(AnchorFit), "reconcile anchor_fit")
+        if not float(self.anchor) > 0:
+            raise InputError(f"reconcile anchor must be positive, got {self.anchor!r}")
         ref = None if self.reference in ("none", "None") else self.reference
         object.__setattr__(self, "reference", ref)
         _choice(self.reference, get_args(ReconcileReference), "reconcile reference", none=True)
@@ -526,6 +549,8 @@ def _default_flat(group: str, name: str) -> str:
         ("reconcile", "strength"),
         ("reconcile", "field"),
         ("reconcile", "sigma"),
+        ("reconcile", "anchor_fit"),
+        ("reconcile", "anchor"),
         ("export", "compression"),
         ("export", "tile"),
         ("export", "bigtiff"),

@@ -2,7 +2,7 @@
 
 ::
 
-    source ──> plan ──> infer ──> reconcile ──> blend ──> sink ──> quality
+    source ──> plan ──> [norm sync] ──> infer ──> reconcile ──> blend ──> sink ──> quality
 
 Options are normalised once, here, into a frozen :class:`~tilegraph.options.RunOptions`; each stage
 (:mod:`tilegraph.engine.prepare`, ``.infer``, ``.reconcile``, ``.assemble``, ``.passes``,
@@ -48,6 +48,7 @@ def run(
     out_channels: int | None = None,
     model_stride: int | None = None,
     halo: int | None = None,
+    norm_sync: str | None = None,
     source_options: Any = None,
     export_options: Any = None,
     scratch: str | None = None,
@@ -86,6 +87,12 @@ def run(
         scheduler address or a ``distributed.Client`` uses that cluster.
     scale, in_channels, out_channels, model_stride, halo
         Override what the model declares (``scale`` is also measured with a probe and checked).
+    norm_sync
+        Per-sample normalisation layers (GroupNorm, InstanceNorm) with statistics over the whole image,
+        as whole-image inference computes them: ``"exact"`` (one pass over the windows per layer that
+        returns only statistics, then the output pass; exact wherever the receptive field fits half the
+        overlap), ``"thumbnail"`` (statistics recorded by the run's one thumbnail inference; approximate)
+        or ``None`` (each window normalises itself; a warning names the layers).
     batch_size, batches_per_task
         Windows per forward pass, and forward passes per model task. Two model tasks run at once per
         worker and take turns on the model, so one reads and writes while the other computes.
@@ -102,7 +109,7 @@ def run(
         :class:`~tilegraph.options.SourceOptions` (``level=``, ``series=``...),
         :class:`~tilegraph.options.ExportOptions` (TIFF compression, JPEG quality...),
         :class:`~tilegraph.options.ReconcileOptions` (``reference``, ``strength``, ``field``,
-        ``sigma``), :class:`~tilegraph.options.QualityOptions`; objects or dicts (an unknown key is
+        ``sigma``, ``anchor_fit``, ``anchor``), :class:`~tilegraph.options.QualityOptions`; objects or dicts (an unknown key is
         an error naming it).
     scratch, keep_tile_store
         Folder for intermediate data (default: beside the destination), and keeping the per-window
@@ -110,7 +117,10 @@ def run(
     progress
         Show progress (default: on when stderr is a terminal or in Jupyter).
     reconcile
-        Colour reconciliation across windows: ``None`` (default), ``"offset"`` or ``"gain-offset"``.
+        Colour reconciliation across windows: ``None`` (default), ``"offset"`` or ``"gain-offset"``. Its
+        reference defaults to ``"auto"``: the model run on the thumbnail when it changes colours by more
+        than 1 ΔE2000 on average, else the input (the choice is recorded); windows that agree in their
+        overlaps are not corrected.
     qa
         Measure seams on the output and write a report (``report.json``, ``report.html``) to
         ``<destination>.qa`` (or to the folder given).
@@ -169,6 +179,7 @@ def execute(
     from tilegraph.engine.assemble import assemble
     from tilegraph.engine.finish import abort, finish
     from tilegraph.engine.infer import gather_inference, submit_inference
+    from tilegraph.engine.normsync import synchronise
     from tilegraph.engine.passes import run_passes
     from tilegraph.engine.prepare import prepare
     from tilegraph.engine.progress import Progress
@@ -215,6 +226,7 @@ def execute(
         import time
 
         started = time.perf_counter()
+        run_ = synchronise(run_, executor, progress)  # norm_sync: global normalisation statistics
         inference = submit_inference(run_, executor)
         handles = list(inference.handles)
         report = reconciliation = None

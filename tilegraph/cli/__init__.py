@@ -59,7 +59,16 @@ def _add_option_flags(p: argparse.ArgumentParser) -> None:
 
     aliases = {
         name: typing.get_args(getattr(o, name))
-        for name in ("Precision", "PadMode", "Layout", "ReconcileMode", "ReconcileReference", "Device")
+        for name in (
+            "Precision",
+            "PadMode",
+            "Layout",
+            "ReconcileMode",
+            "ReconcileReference",
+            "AnchorFit",
+            "NormSync",
+            "Device",
+        )
     }
     for f in o.flat_fields():
         if not f.cli:
@@ -109,6 +118,14 @@ def _parser() -> argparse.ArgumentParser:
     _common_geometry(p)
     p.add_argument("--model", default=None, help="import path; measures its receptive field on the CPU")
     p.add_argument("--model-stride", type=int, default=1)
+    p.add_argument(
+        "--norm-sync",
+        default=None,
+        choices=["exact", "thumbnail"],
+        help="check the plan for norm_sync (exact: alignment and cost; thumbnail: how much the statistics "
+        "vary between two thumbnail sizes of this image)",
+    )
+    p.add_argument("--thumbnail", type=int, default=None, help="thumbnail size for --norm-sync thumbnail")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("info", help="describe an image source")
@@ -191,14 +208,17 @@ def _plan(args) -> int:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        rf = measure_receptive_field(module, channels=src.channels, device=device)
+        local, synced_note = _with_synced_norms(module)
+        rf = measure_receptive_field(local, channels=src.channels, device=device)
         extra = {
-            "receptive field radius": f"{rf.radius} px (impulse probe in float64 on {device})",
+            "receptive field radius": f"{rf.radius} px (impulse probe in float64 on {device}{synced_note})",
             "proposed halo": rf.halo,
             "proposed overlap": rf.overlap,
         }
         if getattr(module, "halo", None) is not None:
             extra["declared halo"] = module.halo
+    elif args.norm_sync:
+        raise TilegraphError("--norm-sync needs --model (the layers are found on the model)")
     plan = make_plan(
         src.shape,
         tile=args.tile,
@@ -212,6 +232,8 @@ def _plan(args) -> int:
         batch_size=args.batch_size,
         out_chunks=args.chunks,
     )
+    if args.model:
+        extra.update(_plan_norm(args, src, module, plan))
     if args.json:
         print(
             json.dumps(
@@ -224,6 +246,94 @@ def _plan(args) -> int:
         for k, v in extra.items():
             print(f"{k.rjust(width)}  {v}")
     return 0
+
+
+def _with_synced_norms(module):
+    """The model with its GroupNorm/InstanceNorm layers on fixed statistics, for the receptive-field probe.
+
+    Per-window statistics make every output pixel depend on the whole window, so the impulse probe
+    would grow without bound; with fixed statistics it measures the radius ``norm_sync="exact"`` needs
+    to fit in half the overlap.
+    """
+    if not _is_torch_module(module):
+        return module, ""
+    from tilegraph.infer.normsync import find_norm_layers, record_stats, synced
+
+    report = find_norm_layers(module.eval())
+    if not report.sync_layers or not report.probed:
+        return module, ""
+    import torch
+
+    cin = getattr(module, "in_channels", None)
+    cin = cin if isinstance(cin, int) else 3
+    stride = getattr(module, "stride", 1)
+    side = 64 * (stride if isinstance(stride, int) and stride > 0 else 1)
+    x = 0.5 + 0.1 * torch.randn(1, cin, side, side, generator=torch.Generator().manual_seed(0))
+    return synced(module, record_stats(module, x)), ", normalisation layers on fixed statistics"
+
+
+def _plan_norm(args, src, module, plan) -> dict:
+    """What ``tilegraph plan --model`` says about normalisation layers and ``norm_sync`` (passes, cost)."""
+    import numpy as np
+
+    from tilegraph.engine.normsync import NormPlan
+    from tilegraph.engine.probe import model_channels
+    from tilegraph.infer.normsync import NormReport, check_alignment, find_norm_layers, pass_costs
+
+    declared = getattr(module, "in_channels", None)
+    channels, _ = model_channels(src.channels, declared if isinstance(declared, int) else None)
+    if not _is_torch_module(module):
+        report, costs = NormReport(opaque=True), []
+    else:
+        import torch
+
+        g = np.random.default_rng(0)
+        x = torch.from_numpy(
+            (0.5 + 0.1 * g.standard_normal((1, channels, *plan.window_shape))).astype(np.float32)
+        )
+        module = module.eval()
+        report = find_norm_layers(module, example=x)
+        costs = pass_costs(module, report, x, repeats=2) if report.sync_layers else []
+        if args.norm_sync == "exact" and report.sync_layers:
+            check_alignment(plan, report)  # a PlanError names the overlap to use
+    norm = NormPlan(args.norm_sync, report, tuple(costs))
+    out: dict = {}
+    if report.sync_layers:
+        out["norm_sync exact"] = (
+            f"{report.passes} passes over the windows, about {sum(costs):.2f} x the inference without sync "
+            "(timed on one window on this machine)"
+        )
+    if args.norm_sync == "thumbnail" and report.sync_layers:
+        out["norm_sync thumbnail"] = _thumbnail_variation(args, src, plan, channels)
+    out["normalisation"] = "; ".join(norm.notes()) or "no per-sample normalisation layers"
+    return out
+
+
+def _is_torch_module(obj) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.nn.Module)
+
+
+def _thumbnail_variation(args, src, plan, channels: int) -> str:
+    """How much the statistics of two thumbnail sizes of this image differ (the run's check, run here)."""
+    from tilegraph.engine.thumbnail import thumbnail_task
+    from tilegraph.infer.spec import describe_model
+
+    size = int(args.thumbnail or max(1024, *plan.window_shape))
+    factor = max(1, -(-max(src.shape) // size))
+    spec = describe_model(args.model, device="cpu")
+    norm = {"window": tuple(plan.window_shape), "overlap": tuple(plan.overlap), "scale": plan.scale_fraction}
+    info = thumbnail_task(src, spec, None, (factor, plan.align, channels), norm).info
+    v = info.get("variation") or {}
+    if v.get("note"):
+        return f"thumbnail of {size} px is the full image: its statistics are exact"
+    if not v:
+        return "thumbnail too small to compare two sizes"
+    verdict = "vary strongly with scale: use norm_sync='exact'" if v["recommend_exact"] else "are stable"
+    return (
+        f"statistics of {v['compared'][0]} and {v['compared'][1]} px thumbnails differ by up to "
+        f"{v['worst']:.2f} standard deviations: they {verdict}"
+    )
 
 
 def _info(args) -> int:

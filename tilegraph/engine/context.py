@@ -65,6 +65,7 @@ class RunContext:
     writer: ChunkWriter | None
     reconcile: ReconcileContext | None = None
     split_halo: int = 0  # source pixels of context when a window alone is split after running out of memory
+    norm_stats: Mapping[str, Any] | None = None  # global normalisation statistics per layer (norm_sync)
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,9 @@ class PreparedRun:
         The run's one cached thumbnail inference (:class:`tilegraph.engine.thumbnail.Thumbnails`).
     timings : Mapping
         Seconds spent preparing (``probe_s``, ``stage_s``, ``prepare_s``).
+    norm : object
+        What the run knows of the model's normalisation layers and how it syncs them
+        (:class:`tilegraph.engine.normsync.NormPlan`), ``None`` before the norm probe.
     """
 
     token: str
@@ -121,3 +125,4 @@ class PreparedRun:
     autotile: Any
     thumbnails: Any
     timings: Mapping[str, float] = field(default_factory=dict)
+    norm: Any = None

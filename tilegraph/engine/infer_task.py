@@ -96,7 +96,13 @@ def _kept_boxes(plan: Plan, indices: list[int]) -> list[tuple[slice, slice]]:
 
 
 def _run_model(
-    ctx: RunContext, runner: BatchRunner, raw: np.ndarray, indices: list[int], out_dtype, state: dict
+    ctx: RunContext,
+    runner: BatchRunner,
+    raw: np.ndarray,
+    indices: list[int],
+    out_dtype,
+    state: dict,
+    module: Any = None,
 ):
     """Model output for one batch, checked against the contract, pass-through channels appended.
 
@@ -104,13 +110,16 @@ def _run_model(
     tasks of this process, remembers the batch that fitted for the next batches, and ``state``
     counts the splits of this task); a single window that does not fit alone is split into
     overlapping sub-windows with the model's halo (:func:`~tilegraph.infer.oom.run_window_split`).
+    ``module`` replaces the model for these calls (the norm-synced shadow, see :func:`infer_windows`).
     """
     plan = ctx.plan
     # values clipped when rounding per window count only where the output keeps them (crop stores)
     boxes = _kept_boxes(plan, indices) if np.dtype(out_dtype).kind in "ui" else None
 
     def call(part: np.ndarray, part_boxes=None):
-        return runner.run_raw(part, channels=ctx.model_channels, out_dtype=out_dtype, count_boxes=part_boxes)
+        return runner.run_raw(
+            part, channels=ctx.model_channels, out_dtype=out_dtype, count_boxes=part_boxes, module=module
+        )
 
     def single(i: int, one: np.ndarray):
         return run_window_split(
@@ -171,10 +180,17 @@ def infer_windows(ctx: RunContext, indices: list[int], model_payload: Any = None
     """Task: run the model over a group of windows, batch by batch; the output kind takes each batch.
 
     Reading the next batches (up to two ahead) and handing finished ones to the kind (which writes
-    them to the per-window store) run on thread pools living only for this task.
+    them to the per-window store) run on thread pools living only for this task. With global
+    normalisation statistics in the context (``norm_sync``), the model runs as a shadow whose
+    GroupNorm/InstanceNorm layers use them (built for this task; the shared runner is unchanged).
     """
     plan = ctx.plan
     runner = get_runner(ctx.spec, model_payload)
+    module = None
+    if ctx.norm_stats is not None:
+        from tilegraph.infer.normsync import synced
+
+        module = synced(runner.module, ctx.norm_stats)
     store = ctx.tile_store
     dtype = np.dtype(store.dtype if store is not None else "float32")
     b = plan.batch_size
@@ -214,7 +230,7 @@ def infer_windows(ctx: RunContext, indices: list[int], model_payload: Any = None
             if k + ahead < len(batches):
                 reads.append(pool.submit(read, batches[k + ahead]))
             runner.take_times()
-            y, clipped = _run_model(ctx, runner, raw, batch, dtype, state)
+            y, clipped = _run_model(ctx, runner, raw, batch, dtype, state, module)
             held, waited = runner.take_times()  # the model's own time, and the other task's turn
             report.model_s += held
             report.model_wait_s += waited

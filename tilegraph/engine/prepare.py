@@ -15,14 +15,15 @@ import numpy as np
 from tilegraph.blend import get_blender
 from tilegraph.engine.context import PreparedRun, RunContext
 from tilegraph.engine.executor import Executor, InProcessExecutor
+from tilegraph.engine.normsync import plan_norm
 from tilegraph.engine.probe import autotile, checked_scale, probe
 from tilegraph.engine.progress import Progress
+from tilegraph.engine.reconcile import reconcile_context
 from tilegraph.engine.thumbnail import Thumbnails
 from tilegraph.errors import InputError, ModelOutputError
 from tilegraph.infer.spec import ModelSpec
 from tilegraph.options import RunOptions
 from tilegraph.outputs import get_kind
-from tilegraph.outputs.image import ReconcileContext
 from tilegraph.passes import get_pass
 from tilegraph.plan import make_plan
 from tilegraph.sink import OutputLayout, output_layout, sink_for
@@ -136,8 +137,19 @@ def prepare(
             f"reconcile reference 'input' needs the model to keep the channel count ({found.model_channels} in, "
             f"{found.out_channels} out)",
             path=source.path,
-            hint="use reconcile_options={'reference': 'thumbnail'} (the model run on a thumbnail) or None",
+            hint="use reconcile_options={'reference': 'auto'} (the default: the reference is chosen by "
+            "measuring the model on the run's thumbnail)",
         )
+    norm = plan_norm(
+        executor,
+        spec,
+        payload,
+        plan,
+        channels=found.model_channels,
+        mode=options.model.norm_sync,
+        token=token,
+        path=source.path,
+    )
     probe_s = time.perf_counter() - t0
     layout = None
     if kind.writes_array:
@@ -180,6 +192,7 @@ def prepare(
         "passes": [p.describe() for p in passes],
         "plan": plan.to_dict(),
         "autotile": auto.to_dict() if auto is not None else None,
+        "normalisation": norm.to_dict(),
         "source": {"path": source.path, "shape": list(source.shape), "dtype": str(source.dtype)},
     }
     final_writer = writer = None
@@ -204,13 +217,9 @@ def prepare(
         channels=found.model_channels,
         size=options.thumbnail,
         token=token,
+        norm_stats=norm.active and norm.mode == "thumbnail",
     )
-    reconcile = None
-    if rec.mode:
-        reconcile = ReconcileContext(reference=rec.reference, sigma=float(rec.sigma))
-        if rec.reference == "thumbnail":
-            thumb, factor = thumbnails.get()
-            reconcile = replace(reconcile, thumbnail=thumb, factor=factor)
+    reconcile = reconcile_context(rec, thumbnails)
     ctx = RunContext(
         plan=plan,
         source=staged,
@@ -242,4 +251,5 @@ def prepare(
         autotile=auto,
         thumbnails=thumbnails,
         timings={"probe_s": probe_s, "stage_s": stage_s, "prepare_s": time.perf_counter() - t0},
+        norm=norm,
     )

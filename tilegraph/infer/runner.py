@@ -60,6 +60,8 @@ class BatchRunner:
         self.fitted_batches: dict[tuple, int] = {}
         self.device = "cpu"
         self.fn = fn
+        #: The module on its device, in eval mode, before ``torch.compile`` (what norm sync shadows).
+        self.module = fn
         if self.is_torch:
             import torch
 
@@ -72,6 +74,7 @@ class BatchRunner:
             module = fn.to(dev).eval()
             if spec.channels_last:
                 module = module.to(memory_format=torch.channels_last)
+            self.module = module
             if spec.compile:
                 module = torch.compile(module)
             self.fn = module
@@ -94,7 +97,13 @@ class BatchRunner:
             return self._forward(x)
 
     def run_raw(
-        self, raw: np.ndarray, *, channels: int, out_dtype, count_boxes: list | None = None
+        self,
+        raw: np.ndarray,
+        *,
+        channels: int,
+        out_dtype,
+        count_boxes: list | None = None,
+        module: Callable | None = None,
     ) -> tuple[np.ndarray, int]:
         """Run on raw windows ``(N, H, W, C)`` in the source dtype; returns ``(N, C', H', W')`` and clips.
 
@@ -103,7 +112,8 @@ class BatchRunner:
         an integer ``out_dtype`` the output is scaled by its maximum, rounded and clipped there, and
         the number of clipped values is returned (0 otherwise), counted only inside
         ``count_boxes`` (one ``(rows, cols)`` pair of slices per window, e.g. the region ``crop``
-        keeps) when given.
+        keeps) when given. ``module`` replaces the model for this call only (a torch module on the
+        model's device, e.g. a norm-synced shadow of :attr:`module`); other calls are unaffected.
 
         Raises
         ------
@@ -120,7 +130,23 @@ class BatchRunner:
                 y = np.asarray(self.fn(x))
             return _to_numpy(y, out_dtype, with_clips=True, count_boxes=count_boxes)
         with self._turn():
-            return self._run_torch(raw, channels, integer_max, out_dtype, count_boxes)
+            return self._run_torch(raw, channels, integer_max, out_dtype, count_boxes, module)
+
+    def apply_raw(self, raw: np.ndarray, *, channels: int, fn: Callable) -> Any:
+        """``fn(x)`` on raw windows ``(N, H, W, C)``, with ``x`` the tensor :meth:`run_raw` gives the model.
+
+        ``x`` is ``(N, channels, H, W)`` float32 on the model's device (integers scaled to [0, 1]); ``fn``
+        runs in the model's turn, under ``inference_mode`` and the run's autocast precision, and its
+        result is returned as it is (norm sync's statistics passes return a few floats).
+        """
+        if not self.is_torch:
+            raise TypeError("apply_raw needs a torch model")
+        integer_max = float(np.iinfo(raw.dtype).max) if raw.dtype.kind in "ui" else None
+        import torch
+
+        with self._turn(), torch.inference_mode():
+            x = self._device_input(raw, channels, integer_max)
+            return self._forward(x, fn)
 
     @contextlib.contextmanager
     def _turn(self):
@@ -142,20 +168,27 @@ class BatchRunner:
         times.held = times.wait = 0.0
         return held, wait
 
-    def _run_torch(self, raw, channels, integer_max, out_dtype, count_boxes=None):
+    def _run_torch(self, raw, channels, integer_max, out_dtype, count_boxes=None, module=None):
         import torch
 
         with torch.inference_mode():
-            t = torch.from_numpy(np.ascontiguousarray(raw))
-            if self.device != "cpu":
-                t = self._staged(t).to(self.device, non_blocking=True)
-            x = t[..., :channels].permute(0, 3, 1, 2).float()  # NHWC storage = channels_last
-            if integer_max is not None:
-                x.mul_(1.0 / integer_max)
-            if not self.spec.channels_last and x.device.type != "cpu":
-                x = x.contiguous()  # on CPU the NHWC view is as fast or faster; on GPUs keep one format
-            y = self._forward(x)
+            x = self._device_input(raw, channels, integer_max)
+            y = self._forward(x, module)
             return _to_numpy(y, out_dtype, with_clips=True, count_boxes=count_boxes)
+
+    def _device_input(self, raw, channels, integer_max):
+        """Raw windows as the model's float32 NCHW input on its device (call under inference mode)."""
+        import torch
+
+        t = torch.from_numpy(np.ascontiguousarray(raw))
+        if self.device != "cpu":
+            t = self._staged(t).to(self.device, non_blocking=True)
+        x = t[..., :channels].permute(0, 3, 1, 2).float()  # NHWC storage = channels_last
+        if integer_max is not None:
+            x.mul_(1.0 / integer_max)
+        if not self.spec.channels_last and x.device.type != "cpu":
+            x = x.contiguous()  # on CPU the NHWC view is as fast or faster; on GPUs keep one format
+        return x
 
     def _staged(self, t):
         """Copy ``t`` into a reused page-locked host buffer (one per shape and dtype).
@@ -174,16 +207,17 @@ class BatchRunner:
         buf.copy_(t)
         return buf
 
-    def _forward(self, x):
+    def _forward(self, x, module=None):
         import torch
 
+        fn = self.fn if module is None else module
         if self.spec.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         amp = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.spec.precision)
         if amp is not None:
             with torch.autocast(device_type=x.device.type, dtype=amp):
-                return self.fn(x)
-        return self.fn(x)
+                return fn(x)
+        return fn(x)
 
 
 class BadOutput(Exception):

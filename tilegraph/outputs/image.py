@@ -42,12 +42,15 @@ class ReconcileContext:
         ``(h, w, C')`` model output on the thumbnail (``reference="thumbnail"``).
     factor : float or None
         Output pixels per thumbnail pixel.
+    choice : dict or None
+        How ``reference="auto"`` chose (the measured difference and why), for the metadata.
     """
 
     reference: str | None
     sigma: float
     thumbnail: np.ndarray | None = None
     factor: float | None = None
+    choice: dict | None = None
 
 
 class TileStoreReader:
