@@ -372,7 +372,9 @@ class RunOptions:
     quality: QualityOptions = field(default_factory=QualityOptions)
     execution: ExecutionOptions = field(default_factory=ExecutionOptions)
     thumbnail: int | None = _opt(
-        None, "longest side of the one thumbnail inference of a run (default: the window, at least 256)"
+        None,
+        "longest side of the one thumbnail inference of a run (default: the window, at least 256; at least "
+        "1024 with norm_sync='thumbnail')",
     )
     task: str = _opt("image", "what the run produces (a registered output kind)")
     passes: tuple[str, ...] = _opt((), "registered passes to run after blending, in order")

@@ -125,8 +125,9 @@ def run(
         Measure seams on the output and write a report (``report.json``, ``report.html``) to
         ``<destination>.qa`` (or to the folder given).
     thumbnail
-        Longest side of the run's one thumbnail inference (used by the thumbnail reference and by
-        passes that need the whole picture).
+        Longest side of the run's one thumbnail inference (used by the thumbnail reference and its
+        ``"auto"`` choice, by ``norm_sync="thumbnail"`` and by passes that need the whole picture).
+        Default: the window, at least 256 px; at least 1024 px with ``norm_sync="thumbnail"``.
     task
         What the run produces: ``"image"`` (default) or a registered output kind.
     passes
@@ -138,7 +139,17 @@ def run(
     Returns
     -------
     RunResult
-        Output array (or file path), plan, timings and the number of clipped values.
+        Output array (or file path), plan, timings and the number of clipped values;
+        ``extra["norm_sync"]`` (normalisation layers found, passes, cost, notes) and
+        ``extra["reconcile"]`` (reference chosen, how much the correction changed) are also in the
+        output's metadata.
+
+    Warns
+    -----
+    tilegraph.errors.TilegraphWarning
+        The model has per-sample normalisation layers and ``norm_sync`` is off (tiles will differ in
+        colour), BatchNorm layers were given in training mode, or the thumbnail's statistics vary
+        strongly with its size under ``norm_sync="thumbnail"``.
 
     Raises
     ------

@@ -132,8 +132,9 @@ class NormPlan:
                 )
         if r.batchnorm_training:
             lines.append(
-                f"BatchNorm in training mode: {', '.join(r.batchnorm_training)}: statistics are per batch "
-                "of windows; call model.eval() unless this is intended"
+                f"BatchNorm in training mode: {', '.join(r.batchnorm_training)}: in training mode their statistics "
+                "would be per batch of windows; tilegraph runs the model in eval mode (their running statistics), "
+                "call model.eval() to make that explicit"
             )
         variation = self.done.get("thumbnail", {}).get("variation")
         if variation and variation.get("recommend_exact"):
@@ -171,10 +172,16 @@ def norm_probe_task(
     g = np.random.default_rng(0)
     x = (0.5 + 0.1 * g.standard_normal((1, channels, *window))).astype(np.float32)
     example = torch.from_numpy(x).to(runner.device)
+    # BatchNorm layers given in training mode, read on the model as received (the runner runs it in eval mode)
+    training_bn = tuple(
+        name
+        for name, m in runner.model.named_modules()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training
+    )
     try:
-        report = find_norm_layers(runner.module, example=example)
+        report = replace(find_norm_layers(runner.module, example=example), batchnorm_training=training_bn)
     except ModelError as exc:
-        return NormReport(), [], exc.message
+        return NormReport(batchnorm_training=training_bn), [], exc.message
     timed = pass_costs(runner.module, report, example, repeats=2) if costs and report.sync_layers else []
     return report, timed, ""
 

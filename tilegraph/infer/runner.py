@@ -69,7 +69,8 @@ class BatchRunner:
             if dev == "auto":
                 dev = "cuda" if torch.cuda.is_available() else "cpu"
             self.device = dev
-            if fn.training or dev != "cpu" or spec.channels_last or spec.compile:
+            training = any(m.training for m in fn.modules())  # eval() below would switch them off
+            if training or dev != "cpu" or spec.channels_last or spec.compile:
                 fn = copy.deepcopy(fn)  # never modify the caller's module
             module = fn.to(dev).eval()
             if spec.channels_last:

@@ -6,7 +6,9 @@ untouched):
 * :class:`~tilegraph.testing.models.InstanceNormModel` (re-exported): conv, InstanceNorm, tanh, 1x1 conv;
 * :class:`TwoGroupNormModel`: two GroupNorm layers in a residual stack;
 * :class:`TinyVAEDecoder`: a small VAE-like decoder (GroupNorm ResNet blocks, three x2 nearest
-  up-samplings, no attention), 4 latent channels to 3, ``scale = 8``.
+  up-samplings, no attention), 4 latent channels to 3, ``scale = 8``;
+* :class:`StridedGroupNorm`: GroupNorm at half resolution (total stride 2), for the alignment rule;
+* :class:`BatchNormTraining`: a BatchNorm layer left in training mode (statistics per batch).
 
 Figures (all in DN, 1/255 of full scale, per channel, worst channel), against a truth such as
 whole-image inference:
@@ -29,6 +31,8 @@ __all__ = [
     "InstanceNormModel",
     "TwoGroupNormModel",
     "TinyVAEDecoder",
+    "StridedGroupNorm",
+    "BatchNormTraining",
     "make_two_group_norm_model",
     "make_tiny_vae_decoder",
     "block_means",
@@ -178,6 +182,53 @@ class TinyVAEDecoder(_Declared):
         h = self.block2(self.up2(h))
         h = self.up3(h)
         return 0.5 + 0.25 * self.conv_out(F.silu(self.norm_out(h)))
+
+
+class StridedGroupNorm(_Declared):
+    """Stride-2 conv, GroupNorm at half resolution, x2 up-sampling: total stride 2, radius 5.
+
+    With ``norm_sync="exact"`` half the overlap must be a multiple of 2 (the kept regions fall on whole
+    pixels of the half-resolution layer).
+    """
+
+    stride = 2
+    halo = 6
+
+    def __init__(self, seed: int = 5) -> None:
+        super().__init__(3, 3)
+        g = torch.Generator().manual_seed(int(seed))
+        self.down = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.norm = nn.GroupNorm(4, 8)
+        self.mid = nn.Conv2d(8, 8, 3, padding=1)
+        self.up = nn.Conv2d(8, 3, 3, padding=1)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(0.3 * torch.randn(tuple(p.shape), generator=g))
+        _finish(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Residual through a half-resolution GroupNorm."""
+        h = self.mid(F.silu(self.norm(self.down(x))))
+        return x + 0.2 * self.up(F.interpolate(h, scale_factor=2.0, mode="nearest"))
+
+
+class BatchNormTraining(_Declared):
+    """``conv, BatchNorm (training mode), conv``: statistics per batch of windows (a warning names it)."""
+
+    halo = 2
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__(3, 3)
+        with _seeded(seed):
+            self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+            self.bn = nn.BatchNorm2d(4)
+            self.conv2 = nn.Conv2d(4, 3, 3, padding=1)
+        _finish(self)
+        self.bn.train()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Residual through a batch normalisation."""
+        return x + 0.1 * self.conv2(torch.tanh(self.bn(self.conv1(x))))
 
 
 def make_two_group_norm_model(**kwargs) -> TwoGroupNormModel:
