@@ -181,6 +181,35 @@ def test_thumbnail_larger_than_the_window_runs_exactly_in_windows(tmp_path):
     assert np.abs(_interior(np.asarray(res.output[:]), 2) - _interior(truth, 2)).max() < 1e-3
 
 
+def test_one_thumbnail_inference_serves_statistics_and_the_reference(tmp_path):
+    """norm_sync="thumbnail" with reconcile's "auto" reference: the model runs on the thumbnail once."""
+    from tilegraph.testing import Stages
+
+    image = gradient_photo((416, 416), "float32", seed=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TilegraphWarning)
+        stages = Stages(
+            image,
+            tmp_path / "s.zarr",
+            model=InstanceNormModel(),
+            tile=128,
+            overlap=32,
+            norm_sync="thumbnail",
+            thumbnail=208,
+            reconcile="gain-offset",
+            output_dtype="float32",
+        )
+        run = stages.prepare()
+        stages.infer()
+        assert run.thumbnails.calls == 1 and stages.run.context.norm_stats is not None
+        stages.assemble()
+        res = stages.finish()
+    assert res.extra["reconcile"]["reference_choice"]["reference"] == "thumbnail"
+    assert res.extra["norm_sync"]["thumbnail"]["method"] == "exact in windows"
+    # thumbnail-synced windows are consistent with each other: reconciliation finds nothing to correct
+    assert res.extra["reconcile"]["identity"]
+
+
 # ----------------------------------------------------------------------------- saying so
 def test_a_run_without_sync_names_the_layers_and_recommends_norm_sync(tmp_path):
     image = gradient_photo((224, 224), "float32")
@@ -201,6 +230,10 @@ def test_a_run_without_sync_names_the_layers_and_recommends_norm_sync(tmp_path):
     assert meta["layers"]["recommendation"] == "exact"
     notes = json.loads(open(res.report["paths"]["json"]).read())["metrics"]["notes"]
     assert any("norm (InstanceNorm2d)" in n and "norm_sync='exact'" in n for n in notes), notes
+    from tilegraph.qa import measure_output  # tilegraph qa on the finished output says so too
+
+    later = measure_output(str(res.path), out_dir=str(tmp_path / "later.qa"))["metrics"]["notes"]
+    assert any("norm (InstanceNorm2d)" in n and "norm_sync='exact'" in n for n in later), later
 
 
 def test_batchnorm_in_training_mode_is_a_warning_naming_the_layers(tmp_path):

@@ -174,6 +174,14 @@ def measure_output(
     metrics = seam_metrics(image, plan, reference=reference, whole=whole, icc_profile=icc)
     if note is not None:
         metrics["fidelity_note"] = note
+    recorded_notes = list((meta.get("normalisation") or {}).get("notes") or [])  # what the run said
+    choice = (meta.get("reconcile") or {}).get("reference_choice")
+    if choice:
+        recorded_notes.append(
+            f"reconciliation reference 'auto' chose {choice['reference']!r}: {choice['reason']}"
+        )
+    if recorded_notes:
+        metrics["notes"] = recorded_notes
     if grid_shift:
         if model is None:
             recorded = (meta.get("model") or {}).get("target")

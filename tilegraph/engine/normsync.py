@@ -232,6 +232,13 @@ def plan_norm(
             raise InputError(f"norm_sync={mode!r}: {error}", path=path, hint="give each use its own module")
         if mode == "exact" and report.sync_layers:
             check_alignment(plan, report)
+        if spec.compile and report.sync_layers:
+            warnings.warn(
+                "tilegraph: norm_sync runs the model without torch.compile (the synced model is a shadow of the "
+                "uncompiled module)",
+                TilegraphWarning,
+                stacklevel=2,
+            )
     if not report.opaque:  # a numpy callable is said to be opaque in the report, not in a warning
         for line in norm.notes():
             if not line.startswith("norm_sync="):  # what the run does is no warning
@@ -346,6 +353,7 @@ def _exact(run: PreparedRun, executor: Executor, progress: Progress | None) -> t
             keys=[f"tg-norm{k}-{run.token}-{g}" for g in range(len(groups))],
             resources=executor.infer_resources,
         )
+        executor.check_restrictions(handles)
         reports = executor.wait(
             handles,
             progress=progress,
