@@ -256,7 +256,7 @@ def test_littlecms_reads_our_adobe_profile_the_same_way():
 # ----------------------------------------------------------------------------- in the seam metrics
 @pytest.fixture(scope="module")
 def stitched():
-    plan = make_plan((112, 112), tile=64, overlap=16, channels=3, dtype="float32", blend="crop")
+    plan = make_plan((112, 112), tile=64, overlap=16, channels=3, dtype="float32", blend="crop", origin=0)
     h, w = plan.out_shape
     y = (np.arange(h)[:, None] + 0.5) / h
     x = (np.arange(w)[None, :] + 0.5) / w

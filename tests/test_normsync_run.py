@@ -173,7 +173,7 @@ def test_thumbnail_larger_than_the_window_runs_exactly_in_windows(tmp_path):
     info = half.extra["norm_sync"]["thumbnail"]
     assert info["method"] == "exact in windows" and info["factor"] == 4 and info["windows"] == 4
     assert info["variation"]["compared"] == [[104, 104], [208, 208]]
-    res = _run(image, tmp_path / "t.zarr", model, tile=128, overlap=32, blend="crop", norm_sync="thumbnail")
+    res = _run(image, tmp_path / "t.zarr", model, tile=128, overlap=32, blend="cosine", norm_sync="thumbnail")
     info = res.extra["norm_sync"]["thumbnail"]
     assert info["method"] == "exact in windows" and info["factor"] == 1
     assert not info["variation"]["recommend_exact"]

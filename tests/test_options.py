@@ -120,7 +120,9 @@ def test_cli_runs_with_a_config_file(tmp_path, capsys):
         )
         == 0
     )
-    assert json.loads(capsys.readouterr().out)["windows"] == 9  # 3 x 3 windows of 32, stride 24
+    assert (
+        json.loads(capsys.readouterr().out)["windows"] == 12
+    )  # crop: cuts on multiples of the stride 24: 3 x 4
     recorded = zarr.open_array(out).attrs["tilegraph"]["options"]
     assert (
         recorded["blend"]["mode"] == "crop" and recorded["tiling"]["tile"] == 32

@@ -59,7 +59,11 @@ def to_output_dtype(block: np.ndarray, dtype, *, integer_scaled: bool = True) ->
         out = block.astype(dtype)
         return out, int(np.count_nonzero(~np.isfinite(out) & np.isfinite(block)))
     info = np.iinfo(dtype)
-    scaled = block * np.float32(info.max) if integer_scaled else block
-    rounded = np.rint(scaled)
-    clipped = int(np.count_nonzero((rounded < info.min) | (rounded > info.max)))
-    return np.clip(rounded, info.min, info.max).astype(dtype), clipped
+    # one temporary, rounded and clipped in place; the values are counted only when some lie outside
+    x = np.multiply(block, np.float32(info.max if integer_scaled else 1), dtype=np.float32)
+    np.rint(x, out=x)
+    clipped = 0
+    if x.size and (float(x.min()) < info.min or float(x.max()) > info.max):
+        clipped = int(np.count_nonzero((x < info.min) | (x > info.max)))
+        np.clip(x, info.min, info.max, out=x)
+    return x.astype(dtype), clipped

@@ -52,6 +52,7 @@ __all__ = [
     "AnchorFit",
     "NormSync",
     "Device",
+    "CodecPipeline",
 ]
 
 Precision = Literal["fp32", "fp16", "bf16"]
@@ -62,6 +63,7 @@ ReconcileReference = Literal["auto", "input", "thumbnail"]
 AnchorFit = Literal["regression", "moments"]
 NormSync = Literal["exact", "thumbnail"]
 Device = Literal["auto", "cpu", "cuda"]
+CodecPipeline = Literal["auto", "zarrs", "zarr-python"]
 
 S = TypeVar("S")
 
@@ -259,7 +261,12 @@ class ReconcileOptions:
 class OutputOptions:
     """The output array: chunks, dtype, and what may be replaced."""
 
-    chunks: Any = _opt(1024, "output chunk extent (independent of the window grid)", flat="out_chunks")
+    chunks: Any = _opt(
+        "auto",
+        "output chunk extent: 'auto' (the stride at the output scale for crop, so that model tasks write chunks "
+        "directly; 1024 otherwise), an int or a pair",
+        flat="out_chunks",
+    )
     shards: Any = _opt(None, "output shard extent, a multiple of the chunks", flat="out_shards")
     dtype: str | None = _opt(
         None, "output dtype (default: the source's; float32 for latents)", flat="output_dtype"
@@ -317,6 +324,15 @@ class ExecutionOptions:
     """How the run shows itself; where it runs is ``client=``."""
 
     progress: bool | None = _opt(None, "show progress (default: on a terminal or in Jupyter)")
+    codec_pipeline: CodecPipeline = _opt(
+        "auto",
+        "Zarr codec pipeline of the workers: 'auto' (the zarrs Rust pipeline where installed, "
+        "pip install tilegraph[fast]), 'zarrs' or 'zarr-python'",
+        run=False,
+    )
+
+    def __post_init__(self) -> None:
+        _choice(self.codec_pipeline, get_args(CodecPipeline), "codec_pipeline")
 
 
 _GROUPS = {
@@ -333,6 +349,7 @@ _GROUPS = {
 
 #: Keywords of ``run()`` that take a whole sub-option (object or dict).
 GROUP_KEYWORDS = {
+    "execution_options": "execution",
     "source_options": "source",
     "reconcile_options": "reconcile",
     "export_options": "export",

@@ -112,8 +112,12 @@ def whole_image_run(source, model, plan: Plan) -> np.ndarray:
     out = whole_image_inference(image[..., :seen], module, plan)
     if passthrough:
         ph, pw = plan.padded_shape
-        raw = read_padded(src, 0, ph, 0, pw, plan.pad_mode)[None]
-        extra = np.moveaxis(to_output_scale(plan, raw, seen)[0], 0, -1)[: out.shape[0], : out.shape[1]]
+        top, left = -plan.y.origin, -plan.x.origin
+        raw = read_padded(src, -top, ph - top, -left, pw - left, plan.pad_mode)[None]
+        oy, ox = int(top * plan.scale_fraction), int(left * plan.scale_fraction)
+        extra = np.moveaxis(to_output_scale(plan, raw, seen)[0], 0, -1)[
+            oy : oy + out.shape[0], ox : ox + out.shape[1]
+        ]
         out = np.concatenate([out, extra], axis=-1)
     return to_output_dtype(out, plan.out_dtype or "float32")[0]
 

@@ -24,6 +24,8 @@ def _tile(text: str):
 
 
 def _pair_or_int(text: str):
+    if text == "auto":
+        return text
     if "x" in text.lower():
         a, b = text.lower().split("x", 1)
         return (int(a), int(b))
@@ -68,6 +70,7 @@ def _add_option_flags(p: argparse.ArgumentParser) -> None:
             "AnchorFit",
             "NormSync",
             "Device",
+            "CodecPipeline",
         )
     }
     for f in o.flat_fields():

@@ -54,7 +54,7 @@ def submit_inference(run: PreparedRun, executor: Executor) -> Inference:
     """Submit one model task per group of windows (resource-restricted on GPU/model workers)."""
     started = time.perf_counter()
     ctx_h = executor.share(run.context)
-    groups = run.plan.tasks()
+    groups = run.context.kind.task_groups(run.plan)
     handles = executor.map(
         infer_windows,
         [ctx_h] * len(groups),

@@ -191,8 +191,9 @@ def infer_windows(ctx: RunContext, indices: list[int], model_payload: Any = None
         from tilegraph.infer.normsync import synced
 
         module = synced(runner.module, ctx.norm_stats)
-    store = ctx.tile_store
-    dtype = np.dtype(store.dtype if store is not None else "float32")
+    dtype = np.dtype(
+        plan.tile_store_dtype
+    )  # what the kind keeps of each window (rounded output values for crop)
     b = plan.batch_size
     batches = [indices[i : i + b] for i in range(0, len(indices), b)]
     report = TaskReport(windows=len(indices), device=runner.device)

@@ -13,6 +13,7 @@ from dataclasses import replace
 import numpy as np
 
 from tilegraph.blend import get_blender
+from tilegraph.engine.codecs import configure_codecs
 from tilegraph.engine.context import PreparedRun, RunContext
 from tilegraph.engine.executor import Executor, InProcessExecutor
 from tilegraph.engine.normsync import plan_norm
@@ -85,6 +86,7 @@ def prepare(
     passes = tuple(get_pass(name) for name in options.passes)
     scratch = out_opts.scratch or f"{destination.rstrip('/')}.tilegraph-tmp-{token}"
 
+    pipelines = configure_codecs(executor, options.execution.codec_pipeline)
     # the model: sent to its workers once, then probed where it runs
     payload = executor.share(model, model_only=True) if spec.kind != "path" else None
     found = probe(executor, spec, payload, source, token)
@@ -131,7 +133,11 @@ def prepare(
         halo=spec.halo,
         reconcile=rec.mode,
         store_dtype=blender.store_dtype(out_dtype, corrected=rec.mode is not None or bool(passes)),
+        # norm_sync="exact": the first windows start at the image's start, so the model sees its near
+        # edges as whole-image inference does (a crop grid would start in the padding)
+        origin=0 if options.model.norm_sync == "exact" else "auto",
     )
+    kind = kind.specialise(plan, blender, corrected=rec.mode is not None, passes=bool(passes))
     if rec.mode and rec.reference == "input" and found.out_channels != found.model_channels:
         raise InputError(
             f"reconcile reference 'input' needs the model to keep the channel count ({found.model_channels} in, "
@@ -158,13 +164,13 @@ def prepare(
             channels=int(plan.out_channels or 0),
             dtype=out_dtype,
             layout=output_layout(source.layout, int(plan.out_channels or 0)),
-            chunks=_pair(out_opts.chunks),
+            chunks=plan.out_chunks if not out_opts.shards else plan.chunk_extent(out_opts.chunks),
             shards=plan.out_chunks if out_opts.shards else None,
         )
         sink.validate(layout, source.metadata)
 
     t1 = time.perf_counter()
-    staged = stage_source(source, scratch, executor, progress, token)
+    staged = stage_source(source, scratch, executor, progress, token).cached(token)
     stage_s = time.perf_counter() - t1
     tiles = None
     if kind.uses_tile_store:
@@ -194,6 +200,7 @@ def prepare(
         "autotile": auto.to_dict() if auto is not None else None,
         "normalisation": norm.to_dict(),
         "source": {"path": source.path, "shape": list(source.shape), "dtype": str(source.dtype)},
+        "codec_pipelines": pipelines,
     }
     final_writer = writer = None
     if layout is not None:

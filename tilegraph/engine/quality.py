@@ -36,8 +36,9 @@ def whole_image_task(ctx: RunContext, payload, path: str) -> str | None:
 
     plan = ctx.plan
     runner = get_runner(ctx.spec, payload)
-    ph, pw = plan.padded_shape  # padded at the far edges exactly as the windows are
-    raw = read_padded(ctx.source, 0, ph, 0, pw, plan.pad_mode)[None]
+    ph, pw = plan.padded_shape  # padded exactly as the windows are
+    top, left = -plan.y.origin, -plan.x.origin
+    raw = read_padded(ctx.source, -top, ph - top, -left, pw - left, plan.pad_mode)[None]
     try:
         y, _ = runner.run_raw(raw, channels=ctx.model_channels, out_dtype=np.float32)
     except Exception as exc:
@@ -47,7 +48,10 @@ def whole_image_task(ctx: RunContext, payload, path: str) -> str | None:
     if raw.shape[3] > ctx.model_channels:
         y = np.concatenate([y, to_output_scale(plan, raw, ctx.model_channels)], axis=1)
     oh, ow = plan.out_shape
-    out, _ = to_output_dtype(np.moveaxis(y[0, :, :oh, :ow], 0, -1), plan.out_dtype or "float32")
+    oy, ox = int(top * plan.scale_fraction), int(left * plan.scale_fraction)
+    out, _ = to_output_dtype(
+        np.moveaxis(y[0, :, oy : oy + oh, ox : ox + ow], 0, -1), plan.out_dtype or "float32"
+    )
     zarr.save_array(path, out)  # type: ignore[arg-type]
     return path
 

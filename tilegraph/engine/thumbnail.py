@@ -191,6 +191,7 @@ def _thumbnail_plan(small, window, overlap, align: int, scale, report) -> Plan |
             scale=scale,
             model_stride=align,
             blend="crop",
+            origin=0,  # windows start at the thumbnail's start, as in a norm_sync="exact" run
         )
         check_alignment(plan, report)
     except PlanError:

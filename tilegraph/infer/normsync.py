@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from tilegraph.errors import ModelError, PlanError
+from tilegraph.plan.grid import make_axis
 from tilegraph.plan.normalize import lcm
 from tilegraph.plan.plan import Plan, make_plan
 
@@ -523,29 +524,19 @@ def check_alignment(plan: Plan, resolutions) -> None:
     res = _resolutions(resolutions)
     if not res:
         return
-    s = plan.scale_fraction
     for axis_name, axis, k in (("rows", plan.y, 0), ("cols", plan.x, 1)):
         if axis.count < 2:
             continue
         need = 1
         for r in res:
             need = lcm(need, r[k].denominator)
-        cuts = [Fraction(axis.cut(i)) / s for i in range(axis.count - 1)]
-        bad = [c for c in cuts if (c / need).denominator != 1] + (
-            [Fraction(axis.stride)] if axis.stride % need else []
-        )
-        if not bad:
+        if not _misaligned(axis, need):
             continue
         tile, overlap = axis.tile, axis.overlap
+
         step = lcm(2 * need, plan.align)
-        good = next(
-            (
-                o
-                for o in range(-(-overlap // (2 * need)) * 2 * need, tile, 2 * need)
-                if (tile - o) % plan.align == 0
-            ),
-            None,
-        )
+        candidates = range(-(-overlap // (2 * need)) * 2 * need, tile, 2 * need)
+        good = next((o for o in candidates if _fits(plan, axis, o, need)), None)
         hint = (
             f"use overlap {good} (half the overlap a multiple of {need})"
             if good is not None
@@ -557,6 +548,29 @@ def check_alignment(plan: Plan, resolutions) -> None:
             f"model's total stride {need} at its normalisation layers)",
             hint=hint,
         )
+
+
+def _fits(plan: Plan, axis, overlap: int, need: int) -> bool:
+    """Whether ``overlap`` on this axis gives kept regions on whole pixels at ``1/need`` resolution."""
+    if (axis.tile - overlap) % plan.align:
+        return False
+    crop = plan.blend == "crop"  # make_plan starts a crop grid at minus half the overlap
+    origin = -((overlap // 2) // plan.align * plan.align) if crop else 0
+    return not _misaligned(make_axis(axis.size, axis.tile, overlap, axis.scale, plan.align, origin), need)
+
+
+def _misaligned(axis, need: int) -> list[Fraction]:
+    """Window-local kept-region boundaries (input pixels) that are not multiples of ``need``.
+
+    Every inner cut, seen from both windows it separates, and the image's start seen from the first
+    window (which starts in the near padding when the grid's origin is negative).
+    """
+    s = axis.scale
+    bounds = [Fraction(-axis.start(0))]
+    for i in range(axis.count - 1):
+        c = Fraction(axis.cut(i)) / s
+        bounds += [c - axis.start(i), c - axis.start(i + 1)]
+    return [b for b in bounds if (b / need).denominator != 1]
 
 
 def _layer_box(box: Box, ry: Fraction, rx: Fraction, h: int, w: int) -> tuple[int, int, int, int]:
@@ -988,17 +1002,16 @@ def _padded(image: np.ndarray, plan: Plan) -> np.ndarray:
         image = image[:, :, None]
     if tuple(image.shape[:2]) != tuple(plan.shape):
         raise ValueError(f"image is {image.shape[:2]} but the plan is for {plan.shape}")
-    ph, pw = plan.padded_shape
-    h, w = image.shape[:2]
     mode: Any = plan.pad_mode
-    return np.pad(image, ((0, ph - h), (0, pw - w), (0, 0)), mode=mode)
+    return np.pad(image, (*plan.pad_widths, (0, 0)), mode=mode)  # near padding too (a crop grid's origin)
 
 
 def _window_batches(padded: np.ndarray, plan: Plan, batch_size: int):
+    (top, _), (left, _) = plan.pad_widths
     for i0 in range(0, plan.n_windows, batch_size):
         idx = list(range(i0, min(plan.n_windows, i0 + batch_size)))
         wins = [plan.window(i) for i in idx]
-        raw = np.stack([padded[w.y0 : w.y1, w.x0 : w.x1] for w in wins])
+        raw = np.stack([padded[w.y0 + top : w.y1 + top, w.x0 + left : w.x1 + left] for w in wins])
         yield idx, np.ascontiguousarray(np.moveaxis(_to_float(raw), -1, 1))
 
 
@@ -1007,7 +1020,7 @@ def exact_stats(
 ) -> tuple[dict[str, LayerStats], dict]:
     """Global statistics of every synced layer by the exact algorithm, in process (one pass per layer).
 
-    Windows are read like the engine reads them (the image padded at its far edges as the plan says).
+    Windows are read like the engine reads them (the image padded around as the plan says).
 
     Returns
     -------
@@ -1121,6 +1134,7 @@ def thumbnail_stats(
             dtype="float32",
             model_stride=align,
             blend="crop",
+            origin=0,  # the first windows start at the thumbnail's start, as in a norm_sync="exact" run
         )
         stats, more = exact_stats(module, small, plan)
         return stats, {**info, **more, "tiled": True}

@@ -112,6 +112,19 @@ class OutputKind(ABC):
     #: Assembly needs the small results of every model task before its first step.
     needs_all_results: ClassVar[bool] = False
 
+    def specialise(self, plan: Plan, blender: Blender, *, corrected: bool, passes: bool) -> OutputKind:
+        """The kind that will run (default: this one), once the plan is known.
+
+        A kind may hand over to a faster variant when the run allows it (``image`` with ``crop``
+        whose cuts fall on the output chunks writes chunks straight from the model tasks).
+        ``corrected``: a per-window correction applies; ``passes``: passes follow blending.
+        """
+        return self
+
+    def task_groups(self, plan: Plan) -> list[list[int]]:
+        """Windows of each model task (default: the plan's grouping, raster order)."""
+        return plan.tasks()
+
     @abstractmethod
     def consume(
         self, ctx: WindowContext, indices: Sequence[int], raw: np.ndarray, y: np.ndarray, pool: Executor

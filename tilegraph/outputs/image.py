@@ -25,7 +25,14 @@ from tilegraph.plan.plan import Plan
 from tilegraph.plan.resample import to_output_scale
 from tilegraph.sink.tile_store import TileStore
 
-__all__ = ["ImageKind", "ReconcileContext", "TileStoreReader", "chunk_boxes"]
+__all__ = [
+    "DirectCropKind",
+    "ImageKind",
+    "ReconcileContext",
+    "TileStoreReader",
+    "chunk_boxes",
+    "direct_crop_possible",
+]
 
 
 @dataclass(frozen=True)
@@ -91,10 +98,28 @@ def chunk_boxes(plan: Plan) -> list[tuple[tuple[int, int], Box]]:
     ]
 
 
+def direct_crop_possible(plan: Plan) -> bool:
+    """Whether each window's ``crop`` kept region is exactly one output chunk (cuts on the chunk grid)."""
+    for axis, chunk in ((plan.y, plan.out_chunks[0]), (plan.x, plan.out_chunks[1])):
+        s_out = axis.stride * axis.scale
+        if axis.count > 1 and (s_out != chunk or axis.origin != -(axis.overlap // 2)):
+            return False
+        if axis.count == 1 and chunk < axis.out_size:
+            return False
+        if any(axis.keep(i) != (i * chunk, min(axis.out_size, (i + 1) * chunk)) for i in range(axis.count)):
+            return False
+    return True
+
+
 class ImageKind(OutputKind):
     """An image blended per output chunk (see the module notes)."""
 
     name: ClassVar[str] = "image"
+
+    def specialise(self, plan: Plan, blender: Blender, *, corrected: bool, passes: bool) -> OutputKind:
+        if blender.name == "crop" and not corrected and not passes and direct_crop_possible(plan):
+            return DirectCropKind()
+        return self
 
     def consume(
         self, ctx: WindowContext, indices: Sequence[int], raw: np.ndarray, y: np.ndarray, pool: Executor
@@ -135,6 +160,38 @@ class ImageKind(OutputKind):
         )
         t += sum(r["seconds"] for r in results)
         return KindResult(clipped=int(sum(r["clipped"] for r in results)), seconds=t)
+
+
+class DirectCropKind(ImageKind):
+    """``crop`` whose cuts fall on the output chunks: each model task writes its windows' kept regions,
+    one output chunk each, straight to the output (no per-window store, no blend tasks).
+
+    Chosen by :meth:`ImageKind.specialise` when the grid starts at minus half the overlap and the
+    output chunks equal the stride at the output scale (``out_chunks="auto"`` does this for ``crop``).
+    """
+
+    uses_tile_store: ClassVar[bool] = False
+    needs_all_results: ClassVar[bool] = True  # the values clipped at the writes are summed from them
+
+    def consume(
+        self, ctx: WindowContext, indices: Sequence[int], raw: np.ndarray, y: np.ndarray, pool: Executor
+    ) -> Any:
+        plan, writer = ctx.plan, ctx.writer
+        assert writer is not None
+
+        def put(k: int) -> int:
+            w = plan.window(indices[k])
+            (y0, y1), (x0, x1) = plan.y.keep(w.row), plan.x.keep(w.col)
+            oy, ox = plan.y.out_start(w.row), plan.x.out_start(w.col)
+            block = np.moveaxis(y[k][:, y0 - oy : y1 - oy, x0 - ox : x1 - ox], 0, -1)
+            return writer.write((y0, y1, x0, x1), block, integer_scaled=block.dtype.kind == "f")
+
+        return {"clipped": int(sum(pool.map(put, range(len(indices)))))}
+
+    def assemble(self, job: Assembly) -> Generator[Step, list, KindResult]:
+        clipped = sum(r["clipped"] for task in job.results for r in task)
+        return KindResult(clipped=int(clipped), extra={"direct_crop": True})
+        yield  # a generator without steps: every chunk is written already
 
 
 def measure_strip(shared: tuple, strip: Strip) -> Any:

@@ -2,8 +2,11 @@
 
 Conventions (shared by every stage):
 
-* windows start at ``0, S, 2S, ...`` in source pixels, ``S = tile - overlap``;
-* the image is padded at its far edge to ``padded = (count - 1) * S + tile``;
+* windows start at ``origin, origin + S, origin + 2S, ...`` in source pixels, ``S = tile - overlap``;
+  ``origin`` is 0, or negative (``crop`` starts at minus half the overlap, so that its cuts fall on
+  multiples of ``S``); positions before 0 are padded like those past the far edge;
+* the image is padded at its far edge so that the last window fits: the windows span
+  ``[origin, origin + padded)`` with ``padded = (count - 1) * S + tile``;
 * a window's output footprint is ``[start * s, (start + tile) * s)`` for the scale ``s``;
 * ``crop`` keeps from window ``i`` the output interval ``[cut(i - 1), cut(i))``, where ``cut(i)`` is
   the middle of the overlap of windows ``i`` and ``i + 1`` (rounded down), clipped to the output size.
@@ -34,6 +37,8 @@ class AxisGrid:
         Number of windows.
     scale : Fraction
         Output pixels per source pixel.
+    origin : int
+        Source start of window 0 (0, or negative: near-edge padding), a multiple of the alignment.
     """
 
     size: int
@@ -41,11 +46,17 @@ class AxisGrid:
     stride: int
     count: int
     scale: Fraction
+    origin: int = 0
 
     @property
     def padded(self) -> int:
-        """Padded source extent that the last window reaches."""
+        """Source extent the windows span, from ``origin`` (near padding included) to the last window's end."""
         return (self.count - 1) * self.stride + self.tile
+
+    @property
+    def pad(self) -> tuple[int, int]:
+        """Source pixels padded before 0 and past the image's far edge."""
+        return -self.origin, self.origin + self.padded - self.size
 
     @property
     def overlap(self) -> int:
@@ -68,11 +79,11 @@ class AxisGrid:
         return int(self.overlap * self.scale)
 
     def start(self, i: int) -> int:
-        """Source start of window ``i``."""
-        return i * self.stride
+        """Source start of window ``i`` (negative for a first window that starts in the near padding)."""
+        return self.origin + i * self.stride
 
     def out_start(self, i: int) -> int:
-        """Output start of window ``i``."""
+        """Output start of window ``i`` (exact: starts are multiples of the alignment)."""
         return int(self.start(i) * self.scale)
 
     def cut(self, i: int) -> int:
@@ -102,8 +113,9 @@ class AxisGrid:
         last = -1
         # candidate range from the footprints, then filter exactly
         s_out = self.stride * self.scale
-        i0 = max(0, math.floor((lo - self.out_tile) / s_out) - 1) if s_out > 0 else 0
-        i1 = min(self.count - 1, math.floor(hi / s_out) + 1) if s_out > 0 else 0
+        o_out = self.origin * self.scale
+        i0 = max(0, math.floor((lo - o_out - self.out_tile) / s_out) - 1) if s_out > 0 else 0
+        i1 = min(self.count - 1, math.floor((hi - o_out) / s_out) + 1) if s_out > 0 else 0
         for i in range(i0, i1 + 1):
             a, b = self.keep(i) if crop else self.footprint(i)
             if a < hi and b > lo and b > a:
@@ -114,11 +126,17 @@ class AxisGrid:
         return range(first, last + 1)
 
 
-def make_axis(size: int, tile: int, overlap: int, scale: Fraction, align: int) -> AxisGrid:
-    """Build an :class:`AxisGrid`; the window shrinks to the aligned image extent if larger."""
+def make_axis(size: int, tile: int, overlap: int, scale: Fraction, align: int, origin: int = 0) -> AxisGrid:
+    """Build an :class:`AxisGrid`; the window shrinks to the aligned image extent if larger.
+
+    ``origin`` (0 or negative, a multiple of ``align``) starts the grid in the near padding; an image
+    that one window covers gets a single window at 0 whatever the origin.
+    """
     eff = min(tile, -(-size // align) * align)
     stride = tile - overlap
-    if eff < tile:
+    if eff < tile or size <= tile:
         return AxisGrid(size=size, tile=eff, stride=stride, count=1, scale=scale)
-    count = 1 if size <= tile else -(-(size - tile) // stride) + 1
-    return AxisGrid(size=size, tile=tile, stride=stride, count=count, scale=scale)
+    count = -(-(size - origin - tile) // stride) + 1
+    if origin and origin == -(overlap // 2):  # cuts on multiples of S: no kept interval longer than S
+        count = max(count, -(-size // stride))
+    return AxisGrid(size=size, tile=tile, stride=stride, count=count, scale=scale, origin=origin)

@@ -6,9 +6,10 @@ No dask, torch or I/O here; ``tilegraph plan`` prints it without touching a GPU.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 
@@ -31,7 +32,8 @@ SUPPORTED_DTYPES = ("uint8", "uint16", "float16", "float32")
 
 @dataclass(frozen=True)
 class Window:
-    """One model window: grid position, flat index and source box (in padded coordinates)."""
+    """One model window: grid position, flat index and source box (image coordinates; may reach into
+    the padding before 0 or past the far edges)."""
 
     row: int
     col: int
@@ -67,6 +69,7 @@ class Plan:
     halo: int | None = None
     reconcile: str | None = None
     store_dtype: str | None = None
+    origin: tuple[int, int] = (0, 0)
     extra: dict = field(default_factory=dict)
 
     # ----------------------------------------------------------------- derived geometry
@@ -78,12 +81,16 @@ class Plan:
     @cached_property
     def y(self) -> AxisGrid:
         """Row axis grid."""
-        return make_axis(self.shape[0], self.tile[0], self.overlap[0], self.scale_fraction, self.align)
+        return make_axis(
+            self.shape[0], self.tile[0], self.overlap[0], self.scale_fraction, self.align, self.origin[0]
+        )
 
     @cached_property
     def x(self) -> AxisGrid:
         """Column axis grid."""
-        return make_axis(self.shape[1], self.tile[1], self.overlap[1], self.scale_fraction, self.align)
+        return make_axis(
+            self.shape[1], self.tile[1], self.overlap[1], self.scale_fraction, self.align, self.origin[1]
+        )
 
     @property
     def align(self) -> int:
@@ -112,8 +119,13 @@ class Plan:
 
     @property
     def padded_shape(self) -> tuple[int, int]:
-        """Source extent after far-edge padding."""
+        """Source extent the windows span, padding included."""
         return self.y.padded, self.x.padded
+
+    @property
+    def pad_widths(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """Source pixels padded ``((before, after) rows, (before, after) cols)`` around the image."""
+        return self.y.pad, self.x.pad
 
     @property
     def out_shape(self) -> tuple[int, int]:
@@ -152,6 +164,15 @@ class Plan:
         """
         n, k = self.n_windows, self.batch_size * self.batches_per_task
         return [list(range(i, min(n, i + k))) for i in range(0, n, k)]
+
+    def chunk_extent(self, chunks) -> tuple[int, int]:
+        """An output chunk extent: ``chunks`` as given, or for ``"auto"`` the stride at the output scale
+        (``crop``: each window's kept region is one chunk) or 1024 (the other modes)."""
+        if chunks == "auto":
+            if self.blend == "crop":
+                return int(self.y.stride * self.scale_fraction), int(self.x.stride * self.scale_fraction)
+            return 1024, 1024
+        return coerce_pair(chunks, "out_chunks")
 
     def chunk_box(self, cy: int, cx: int) -> tuple[int, int, int, int]:
         """Output box ``(y0, y1, x0, x1)`` of chunk ``(cy, cx)``."""
@@ -228,11 +249,12 @@ class Plan:
     def to_dict(self) -> dict:
         """Plain-data form (JSON-able)."""
         d = asdict(self)
-        d["shape"], d["tile"], d["overlap"], d["out_chunks"] = (
+        d["shape"], d["tile"], d["overlap"], d["out_chunks"], d["origin"] = (
             list(self.shape),
             list(self.tile),
             list(self.overlap),
             list(self.out_chunks),
+            list(self.origin),
         )
         return d
 
@@ -244,8 +266,9 @@ class Plan:
     def from_dict(cls, d: dict) -> Plan:
         """Inverse of :meth:`to_dict`."""
         d = dict(d)
-        for k in ("shape", "tile", "overlap", "out_chunks"):
-            d[k] = tuple(d[k])
+        for k in ("shape", "tile", "overlap", "out_chunks", "origin"):
+            if k in d:
+                d[k] = tuple(d[k])
         return cls(**d)
 
     def summary(self) -> dict:
@@ -261,7 +284,7 @@ class Plan:
             "windows": f"{self.grid[0]} x {self.grid[1]} = {self.n_windows}",
             "batches": f"{len(self.batches())} of up to {self.batch_size}, {len(self.tasks())} model tasks",
             "blend": self.blend + (f", reconcile {self.reconcile}" if self.reconcile else ""),
-            "padding": f"{self.padded_shape[0]} x {self.padded_shape[1]} ({self.pad_mode})",
+            "padding": f"rows {self.y.pad[0]} + {self.y.pad[1]}, cols {self.x.pad[0]} + {self.x.pad[1]} ({self.pad_mode})",
             "cost factor (T/S)^2": f"{self.cost_factor:.3f}",
             "window work / image": f"{self.window_work:.3f}",
             "output chunks": f"{self.out_chunks[0]} x {self.out_chunks[1]}, grid {self.chunk_grid[0]} x {self.chunk_grid[1]}",
@@ -304,6 +327,7 @@ def make_plan(
     halo: int | None = None,
     reconcile: str | None = None,
     store_dtype: str | None = None,
+    origin: tuple[int, int] | int | str = "auto",
 ) -> Plan:
     """Validate user geometry once and build a :class:`Plan`.
 
@@ -321,6 +345,10 @@ def make_plan(
         Total stride of the model; window starts and sizes are multiples of it.
     out_chunks
         Output Zarr chunk extent, independent of the window grid.
+    origin
+        Source start of the first window per axis (0 or negative, a multiple of the alignment).
+        ``"auto"``: minus half the overlap (rounded to the alignment) for ``crop``, so that its cuts
+        fall on multiples of the stride; 0 for the other modes.
 
     Raises
     ------
@@ -367,8 +395,19 @@ def make_plan(
                 f"(model stride {model_stride}, scale {frac}); windows must start at aligned offsets",
                 hint=f"use overlap {good}",
             )
-    oc = coerce_pair(out_chunks, "out_chunks")
-    return Plan(
+    oc: Any = out_chunks if out_chunks == "auto" else coerce_pair(out_chunks, "out_chunks")
+    mode = coerce_blend(blend)
+    if origin == "auto":
+        org = tuple(-((o // 2) // align * align) if mode == "crop" else 0 for o in (oy, ox))
+    else:
+        org = (int(origin), int(origin)) if isinstance(origin, int) else tuple(int(v) for v in origin)
+        for name, v, t, o in (("rows", org[0], ty, oy), ("cols", org[1], tx, ox)):
+            if v > 0 or v <= -(t - o) or v % align:
+                raise PlanError(
+                    f"grid origin {v} along {name} must be 0 or negative, above minus the stride ({t - o}) "
+                    f"and a multiple of {align}"
+                )
+    plan = Plan(
         shape=(h, w),
         channels=int(channels),
         dtype=str(np.dtype(dtype)),
@@ -380,14 +419,18 @@ def make_plan(
         out_channels=None if out_channels is None else int(out_channels),
         out_dtype=None if out_dtype is None else str(np.dtype(out_dtype)),
         out_chunks=oc,
-        blend=coerce_blend(blend),
+        blend=mode,
         pad_mode=pad_mode,
         batch_size=int(batch_size),
         batches_per_task=int(batches_per_task),
         halo=halo,
         reconcile=_check_reconcile(reconcile),
         store_dtype=None if store_dtype is None else str(np.dtype(store_dtype)),
+        origin=(int(org[0]), int(org[1])),
     )
+    if oc == "auto":  # known once the grid is: the stride at the output scale for crop
+        plan = replace(plan, out_chunks=plan.chunk_extent("auto"))
+    return plan
 
 
 def _check_reconcile(value: str | None) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any, ClassVar
 
 import numpy as np
@@ -18,21 +19,40 @@ __all__ = ["ZarrWriter", "ZarrSink", "ExportSink", "TiffSink", "RasterSink", "sc
 
 
 class ZarrWriter(ChunkWriter):
-    """Writes boxes of a Zarr v3 array (each box is whole chunks, or the array's edge)."""
+    """Writes boxes of a Zarr v3 array (each box is whole chunks, or the array's edge).
+
+    The array is opened once per process and writer (the run's context reaches a worker once and
+    its tasks share it), not once per box.
+    """
 
     def __init__(self, path: str, layout: OutputLayout) -> None:
         self.path = path
         self.layout = layout
+        self._arrays: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "layout": self.layout}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"], state["layout"])  # type: ignore[misc]
 
     def _open(self, mode: str = "r+") -> Any:
         import zarr
 
-        return zarr.open_array(self.path, mode=mode)
+        with self._lock:
+            arr = self._arrays.get(mode)
+            if arr is None:
+                arr = zarr.open_array(self.path, mode=mode)
+                if mode != "r":
+                    arr = write_every_chunk(arr)
+                self._arrays[mode] = arr
+            return arr
 
     def write(self, box: Box, block: np.ndarray, *, integer_scaled: bool = True) -> int:
         out, clipped = to_output_dtype(block, self.layout.dtype, integer_scaled=integer_scaled)
         y0, y1, x0, x1 = box
-        target = write_every_chunk(self._open())
+        target = self._open()
         try:
             if self.layout.layout == "YX":
                 target[y0:y1, x0:x1] = out[:, :, 0]

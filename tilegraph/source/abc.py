@@ -80,6 +80,13 @@ class Source(ABC):
         tasks = [_StageBand(self, path, r, min(h, r + band_rows)) for r in range(0, h, band_rows)]
         return tasks, ZarrSource(path, layout="YXC")  # the array exists already (filled by the tasks)
 
+    def cached(self, token: str) -> Source:
+        """This source reading through a per-process cache of decoded chunks under ``token`` (one per run).
+
+        Default: the source itself (readers without chunks to cache).
+        """
+        return self
+
     def describe(self) -> dict:
         """Short description for ``tilegraph info``."""
         return {

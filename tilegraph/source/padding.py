@@ -10,15 +10,15 @@ __all__ = ["pad_indices", "read_padded"]
 
 
 def pad_indices(start: int, stop: int, size: int, mode: str) -> np.ndarray:
-    """Source indices for positions ``start..stop-1``, padded past ``size`` like :func:`numpy.pad`.
+    """Source indices for positions ``start..stop-1``, padded before 0 and past ``size`` like :func:`numpy.pad`.
 
-    With ``mode="constant"`` the positions past the edge get index ``-1`` (the caller fills them).
+    With ``mode="constant"`` the positions outside the image get index ``-1`` (the caller fills them).
     """
     p = np.arange(start, stop)
     if mode == "edge":
-        return np.minimum(p, size - 1)
+        return np.clip(p, 0, size - 1)
     if mode == "constant":
-        return np.where(p < size, p, -1)
+        return np.where((p >= 0) & (p < size), p, -1)
     if mode == "reflect":
         if size == 1:
             return np.zeros_like(p)
@@ -33,9 +33,9 @@ def pad_indices(start: int, stop: int, size: int, mode: str) -> np.ndarray:
 
 
 def read_padded(source: Source, y0: int, y1: int, x0: int, x1: int, mode: str = "reflect") -> np.ndarray:
-    """Read ``[y0:y1, x0:x1]`` (YXC), padding beyond the image's far edges with ``mode``."""
+    """Read ``[y0:y1, x0:x1]`` (YXC), padding with ``mode`` wherever the box leaves the image."""
     h, w = source.shape
-    if y1 <= h and x1 <= w:
+    if y0 >= 0 and x0 >= 0 and y1 <= h and x1 <= w:
         return source.read(y0, y1, x0, x1)
     iy = pad_indices(y0, y1, h, mode)
     ix = pad_indices(x0, x1, w, mode)

@@ -56,6 +56,7 @@ class ZarrSource(Source):
     """
 
     path: str  # file-backed: always a path
+    cache_token: str | None = None  # reads go through the per-process chunk cache under this token
 
     def __init__(
         self, path, *, layout: str | None = None, level: int = 0, storage_options: dict | None = None
@@ -148,9 +149,46 @@ class ZarrSource(Source):
         meta.extra = {**meta.extra, "format": "zarr"}
         return meta
 
+    def cached(self, token: str) -> ZarrSource:
+        """This source reading through the per-process chunk cache under ``token`` (one per run)."""
+        import copy
+
+        other = copy.copy(self)
+        other.cache_token = token
+        return other
+
     def read(self, y0, y1, x0, x1):
-        block = np.asarray(self.array[region_index(self.layout, y0, y1, x0, x1)])
-        return to_yxc(block, self.layout)
+        token = self.cache_token
+        chunks = getattr(self.array, "chunks", None)
+        if token is None or isinstance(self.array, _Squeezed) or chunks is None:
+            return to_yxc(np.asarray(self.array[region_index(self.layout, y0, y1, x0, x1)]), self.layout)
+        return self._read_chunks(token, tuple(chunks), y0, y1, x0, x1)
+
+    def _read_chunks(
+        self, token: str, chunks: tuple[int, ...], y0: int, y1: int, x0: int, x1: int
+    ) -> np.ndarray:
+        """The region assembled from whole source chunks, each decoded once per process (see chunk_cache)."""
+        from tilegraph.source.chunk_cache import chunk_cache
+
+        cy, cx = (chunks[1], chunks[2]) if self.layout == "CYX" else (chunks[0], chunks[1])
+        h, w = self.shape
+        out = np.empty((y1 - y0, x1 - x0, self.channels), dtype=self.dtype)
+        cache = chunk_cache()
+        for r in range(y0 // cy, (y1 - 1) // cy + 1):
+            for c in range(x0 // cx, (x1 - 1) // cx + 1):
+                a0, a1, b0, b1 = r * cy, min(h, (r + 1) * cy), c * cx, min(w, (c + 1) * cx)
+
+                def load(a0=a0, a1=a1, b0=b0, b1=b1) -> np.ndarray:
+                    return to_yxc(
+                        np.asarray(self.array[region_index(self.layout, a0, a1, b0, b1)]), self.layout
+                    )
+
+                block = cache.get((token, self.path, self.array_path, self.level, r, c), load)
+                ry0, ry1, rx0, rx1 = max(y0, a0), min(y1, a1), max(x0, b0), min(x1, b1)
+                out[ry0 - y0 : ry1 - y0, rx0 - x0 : rx1 - x0] = block[
+                    ry0 - a0 : ry1 - a0, rx0 - b0 : rx1 - b0
+                ]
+        return out
 
 
 class _Squeezed:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 
@@ -91,9 +92,11 @@ def whole_image_inference(image: np.ndarray, model, plan) -> np.ndarray:
     if (h, w) != tuple(plan.shape):
         raise ValueError(f"image is {h} x {w} but the plan is for {plan.shape[0]} x {plan.shape[1]}")
     ph, pw = plan.padded_shape
-    if ph < h or pw < w:
+    (top, bottom), (left, right) = plan.pad_widths
+    if min(top, bottom, left, right) < 0:
         raise ValueError(f"plan padded shape {ph} x {pw} is smaller than the image {h} x {w}")
-    padded = np.pad(image, ((0, ph - h), (0, pw - w), (0, 0)), mode=plan.pad_mode)
+    mode: Any = plan.pad_mode
+    padded = np.pad(image, ((top, bottom), (left, right), (0, 0)), mode=mode)
     batch = np.ascontiguousarray(_to_float(padded).transpose(2, 0, 1)[None])
     out = _run(_resolve(model), batch)
     s = Fraction(plan.scale)
@@ -104,4 +107,5 @@ def whole_image_inference(image: np.ndarray, model, plan) -> np.ndarray:
             f"input (1, {batch.shape[1]}, {ph}, {pw}) at scale {plan.scale}"
         )
     oh, ow = plan.out_shape
-    return np.ascontiguousarray(out[0, :, :oh, :ow].transpose(1, 2, 0))
+    oy, ox = int(top * s), int(left * s)  # the image starts after the near padding
+    return np.ascontiguousarray(out[0, :, oy : oy + oh, ox : ox + ow].transpose(1, 2, 0))

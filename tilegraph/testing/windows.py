@@ -21,19 +21,23 @@ __all__ = ["ArrayReader", "blend_windows", "grid_plan", "srgb_icc", "window_inpu
 
 
 def grid_plan(n: int, *, tile: int = 64, overlap: int = 16, blend: str = "cosine", channels: int = 3) -> Plan:
-    """A plan of ``n x n`` windows whose grid covers the image exactly (no padding)."""
-    size = (n - 1) * (tile - overlap) + tile
+    """A plan of ``n x n`` windows whose grid fits the image: no far padding for the weighted modes; for
+    ``crop`` (whose grid starts at minus half the overlap) an image of ``n`` strides, so that every
+    window keeps exactly one stride."""
+    size = n * (tile - overlap) if blend == "crop" else (n - 1) * (tile - overlap) + tile
     return make_plan(
         (size, size), tile=tile, overlap=overlap, channels=channels, dtype="float32", blend=blend
     )
 
 
 def window_inputs(plan: Plan, image: np.ndarray) -> np.ndarray:
-    """Every window of ``image`` ``(H, W, C)``, padded at the far edges as ``plan`` pads, as ``(N, C, h, w)``."""
-    py, px = plan.padded_shape
+    """Every window of ``image`` ``(H, W, C)``, padded as ``plan`` pads, as ``(N, C, h, w)``."""
+    (top, bottom), (left, right) = plan.pad_widths
     mode: Any = plan.pad_mode
-    pad = np.pad(image, ((0, py - image.shape[0]), (0, px - image.shape[1]), (0, 0)), mode=mode)
-    return np.stack([np.moveaxis(pad[w.y0 : w.y1, w.x0 : w.x1], -1, 0) for w in plan.windows()])
+    pad = np.pad(image, ((top, bottom), (left, right), (0, 0)), mode=mode)
+    return np.stack(
+        [np.moveaxis(pad[w.y0 + top : w.y1 + top, w.x0 + left : w.x1 + left], -1, 0) for w in plan.windows()]
+    )
 
 
 def window_outputs(model: Any, plan: Plan, image: np.ndarray) -> np.ndarray:
