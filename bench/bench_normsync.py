@@ -7,8 +7,8 @@ Models (random weights, :mod:`tilegraph.testing.norm_models`):
 * VAE-like decoder: seven GroupNorm layers at x1..x8, a ``--latent`` smooth random latent (output 8x larger).
 
 Every run goes through ``tilegraph.run`` (in process, one torch thread by default) and is judged against
-whole-image inference of the same model (``tilegraph.testing.whole_image_inference``, the truth), never
-against the thumbnail. Columns, in DN (1/255 of full scale), worst channel:
+whole-image inference of the same model on the unpadded image (``tilegraph.testing.whole_image_inference``
+with a grid that fits the image, the truth), never against the thumbnail. Sizes must fit the window grid. Columns, in DN (1/255 of full scale), worst channel:
 
 * max |err|: largest absolute difference from the truth, off a border band of the receptive radius;
 * step 128: worst difference of the error's mean between neighbouring 128-px blocks (a seam the eye sees);
@@ -77,13 +77,27 @@ def _one(image, model, *, mode, thumb, tile, overlap, blend, workdir):
 
 
 def bench_model(name, image, model, *, tile, overlap, blend, thumb_div, band, workdir) -> None:
+    from tilegraph.plan import make_plan
     from tilegraph.testing import whole_image_inference
 
     kw = dict(tile=tile, overlap=overlap, blend=blend, workdir=workdir)
     thumb = max(16, max(image.shape[:2]) // thumb_div)
-    _, first, *_ = _one(image, model, mode=None, thumb=thumb, **kw)  # warm-up (not counted), gives the plan
+    _, first, *_ = _one(image, model, mode=None, thumb=thumb, **kw)  # warm-up (not counted), gives the scale
+    # the truth: the model on the whole image, unpadded (a grid from the image's start that fits it; a crop
+    # grid would start in the padding, and normalisation statistics would then count the padding too)
+    plan = make_plan(
+        image.shape[:2],
+        tile=tile,
+        overlap=overlap,
+        channels=image.shape[2],
+        dtype="float32",
+        scale=first.plan.scale,
+        blend="cosine",
+    )
+    if plan.pad_widths != ((0, 0), (0, 0)):
+        raise SystemExit(f"{name}: the window grid must fit the image exactly (padding {plan.pad_widths})")
     t0 = time.perf_counter()
-    truth = whole_image_inference(image, model, first.plan)
+    truth = whole_image_inference(image, model, plan)
     whole_s = time.perf_counter() - t0
     print(
         f"\n{name}: input {image.shape[0]}x{image.shape[1]}x{image.shape[2]}, output {truth.shape[0]}x"
