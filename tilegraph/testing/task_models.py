@@ -1,0 +1,325 @@
+"""Test models and images for the non-pixel output kinds (labels, detections, diff-merge, masks).
+
+Pure numpy/scipy (no torch). Every model is a callable on a float32 batch ``(N, C, H, W)`` and declares
+``task``, ``scale``, ``in_channels`` and ``out_channels`` as attributes; its output depends only on the
+window's pixels, so a tiled run can be judged against the same model on the whole image.
+
+* :class:`ConnectedComponents` (``task = "labels"``): threshold the channel mean, label the components;
+* :class:`BlobDetector` (``task = "detections"``): threshold, components, one box per component;
+* :func:`separate_objects_image`: bright, separate objects (ellipses, rings, crescents) on a dark
+  textured background, optionally with objects larger than a window (a ring, a spiral, a snake);
+* :func:`region_edit`: an "editing model" for diff-merge: changes the colours of one disk and adds
+  small noise (below any sensible ΔE threshold) everywhere else.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = [
+    "ConnectedComponents",
+    "BlobDetector",
+    "separate_objects_image",
+    "region_edit",
+    "coordinate_noise",
+]
+
+
+def _foreground(batch: np.ndarray, threshold: float) -> np.ndarray:
+    arr = np.asarray(batch, dtype=np.float32)
+    if arr.ndim != 4:
+        raise ValueError(f"expected a batch (N, C, H, W), got shape {arr.shape}")
+    return arr.mean(axis=1) > threshold
+
+
+class ConnectedComponents:
+    """Instance labels by connected components of ``mean(channels) > threshold`` (``task = "labels"``).
+
+    Parameters
+    ----------
+    threshold
+        Foreground threshold on the channel mean (inputs in ``[0, 1]``).
+    connectivity
+        4 or 8.
+
+    Returns (when called)
+    ---------------------
+    ``int32 (N, 1, H, W)`` labels, 0 for background, ``1..k`` per window in raster order.
+    """
+
+    task = "labels"
+    scale = 1
+    in_channels = None
+    out_channels = 1
+    stride = 1
+
+    def __init__(self, *, threshold: float = 0.5, connectivity: int = 4) -> None:
+        if connectivity not in (4, 8):
+            raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
+        self.threshold = float(threshold)
+        self.structure = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        fg = _foreground(batch, self.threshold)
+        out = np.zeros((fg.shape[0], 1) + fg.shape[1:], np.int32)
+        for i in range(fg.shape[0]):
+            out[i, 0], _ = ndimage.label(fg[i], structure=self.structure)
+        return out
+
+
+class BlobDetector:
+    """Boxes of bright blobs (``task = "detections"``): one ``(k, 6)`` array per window.
+
+    Columns ``x0, y0, x1, y1, score, label`` in window pixels (``x1``, ``y1`` exclusive). The score is the
+    object's mean channel-mean brightness and the label is 1 when that exceeds ``bright`` (else 0), so a
+    whole object gets the same score and label in every window that sees it whole. Components smaller
+    than ``min_pixels`` are ignored. Connectivity 8.
+    """
+
+    task = "detections"
+    scale = 1
+    in_channels = None
+    out_channels = None
+    stride = 1
+
+    def __init__(self, *, threshold: float = 0.5, bright: float = 0.85, min_pixels: int = 4) -> None:
+        self.threshold = float(threshold)
+        self.bright = float(bright)
+        self.min_pixels = int(min_pixels)
+
+    def detect(self, image: np.ndarray) -> np.ndarray:
+        """Boxes of one ``(C, H, W)`` float image."""
+        grey = np.asarray(image, dtype=np.float32).mean(axis=0)
+        lab, n = ndimage.label(grey > self.threshold, structure=np.ones((3, 3), bool))
+        if n == 0:
+            return np.zeros((0, 6), np.float32)
+        idx = np.arange(1, n + 1)
+        area = ndimage.sum_labels(np.ones_like(grey), lab, idx)
+        mean = ndimage.mean(grey, lab, idx)
+        rows = []
+        for i, sl in enumerate(ndimage.find_objects(lab)):
+            if sl is None or area[i] < self.min_pixels:
+                continue
+            score = float(mean[i])
+            rows.append((sl[1].start, sl[0].start, sl[1].stop, sl[0].stop, score, float(score > self.bright)))
+        return np.asarray(rows, np.float32).reshape(-1, 6)
+
+    def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
+        arr = np.asarray(batch, dtype=np.float32)
+        if arr.ndim != 4:
+            raise ValueError(f"expected a batch (N, C, H, W), got shape {arr.shape}")
+        return [self.detect(img) for img in arr]
+
+
+def _disk(r: float) -> np.ndarray:
+    k = int(np.ceil(r))
+    yy, xx = np.mgrid[-k : k + 1, -k : k + 1]
+    return (yy**2 + xx**2) <= r * r
+
+
+def _shape(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A single 4-connected binary object fitting in ``size x size``."""
+    half = (size - 1) / 2
+    yy, xx = np.mgrid[0:size, 0:size] - half
+    th = rng.uniform(0, np.pi)
+    u = xx * np.cos(th) + yy * np.sin(th)
+    v = -xx * np.sin(th) + yy * np.cos(th)
+    a = half
+    b = half * rng.uniform(0.45, 1.0)
+    ell = (u / a) ** 2 + (v / b) ** 2 <= 1
+    if kind == "ring" and size >= 20:
+        inner = (u / (a * 0.55)) ** 2 + (v / (b * 0.55)) ** 2 <= 1
+        obj = ell & ~inner
+    elif kind == "crescent" and size >= 16:
+        cut = ((u - 0.45 * a) / (a * 0.8)) ** 2 + (v / (b * 0.8)) ** 2 <= 1
+        obj = ell & ~cut
+    else:
+        obj = ell
+    lab, n = ndimage.label(obj)
+    if n > 1:
+        sizes = np.bincount(lab.ravel())
+        sizes[0] = 0
+        obj = lab == int(np.argmax(sizes))
+    return obj
+
+
+def _big_objects(h: int, w: int) -> list[np.ndarray]:
+    """Objects larger than any window: a wide ring, a spiral and a snake crossing the whole width."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    out = []
+    cy, cx = 0.32 * h, 0.3 * w
+    r = np.hypot(yy - cy, xx - cx)
+    out.append((r >= 0.22 * min(h, w)) & (r <= 0.22 * min(h, w) + 9))
+    cy2, cx2 = 0.62 * h, 0.7 * w
+    ang = np.arctan2(yy - cy2, xx - cx2)
+    rad = np.hypot(yy - cy2, xx - cx2)
+    pitch = 34.0
+    turn = (rad - pitch * (ang + np.pi) / (2 * np.pi)) / pitch  # spiral arms at integer values
+    spiral = (np.abs(turn - np.round(turn)) * pitch <= 5) & (rad <= 0.27 * min(h, w)) & (rad >= 20)
+    lab, n = ndimage.label(spiral)
+    if n:
+        sizes = np.bincount(lab.ravel())
+        sizes[0] = 0
+        spiral = lab == int(np.argmax(sizes))
+    out.append(spiral)
+    snake_y = 0.955 * h + 0.025 * h * np.sin(xx / w * 5 * np.pi)
+    out.append(np.abs(yy - snake_y) <= 6)
+    return out
+
+
+def separate_objects_image(
+    shape: tuple[int, int],
+    *,
+    n_objects: int = 120,
+    size_range: tuple[int, int] = (12, 70),
+    big: bool = False,
+    gap: int = 3,
+    boxes_apart: bool = False,
+    channels: int = 3,
+    seed: int = 0,
+) -> np.ndarray:
+    """Bright separate objects on a dark textured background, ``uint8 (H, W, C)``.
+
+    Objects are ellipses, rings and crescents of ``size_range`` pixels (each one 4-connected), at least
+    ``gap`` pixels apart; half of them are brighter (mean above 0.85 of full scale) than the others
+    (about 0.7). The background stays below 0.25 of full scale, objects above 0.6, so any threshold in
+    between separates them. Some objects are cut by the image border. With ``big``, a ring, a spiral and
+    a snake larger than a 256-px window are drawn first. An object that finds no free spot is skipped.
+
+    Parameters
+    ----------
+    shape
+        ``(H, W)``.
+    n_objects
+        Number of small objects to try to place.
+    size_range
+        Smallest and largest bounding-box side in pixels.
+    big
+        Add objects larger than a window.
+    gap
+        Minimal distance in pixels between objects.
+    boxes_apart
+        Keep the objects' bounding boxes (not only their pixels) ``gap`` apart: no object sits in
+        another's box, so overlap-based box merging cannot mistake two objects for one.
+    channels
+        Number of channels.
+    seed
+        Random seed.
+
+    Returns
+    -------
+    numpy.ndarray
+    """
+    h, w = shape
+    rng = np.random.default_rng(seed)
+    occupied = np.zeros((h, w), bool)
+    value = np.zeros((h, w), np.float64)
+    grow = _disk(gap)
+
+    def place(obj: np.ndarray, y: int, x: int) -> bool:
+        oh, ow = obj.shape
+        sl = (slice(y, y + oh), slice(x, x + ow))
+        if (occupied[sl] if boxes_apart else occupied[sl] & obj).any():
+            return False
+        level = 0.92 if rng.random() < 0.5 else 0.72
+        value[sl][obj] = level
+        if boxes_apart:
+            occupied[sl] = True
+        else:
+            occupied[sl] |= ndimage.binary_dilation(obj, grow) if obj.size < 20000 else obj
+        return True
+
+    if big:
+        for obj in _big_objects(h, w):
+            if (occupied & obj).any():
+                continue
+            value[obj] = 0.92
+            occupied |= ndimage.binary_dilation(obj, grow)
+    kinds = ("ellipse", "ring", "crescent")
+    for _ in range(n_objects):
+        size = int(rng.integers(size_range[0], size_range[1] + 1))
+        obj = _shape(kinds[int(rng.integers(0, 3))], size, rng)
+        pad = np.pad(obj, gap)
+        for _attempt in range(30):
+            y = int(rng.integers(-size // 2, h - size // 2))  # some objects are cut by the image border
+            x = int(rng.integers(-size // 2, w - size // 2))
+            y0, x0 = max(0, y), max(0, x)
+            cut = pad[y0 - y : min(h, y + pad.shape[0]) - y, x0 - x : min(w, x + pad.shape[1]) - x]
+            if cut.size and cut.any():
+                lab, n = ndimage.label(cut)
+                if n == 1 and place(cut, y0, x0):
+                    break
+    yy, xx = np.mgrid[0:h, 0:w]
+    texture = 0.04 * np.sin(yy / 7.0) * np.cos(xx / 11.0)
+    img = np.where(value > 0, value + texture, 0.12 + texture + 0.03 * rng.random((h, w)))
+    img = np.clip(img, 0, 1)
+    out = np.repeat(np.round(img * 255).astype(np.uint8)[..., None], channels, axis=-1)
+    if channels >= 3:  # a little colour, same channel mean class
+        out[..., 0] = np.clip(out[..., 0].astype(np.int16) + 6, 0, 255).astype(np.uint8)
+        out[..., 2] = np.clip(out[..., 2].astype(np.int16) - 6, 0, 255).astype(np.uint8)
+    return out
+
+
+def coordinate_noise(shape: tuple[int, int], channels: int, *, seed: int = 0) -> np.ndarray:
+    """Uniform noise in ``[-1, 1]`` that depends only on the pixel coordinates (tile-independent)."""
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.uint64)
+    out = np.empty((h, w, channels), np.float64)
+    for c in range(channels):
+        v = (yy * np.uint64(73856093)) ^ (xx * np.uint64(19349663)) ^ np.uint64((c + 1) * 83492791 + seed)
+        v = (v * np.uint64(2654435761)) % np.uint64(2**32)
+        out[..., c] = v.astype(np.float64) / 2**31 - 1.0
+    return out
+
+
+def region_edit(
+    image: np.ndarray,
+    *,
+    center: tuple[float, float],
+    radius: float,
+    shift: tuple[float, ...] = (0.25, -0.12, 0.08),
+    noise_dn: float = 0.6,
+    tint_dn: float = 0.0,
+    seed: int = 0,
+) -> np.ndarray:
+    """An editing model's output: one disk recoloured, small noise elsewhere; float32 ``[0, 1]``.
+
+    Inside the disk of ``radius`` around ``center`` (``(y, x)`` image pixels) each channel gets
+    ``shift[c]`` added (with a 2-px soft edge); everywhere else coordinate noise of at most ``noise_dn``
+    DN (1/255 of full scale) plus a uniform ``tint_dn`` DN is added, so the change mask must find the
+    disk and nothing else, and a merge that pastes the disk without blending leaves a step of about
+    ``tint_dn`` at the paste's edge.
+
+    Parameters
+    ----------
+    image
+        ``(H, W, C)`` integer (scaled by its maximum) or float image in ``[0, 1]``.
+    center, radius
+        The changed disk in image pixels.
+    shift
+        Per-channel change (fractions of full scale).
+    noise_dn
+        Noise amplitude outside the disk, in DN.
+    tint_dn
+        Uniform offset outside the disk, in DN.
+    seed
+        Noise seed.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(H, W, C)``.
+    """
+    arr = np.asarray(image)
+    f = arr.astype(np.float64) / np.iinfo(arr.dtype).max if arr.dtype.kind in "ui" else arr.astype(np.float64)
+    if f.ndim == 2:
+        f = f[..., None]
+    h, w, c = f.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    d = np.hypot(yy - center[0], xx - center[1])
+    alpha = np.clip((radius - d) / 2.0 + 0.5, 0.0, 1.0)[..., None]
+    delta = np.asarray([shift[i % len(shift)] for i in range(c)], np.float64)
+    noise = coordinate_noise((h, w), c, seed=seed) * (noise_dn / 255.0) + tint_dn / 255.0
+    out = f + alpha * delta + (1 - alpha) * noise
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
