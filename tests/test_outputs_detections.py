@@ -40,12 +40,12 @@ def tiled_run():
     image = separate_objects_image((700, 900), n_objects=110, seed=3, boxes_apart=True)
     plan = make_plan(image.shape[:2], tile=256, overlap=96, blend="crop")
     model = BlobDetector()
-    ph, pw = plan.padded_shape
-    pad = ((0, ph - image.shape[0]), (0, pw - image.shape[1]), (0, 0))
-    padded = np.pad(image, pad, mode="reflect")
+    (top, bottom), (left, right) = plan.pad_widths
+    padded = np.pad(image, ((top, bottom), (left, right), (0, 0)), mode="reflect")
     candidates = []
     for win in plan.windows():
-        batch = padded[win.y0 : win.y1, win.x0 : win.x1].astype(np.float32).transpose(2, 0, 1)[None] / 255
+        block = padded[win.y0 + top : win.y1 + top, win.x0 + left : win.x1 + left]
+        batch = block.astype(np.float32).transpose(2, 0, 1)[None] / 255
         candidates.append(window_candidates(model(batch)[0], plan=plan, index=win.index))
     whole = as_detections(model(image.astype(np.float32).transpose(2, 0, 1)[None] / 255)[0])
     return candidates, whole

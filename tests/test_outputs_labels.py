@@ -21,11 +21,11 @@ from tilegraph.testing.task_models import ConnectedComponents, separate_objects_
 
 
 def _windows(image, plan):
-    ph, pw = plan.padded_shape
-    h, w = image.shape[:2]
-    padded = np.pad(image, ((0, ph - h), (0, pw - w), (0, 0)), mode=plan.pad_mode)
+    (top, bottom), (left, right) = plan.pad_widths
+    padded = np.pad(image, ((top, bottom), (left, right), (0, 0)), mode=plan.pad_mode)
     for win in plan.windows():
-        yield win, padded[win.y0 : win.y1, win.x0 : win.x1].astype(np.float32).transpose(2, 0, 1)[None] / 255
+        block = padded[win.y0 + top : win.y1 + top, win.x0 + left : win.x1 + left]
+        yield win, block.astype(np.float32).transpose(2, 0, 1)[None] / 255
 
 
 def stitch(image, plan, model, *, perturb=None, **options):

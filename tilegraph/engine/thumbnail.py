@@ -21,12 +21,23 @@ __all__ = ["Thumbnails", "thumbnail_inference"]
 
 
 def thumbnail_inference(
-    source: Source, spec: ModelSpec, payload, *, factor: int, align: int, channels: int
+    source: Source,
+    spec: ModelSpec,
+    payload,
+    *,
+    factor: int,
+    align: int,
+    channels: int,
+    output: str = "array",
+    extra_channels: int = 0,
 ) -> np.ndarray:
     """Task: the model run once on a thumbnail of the whole image (area-averaged by ``factor``).
 
     Read band by band, so memory stays at one band plus the thumbnail. Returns ``(h, w, C')`` float32
     in the model's output units, where one pixel spans ``factor`` source pixels (times the scale).
+    ``output="boxes"`` (a detections model): its ``(k, 6)`` boxes in thumbnail pixels instead, clipped
+    to the thumbnail. ``extra_channels``: coarse-to-fine input channels the model takes, given a flat
+    prior ``1 / extra_channels`` here (the thumbnail is the coarse pass).
     """
     h, w = source.shape
     th, tw = -(-h // factor), -(-w // factor)
@@ -43,6 +54,15 @@ def thumbnail_inference(
     ah, aw = -(-th // align) * align, -(-tw // align) * align
     small = np.pad(acc, ((0, ah - th), (0, aw - tw), (0, 0)), mode="reflect" if min(th, tw) > 1 else "edge")
     x = np.moveaxis(small[..., :channels], -1, 0)[None].astype(np.float32)
+    if extra_channels:
+        flat = np.full((1, extra_channels) + x.shape[2:], 1.0 / extra_channels, np.float32)
+        x = np.concatenate([x, flat], axis=1)
+    if output == "boxes":
+        boxes = np.array(get_runner(spec, payload)(np.ascontiguousarray(x), output="boxes")[0], np.float64)
+        boxes = boxes.reshape(-1, 6).copy()
+        boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, tw)
+        boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, th)
+        return boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
     y = get_runner(spec, payload)(np.ascontiguousarray(x))[0]
     s = y.shape[1] / ah
     return np.ascontiguousarray(np.moveaxis(y, 0, -1)[: int(round(th * s)), : int(round(tw * s))])
@@ -76,10 +96,14 @@ class Thumbnails:
         channels: int,
         size: int | None,
         token: str,
+        output: str = "array",
+        extra_channels: int = 0,
     ) -> None:
         self._args = (executor, source, spec, payload)
         self.plan = plan
         self.channels = channels
+        self.output = output  # what the model returns ("boxes": a detections model)
+        self.extra_channels = extra_channels  # coarse-to-fine input channels (a flat prior here)
         self.size = int(size or max(256, *plan.window_shape))
         self.factor = max(1, -(-max(source.shape) // self.size))
         self.token = token
@@ -97,7 +121,7 @@ class Thumbnails:
                     source,
                     spec,
                     payload,
-                    (self.factor, self.plan.align, self.channels),
+                    (self.factor, self.plan.align, self.channels, self.output, self.extra_channels),
                     key=f"tg-thumbnail-{self.token}",
                     resources=executor.model_resources,
                 )
@@ -107,6 +131,15 @@ class Thumbnails:
         return self._value, float(self.factor * self.plan.scale_fraction)
 
 
-def _call_thumbnail(source: Source, spec: ModelSpec, payload, geometry: tuple[int, int, int]) -> np.ndarray:
-    factor, align, channels = geometry
-    return thumbnail_inference(source, spec, payload, factor=factor, align=align, channels=channels)
+def _call_thumbnail(source: Source, spec: ModelSpec, payload, geometry: tuple) -> np.ndarray:
+    factor, align, channels, output, extra = geometry
+    return thumbnail_inference(
+        source,
+        spec,
+        payload,
+        factor=factor,
+        align=align,
+        channels=channels,
+        output=output,
+        extra_channels=extra,
+    )

@@ -39,8 +39,9 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from tilegraph.errors import DestinationError, InputError, ModelOutputError
+from tilegraph.errors import InputError, ModelOutputError
 from tilegraph.plan.plan import Plan
+from tilegraph.sink.table_sink import write_table
 
 __all__ = [
     "DETECTION_DTYPE",
@@ -491,7 +492,9 @@ def _greedy_rounds(n: int, i: np.ndarray, j: np.ndarray, alive: np.ndarray) -> n
             return state
 
 
-def _collect(d: dict[str, np.ndarray], owner: np.ndarray, members: np.ndarray, prio: np.ndarray) -> Detections:
+def _collect(
+    d: dict[str, np.ndarray], owner: np.ndarray, members: np.ndarray, prio: np.ndarray
+) -> Detections:
     """Union box per owner over its members; score and label of the owner (its best-ranked member).
 
     The result is sorted by the owners' priority (decreasing score, then input order).
@@ -560,41 +563,6 @@ def write_detections(detections: np.ndarray, path: str | os.PathLike, *, overwri
     DestinationError
         Unknown suffix, existing file without ``overwrite``, or ``.parquet`` without pyarrow.
     """
-    p = os.fspath(path)
-    suffix = os.path.splitext(p)[1].lower()
-    if suffix not in (".csv", ".parquet"):
-        raise DestinationError(
-            f"cannot write detections as {suffix or 'a file without suffix'}",
-            path=p,
-            hint="use a .csv or .parquet destination",
-        )
-    if os.path.exists(p) and not overwrite:
-        raise DestinationError(
-            "destination exists", path=p, hint="pass overwrite=True or choose another path"
-        )
     det = as_detections(detections)
-    if suffix == ".parquet":
-        try:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise DestinationError(
-                "writing .parquet needs pyarrow, which is not installed",
-                path=p,
-                hint="pip install pyarrow, or write a .csv destination",
-            ) from None
-        table = pa.table({f: np.asarray(det[f]) for f in _FIELDS})
-        tmp = p + ".partial"
-        pq.write_table(table, tmp)
-        os.replace(tmp, p)
-        return p
-    tmp = p + ".partial"
-    with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-        fh.write(",".join(_FIELDS) + "\n")
-        if det.size:
-            cols = np.empty((det.size, 6), object)
-            for c, f in enumerate(_FIELDS):
-                cols[:, c] = det[f].tolist()
-            np.savetxt(fh, cols, fmt=["%.17g", "%.17g", "%.17g", "%.17g", "%.9g", "%d"], delimiter=",")
-    os.replace(tmp, p)
-    return p
+    columns = {f: np.asarray(det[f]) for f in _FIELDS}
+    return write_table(path, columns, overwrite=overwrite, formats={"score": "%.9g"})

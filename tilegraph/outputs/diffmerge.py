@@ -33,7 +33,8 @@ float images are in ``[0, 1]``.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict
+from typing import Any, ClassVar
 
 import numpy as np
 from scipy import ndimage
@@ -41,11 +42,15 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.linalg import splu
 
 from tilegraph._cast import to_output_dtype
+from tilegraph._colour import delta_e2000, srgb_to_lab
 from tilegraph.errors import InputError
-from tilegraph.quality.metrics import delta_e2000, srgb_to_lab
+from tilegraph.options import DiffMergeOptions
+from tilegraph.passes.abc import Box, Pass, PassContext
+from tilegraph.plan.plan import Plan
 
 __all__ = [
     "DiffMergeOptions",
+    "DiffMergePass",
     "change_map",
     "change_mask",
     "band_split",
@@ -58,63 +63,6 @@ __all__ = [
 #: Screening added to the band's Laplacian: keeps a band piece with no Dirichlet neighbour (possible
 #: only next to a chunk's outer halo) solvable; its effect elsewhere is below 1e-6 of a DN.
 _SCREEN = 1e-9
-
-
-@dataclass(frozen=True)
-class DiffMergeOptions:
-    """Parameters of diff-merge (pixels are image pixels).
-
-    Attributes
-    ----------
-    threshold : float
-        CIEDE2000 above which a pixel counts as changed (about 1 is a just-noticeable difference).
-    open_radius : int
-        Radius of the opening that removes isolated changed specks (0: none).
-    close_radius : int
-        Radius of the closing that fills small holes (0: none).
-    grow : int
-        Dilation of the cleaned change mask (the halo around what changed).
-    band : int
-        Width of the transition band inside the mask.
-    solve_margin : int or None
-        How far beyond a chunk the membrane is solved (default ``4 * band``).
-    """
-
-    threshold: float = 3.0
-    open_radius: int = 1
-    close_radius: int = 2
-    grow: int = 8
-    band: int = 16
-    solve_margin: int | None = None
-
-    def __post_init__(self) -> None:
-        if not self.threshold > 0:
-            raise InputError(f"diff-merge threshold must be positive, got {self.threshold!r}")
-        for name in ("open_radius", "close_radius", "grow"):
-            v = getattr(self, name)
-            if int(v) != v or v < 0:
-                raise InputError(f"diff-merge {name} must be a non-negative int, got {v!r}")
-        if int(self.band) != self.band or self.band < 1:
-            raise InputError(f"diff-merge band must be a positive int, got {self.band!r}")
-        if self.solve_margin is not None and (
-            int(self.solve_margin) != self.solve_margin or self.solve_margin < 0
-        ):
-            raise InputError(f"diff-merge solve_margin must be a non-negative int, got {self.solve_margin!r}")
-
-    @property
-    def morphology_reach(self) -> int:
-        """How far the cleaned, grown mask depends on the change map (pixels)."""
-        return 2 * self.open_radius + 2 * self.close_radius + self.grow
-
-    @property
-    def margin(self) -> int:
-        """Membrane solve margin beyond a chunk (pixels)."""
-        return 4 * self.band if self.solve_margin is None else int(self.solve_margin)
-
-    @property
-    def halo(self) -> int:
-        """Pixels a chunk task reads beyond its box on every side."""
-        return self.margin + self.band + self.morphology_reach + 1
 
 
 # --------------------------------------------------------------------------- pieces
@@ -420,7 +368,7 @@ def diff_merge(
         out = np.empty(original.shape, np.asarray(original[:1, :1]).dtype)
     totals: dict = {"changed": 0, "mask": 0, "band": 0, "interior": 0, "max_membrane": 0.0}
     for box in _boxes(shape, ch):  # type: ignore[arg-type]
-        rb = halo_box(box, shape=shape, options=opts)  # type: ignore[arg-type]
+        rb = halo_box(box, shape=shape, options=opts)
         sl = (slice(rb[0], rb[1]), slice(rb[2], rb[3]))
         merged, stats = merge_chunk(
             np.asarray(original[sl]), np.asarray(edited[sl]), box=box, read_box=rb, shape=shape, options=opts
@@ -429,3 +377,51 @@ def diff_merge(
         for k, v in stats.items():
             totals[k] = max(totals[k], v) if k == "max_membrane" else totals[k] + v
     return out, totals
+
+
+class DiffMergePass(Pass):
+    """``diff_merge=True``: the blended model output merged back into the source, chunk by chunk.
+
+    Runs after blending (the last pass unless more follow), reading its box of the blended output
+    and of the source (at the output's scale, through :meth:`PassContext.source`) grown by
+    :attr:`DiffMergeOptions.halo`; returns the merged box in the source's dtype, so that unchanged
+    pixels are written bit for bit. Needs a model at scale 1 keeping the channels, and an output in
+    the source's dtype.
+    """
+
+    name: ClassVar[str] = "diff-merge"
+
+    def __init__(self, options: DiffMergeOptions | None = None) -> None:
+        self.options = options if options is not None else DiffMergeOptions(enabled=True)
+
+    def halo(self, plan: Plan) -> int:
+        return self.options.halo
+
+    def prepare(self, ctx: PassContext) -> Any:
+        plan = ctx.plan
+        source = ctx.source()
+        if plan.scale_fraction != 1:
+            raise InputError(
+                f"diff-merge compares the model's output with its input pixel by pixel: the model's scale is {plan.scale}",
+                hint="diff-merge needs a model at scale 1",
+            )
+        if int(plan.out_channels or 0) != source.channels:
+            raise InputError(
+                f"diff-merge needs the model to keep the channels ({source.channels} in, {plan.out_channels} out)"
+            )
+        if str(plan.out_dtype) != str(source.dtype):
+            raise InputError(
+                f"diff-merge writes the source's dtype {source.dtype}, the output is {plan.out_dtype}",
+                hint="leave output_dtype unset",
+            )
+        return source
+
+    def apply(self, plan: Plan, box: Box, block: np.ndarray, in_box: Box, state: Any) -> np.ndarray:
+        original = state.read(in_box)
+        merged, _ = merge_chunk(
+            original, block, box=box, read_box=in_box, shape=plan.out_shape, options=self.options
+        )
+        return merged if merged.ndim == 3 else merged[..., None]
+
+    def describe(self) -> dict:
+        return {"name": self.name, **{k: v for k, v in asdict(self.options).items() if k != "enabled"}}

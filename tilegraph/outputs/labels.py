@@ -506,9 +506,11 @@ def assemble_chunk(
     box: tuple[int, int, int, int],
     *,
     plan: Plan,
-    read_window: Callable[[int], np.ndarray],
+    read_window: Callable[[int], np.ndarray] | None = None,
     luts: Mapping[int, np.ndarray],
     dtype: np.dtype | str | None = None,
+    windows: Sequence[int] | None = None,
+    read_region: Callable[[int, slice, slice], np.ndarray] | None = None,
 ) -> np.ndarray:
     """Final labels of one output box: each window's kept part through its lookup table (crop rule).
 
@@ -524,6 +526,12 @@ def assemble_chunk(
         :meth:`LabelResolution.luts` for the windows covering ``box``.
     dtype
         Output dtype (default: that of the tables).
+    windows
+        The windows to copy (default: every window whose kept box meets ``box``); windows left out
+        (not run) leave background.
+    read_region
+        ``read_region(index, rows, cols)`` returns only the part of a window's stored labels the box
+        needs (slices in window output coordinates); used instead of ``read_window`` when given.
 
     Returns
     -------
@@ -541,7 +549,10 @@ def assemble_chunk(
     else:
         out_dtype = np.result_type(*[t.dtype for t in luts.values()]) if luts else np.dtype(np.int32)
     out = np.zeros((y1 - y0, x1 - x0), out_dtype)
-    for index in plan.windows_for_box(y0, y1, x0, x1, crop=True):
+    if read_window is None and read_region is None:
+        raise InputError("assemble_chunk needs read_window or read_region")
+    covering = plan.windows_for_box(y0, y1, x0, x1, crop=True) if windows is None else windows
+    for index in covering:
         if index not in luts:
             raise InputError(f"no lookup table for window {index}", hint="pass resolution.luts(indices)")
         (oy, ox), (ky0, ky1), (kx0, kx1), _ = _window_boxes(plan, index)
@@ -549,8 +560,12 @@ def assemble_chunk(
         b0, b1 = max(x0, kx0), min(x1, kx1)
         if a1 <= a0 or b1 <= b0:
             continue
-        local = np.asarray(read_window(index))
-        if local.ndim == 3:
-            local = local[0]
-        out[a0 - y0 : a1 - y0, b0 - x0 : b1 - x0] = luts[index][local[a0 - oy : a1 - oy, b0 - ox : b1 - ox]]
+        rows, cols = slice(a0 - oy, a1 - oy), slice(b0 - ox, b1 - ox)
+        if read_region is not None:
+            local = np.asarray(read_region(index, rows, cols))
+        else:
+            assert read_window is not None
+            whole = np.asarray(read_window(index))
+            local = (whole[0] if whole.ndim == 3 else whole)[rows, cols]
+        out[a0 - y0 : a1 - y0, b0 - x0 : b1 - x0] = luts[index][local]
     return out

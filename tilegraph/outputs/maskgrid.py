@@ -5,10 +5,10 @@ Input: a boolean *thumbnail* of the mask (any size; it is mapped onto the image 
 sizes, conservatively: a thumbnail pixel covers every image pixel it overlaps). Objects are the
 connected components of the thumbnail mask (8-connectivity).
 
-Geometry. Shifting the grid by ``o`` pixels along an axis means padding the image by ``o`` pixels at its
-near edge: windows then start at ``-o, S - o, 2 S - o, ...`` in image pixels (``S`` the stride), the grid
-stays regular, and the plan of the shifted run is ``make_plan`` of the padded extent (``H + o``). The
-seams are the plan's cut lines (the overlap centres, where ``crop`` switches windows): in image pixels
+Geometry. Shifting the grid by ``o`` pixels along an axis means starting it in the near padding:
+windows start at ``-o, S - o, 2 S - o, ...`` in image pixels (``S`` the stride), the grid stays regular,
+and the plan of the shifted run is the plan with ``origin = -o`` (the near padding is read like the far
+one). The seams are the plan's cut lines (the overlap centres, where ``crop`` switches windows): in image pixels
 ``c_i = i S + (S + T) // 2 - o``; seam ``i`` *cuts* an object spanning pixels ``[a, b)`` when ``a < c_i <
 b`` (pixels on both sides). Offsets are multiples of ``plan.align`` (model stride and down-scale
 factor), from 0 to ``S - 1``.
@@ -58,9 +58,9 @@ class MaskGrid:
     Attributes
     ----------
     offset : tuple[int, int]
-        Pixels to pad at the near edge ``(rows, cols)``; windows start at ``i * S - offset``.
+        Near-edge padding ``(rows, cols)``; windows start at ``i * S - offset``.
     plan : Plan
-        The plan of the padded extent (what the engine runs; crop its output by ``offset``).
+        The plan that runs: the given one with ``origin = -offset``.
     objects : int
         Masked objects (connected components of the thumbnail).
     objects_cut : int
@@ -201,12 +201,21 @@ def axis_costs(objects: np.ndarray, *, plan: Plan, axis: str) -> tuple[np.ndarra
 
 
 def shifted_plan(plan: Plan, offset: tuple[int, int]) -> Plan:
-    """The plan of the image padded by ``offset`` at its near edges (same tile, overlap and options)."""
+    """``plan`` with its grid starting ``offset`` pixels before the image (``origin = -offset``).
+
+    Raises
+    ------
+    InputError
+        An offset that is negative, not below the stride, or not a multiple of the alignment.
+    """
     oy, ox = (int(v) for v in offset)
-    if oy % plan.align or ox % plan.align:
-        raise InputError(f"grid offset {offset} is not a multiple of the plan's alignment {plan.align}")
+    for o, stride in ((oy, plan.y.stride), (ox, plan.x.stride)):
+        if o % plan.align or not 0 <= o < stride:
+            raise InputError(
+                f"grid offset {offset} must be multiples of the plan's alignment {plan.align} in [0, {stride})"
+            )
     return make_plan(
-        (plan.shape[0] + oy, plan.shape[1] + ox),
+        plan.shape,
         tile=plan.tile,
         overlap=plan.overlap,
         channels=plan.channels,
@@ -224,22 +233,19 @@ def shifted_plan(plan: Plan, offset: tuple[int, int]) -> Plan:
         halo=plan.halo,
         reconcile=plan.reconcile,
         store_dtype=plan.store_dtype,
+        origin=(-oy, -ox),
     )
 
 
-def windows_touching(
-    mask: np.ndarray, *, plan: Plan, offset: tuple[int, int] = (0, 0), crop: bool | None = None
-) -> np.ndarray:
-    """Flat indices of the windows of ``plan`` (already shifted by ``offset``) that touch the mask.
+def windows_touching(mask: np.ndarray, *, plan: Plan, crop: bool | None = None) -> np.ndarray:
+    """Flat indices of the windows of ``plan`` that touch the mask (conservatively, by thumbnail pixels).
 
     Parameters
     ----------
     mask
-        bool thumbnail of the *unpadded* image.
+        bool thumbnail of the image; a thumbnail pixel stands for every image pixel it overlaps.
     plan
         The plan that runs (for a shifted grid: :func:`shifted_plan`).
-    offset
-        Near-edge padding ``(rows, cols)`` included in ``plan``.
     crop
         Judge by the kept box (True) or the whole footprint (False); default: ``plan.blend == "crop"``.
 
@@ -250,8 +256,7 @@ def windows_touching(
     """
     m = np.asarray(mask, dtype=bool)
     crop = plan.blend == "crop" if crop is None else crop
-    oy, ox = offset
-    h, w = plan.shape[0] - oy, plan.shape[1] - ox
+    h, w = plan.shape
     fy, fx = _scale(m.shape, (h, w))
     integral = np.zeros((m.shape[0] + 1, m.shape[1] + 1), np.int64)
     integral[1:, 1:] = m.cumsum(0).cumsum(1)
@@ -266,13 +271,13 @@ def windows_touching(
     eps = 1e-9
     out = []
     for r, (y0, y1) in enumerate(ys):
-        ty0 = int(np.floor(max(y0 - oy, 0) / fy + eps))
-        ty1 = int(np.ceil(min(y1 - oy, h) / fy - eps))
+        ty0 = int(np.floor(max(y0, 0) / fy + eps))
+        ty1 = int(np.ceil(min(y1, h) / fy - eps))
         if ty1 <= ty0:
             continue
         for c, (x0, x1) in enumerate(xs):
-            tx0 = int(np.floor(max(x0 - ox, 0) / fx + eps))
-            tx1 = int(np.ceil(min(x1 - ox, w) / fx - eps))
+            tx0 = int(np.floor(max(x0, 0) / fx + eps))
+            tx1 = int(np.ceil(min(x1, w) / fx - eps))
             if tx1 <= tx0:
                 continue
             total = integral[ty1, tx1] - integral[ty0, tx1] - integral[ty1, tx0] + integral[ty0, tx0]
@@ -336,6 +341,6 @@ def choose_grid(mask: np.ndarray, *, plan: Plan, crop: bool | None = None) -> Ma
         objects_cut=objects_cut,
         objects_cut_unshifted=objects_cut0,
         seams=seams,
-        windows=windows_touching(mask, plan=run_plan, offset=offset, crop=crop),
+        windows=windows_touching(mask, plan=run_plan, crop=crop),
         costs=costs,
     )

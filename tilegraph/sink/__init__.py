@@ -44,6 +44,7 @@ SINKS: Registry[type[Sink]] = Registry(
         "zarr": "tilegraph.sink.builtin:ZarrSink",
         "tiff": "tilegraph.sink.builtin:TiffSink",
         "raster": "tilegraph.sink.builtin:RasterSink",
+        "table": "tilegraph.sink.table_sink:TableSink",
     },
     check=_check,
 )

@@ -9,7 +9,11 @@ window's pixels, so a tiled run can be judged against the same model on the whol
 * :func:`separate_objects_image`: bright, separate objects (ellipses, rings, crescents) on a dark
   textured background, optionally with objects larger than a window (a ring, a spiral, a snake);
 * :func:`region_edit`: an "editing model" for diff-merge: changes the colours of one disk and adds
-  small noise (below any sensible ΔE threshold) everywhere else.
+  small noise (below any sensible ΔE threshold) everywhere else;
+* :class:`PixelClassifier` (``task = "probabilities"``): per-pixel softmax of fixed linear features
+  (its probabilities tile exactly), optionally mixing in a coarse prior given by keyword or channels;
+* :class:`ColourEdit`: a pixel-wise editing model for diff-merge through a run: recolours pixels of one
+  colour, adds value-hashed noise of a fraction of a DN elsewhere.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ __all__ = [
     "separate_objects_image",
     "region_edit",
     "coordinate_noise",
+    "PixelClassifier",
+    "ColourEdit",
 ]
 
 
@@ -323,3 +329,106 @@ def region_edit(
     noise = coordinate_noise((h, w), c, seed=seed) * (noise_dn / 255.0) + tint_dn / 255.0
     out = f + alpha * delta + (1 - alpha) * noise
     return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+class PixelClassifier:
+    """Per-pixel class probabilities: softmax of fixed linear features of the channels (``task = "probabilities"``).
+
+    The output at a pixel depends on that pixel only, so windows tile exactly and any blend of them
+    gives the whole-image probabilities (up to float rounding).
+
+    Parameters
+    ----------
+    classes
+        Number of classes ``K`` (output channels).
+    channels
+        Input channels the features read (3 for RGB).
+    coarse
+        ``None``, ``"keyword"`` (the model takes ``coarse=`` ``(N, K, H, W)``, optional) or
+        ``"channel"`` (the model takes ``channels + K`` input channels; declared ``in_channels``).
+    mix
+        Weight of the coarse prior in the output: ``(1 - mix) * own + mix * prior``.
+    seed
+        Seed of the features.
+    """
+
+    task = "probabilities"
+    scale = 1
+    stride = 1
+
+    def __init__(
+        self,
+        classes: int = 4,
+        *,
+        channels: int = 3,
+        coarse: str | None = None,
+        mix: float = 0.5,
+        seed: int = 0,
+    ) -> None:
+        rng = np.random.default_rng(seed)
+        self.weights = rng.normal(0, 6, (classes, channels)).astype(np.float32)
+        self.bias = rng.normal(0, 1, classes).astype(np.float32)
+        self.classes, self.channels, self.coarse, self.mix = classes, channels, coarse, float(mix)
+        self.out_channels = classes
+        self.in_channels = channels + (classes if coarse == "channel" else 0)
+        if coarse == "keyword":
+            self.coarse_keyword = "coarse"
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """The model's own probabilities ``(N, K, H, W)`` of the first ``channels`` channels."""
+        x = np.asarray(batch, np.float32)[:, : self.channels]
+        logits = np.einsum("kc,nchw->nkhw", self.weights, x) + self.bias[None, :, None, None]
+        logits -= logits.max(axis=1, keepdims=True)
+        e = np.exp(logits)
+        return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+    def __call__(self, batch: np.ndarray, coarse: np.ndarray | None = None) -> np.ndarray:
+        own = self.probabilities(batch)
+        prior = coarse
+        if self.coarse == "channel":
+            prior = np.asarray(batch, np.float32)[:, self.channels :]
+        if prior is None:
+            return own
+        return ((1 - self.mix) * own + self.mix * np.asarray(prior, np.float32)).astype(np.float32)
+
+
+class ColourEdit:
+    """A pixel-wise editing model: recolours one colour, leaves the rest nearly unchanged (diff-merge tests).
+
+    Pixels whose first channel exceeds ``red`` and whose last channel is below ``blue`` (a saturated
+    red) get ``shift`` added; every other pixel gets ``tint_dn`` DN plus noise of at most ``noise_dn``
+    DN hashed from its values, so the output depends on the pixel only (windows tile exactly).
+    """
+
+    task = "image"
+    scale = 1
+    stride = 1
+
+    def __init__(
+        self,
+        *,
+        red: float = 0.7,
+        blue: float = 0.3,
+        shift: tuple[float, float, float] = (-0.25, 0.2, 0.3),
+        noise_dn: float = 0.6,
+        tint_dn: float = 1.5,
+    ) -> None:
+        self.red, self.blue, self.noise_dn, self.tint_dn = (
+            float(red),
+            float(blue),
+            float(noise_dn),
+            float(tint_dn),
+        )
+        self.shift = np.asarray(shift, np.float32)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        x = np.asarray(batch, np.float32)
+        hit = (x[:, 0] > self.red) & (x[:, -1] < self.blue)
+        h = (
+            np.sin(x[:, :1] * 12.9898 * 255 + x[:, 1:2] * 78.233 * 255 + x[:, 2:3] * 37.719 * 255)
+            * 43758.5453
+        )
+        noise = (h - np.floor(h)) * 2 - 1  # in [-1, 1), from the pixel's values only
+        calm = x + np.float32(self.tint_dn / 255) + noise * np.float32(self.noise_dn / 255)
+        out = np.where(hit[:, None], x + self.shift[None, :, None, None], calm)
+        return np.clip(out, 0, 1).astype(np.float32)
