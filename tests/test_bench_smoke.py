@@ -1,6 +1,6 @@
 """The benchmark scripts under bench/ run end to end at the tiniest sizes and print their tables.
 
-Timings are never checked here (benchmarks print ratios; tests do not time anything). The four scripts
+Timings are never checked here (benchmarks print ratios; tests do not time anything). The scripts
 run as subprocesses in parallel to keep the wall time down.
 """
 
@@ -69,6 +69,10 @@ CASES = {
             "16",
         ],
         ["== bench_scaling (issue 4)", "ideal N x single", "efficiency", "lowest efficiency"],
+    ),
+    "bench_detections.py": (
+        ["--small", "500", "--large", "2000", "--repeat", "2", "--repeat-large", "1"],
+        ["time per box at", "worst ratio: wall"],
     ),
     "bench_gpu.py": (
         [

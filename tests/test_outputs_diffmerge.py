@@ -17,7 +17,7 @@ from tilegraph.outputs.diffmerge import (
     merge_chunk,
 )
 from tilegraph.testing.images import gradient_photo
-from tilegraph.testing.task_models import region_edit
+from tilegraph.testing.task_models import band_edge_steps, region_edit
 
 SHAPE = (420, 480)
 CENTRE, RADIUS = (160.0, 160.0), 70.0  # crosses the chunk seams at row 160 and column 160
@@ -25,31 +25,8 @@ CHUNK = 160
 
 
 def edge_steps(out_dn, ref_dn, inner, outer, segment=32):
-    """Worst coherent step (DN) across the edge between ``inner`` and ``outer`` pixels.
-
-    For each 4-neighbour pair (p in inner, q in outer) the step is ``(f_p - f_q) - (r_p - r_q)``: the jump
-    of the output across the edge beyond the reference's own difference. Steps are averaged over runs of
-    ``segment`` pairs along the edge (texture and noise average out, a coherent step does not); returns
-    the worst |mean| over segments and channels, and the number of pairs.
-    """
-    steps, keys = [], []
-    for axis in (0, 1):
-        for sgn in (1, -1):
-            p_sl = [slice(None), slice(None)]
-            q_sl = [slice(None), slice(None)]
-            p_sl[axis] = slice(None, -1) if sgn == 1 else slice(1, None)
-            q_sl[axis] = slice(1, None) if sgn == 1 else slice(None, -1)
-            pair = inner[tuple(p_sl)] & outer[tuple(q_sl)]
-            d = (out_dn[tuple(p_sl)] - out_dn[tuple(q_sl)]) - (ref_dn[tuple(p_sl)] - ref_dn[tuple(q_sl)])
-            ys, xs = np.nonzero(pair)
-            steps.append(d[ys, xs])
-            keys.append(np.arctan2(ys - CENTRE[0], xs - CENTRE[1]))  # order along the (round) edge
-    s = np.concatenate(steps)
-    order = np.argsort(np.concatenate(keys))
-    s = s[order]
-    n = s.shape[0] // segment * segment
-    means = s[:n].reshape(-1, segment, s.shape[1]).mean(axis=1)
-    return float(np.abs(means).max()), s.shape[0]
+    """Worst coherent step (DN) across the edge between ``inner`` and ``outer`` (see ``band_edge_steps``)."""
+    return band_edge_steps(out_dn, ref_dn, inner, outer, centre=CENTRE, segment=segment)
 
 
 @pytest.fixture(scope="module", params=["uint8", "uint16"])

@@ -95,8 +95,7 @@ def prepare(
         else os.path.join(tempfile.gettempdir(), f"tilegraph-tmp-{token}")
     )
     coarse = options.probabilities.coarse
-    if coarse is not None and kind.model_output != "array":
-        raise InputError(f"coarse= gives a float map to each window; task {options.task!r} has none")
+    _check_kind_options(options, kind, passes)
 
     # the model: sent to its workers once, then probed where it runs
     payload = executor.share(model, model_only=True) if spec.kind != "path" else None
@@ -287,6 +286,26 @@ def prepare(
         timings={"probe_s": probe_s, "stage_s": stage_s, "prepare_s": time.perf_counter() - t0},
         mask_report=mask_report,
     )
+
+
+def _check_kind_options(options: RunOptions, kind: OutputKind, passes: tuple) -> None:
+    """Refuse options that need float maps for a kind whose model returns labels or boxes."""
+    if kind.model_output == "array":
+        if options.probabilities.coarse is not None and options.tiling.tile == "auto":
+            raise InputError("tile='auto' probes the model without its coarse input", hint="give tile=")
+        return
+    given = {
+        "coarse=": options.probabilities.coarse is not None,
+        "reconcile=": options.reconcile.mode is not None,
+        "passes (or diff_merge=True)": bool(passes),
+        "tile='auto'": options.tiling.tile == "auto",
+    }
+    for name, on in given.items():
+        if on:
+            raise InputError(
+                f"{name} works on float maps; task {options.task!r} gets {kind.model_output} from the model",
+                hint=f"leave {name} out for task {options.task!r}",
+            )
 
 
 def _sink(destination: str, options: RunOptions, kind: OutputKind) -> Sink:

@@ -29,6 +29,7 @@ __all__ = [
     "coordinate_noise",
     "PixelClassifier",
     "ColourEdit",
+    "band_edge_steps",
 ]
 
 
@@ -332,7 +333,10 @@ def region_edit(
 
 
 class PixelClassifier:
-    """Per-pixel class probabilities: softmax of fixed linear features of the channels (``task = "probabilities"``).
+    """Per-pixel class probabilities: a soft nearest-prototype classifier of the colour (``task = "probabilities"``).
+
+    Class ``k`` has a prototype colour ``c_k`` (random, fixed by ``seed``); the logits are
+    ``-sharpness * |x - c_k|^2``, so every class owns a region of colour space.
 
     The output at a pixel depends on that pixel only, so windows tile exactly and any blend of them
     gives the whole-image probabilities (up to float rounding).
@@ -348,8 +352,10 @@ class PixelClassifier:
         ``"channel"`` (the model takes ``channels + K`` input channels; declared ``in_channels``).
     mix
         Weight of the coarse prior in the output: ``(1 - mix) * own + mix * prior``.
+    sharpness
+        Inverse temperature of the distances.
     seed
-        Seed of the features.
+        Seed of the prototypes.
     """
 
     task = "probabilities"
@@ -363,11 +369,12 @@ class PixelClassifier:
         channels: int = 3,
         coarse: str | None = None,
         mix: float = 0.5,
+        sharpness: float = 20.0,
         seed: int = 0,
     ) -> None:
         rng = np.random.default_rng(seed)
-        self.weights = rng.normal(0, 6, (classes, channels)).astype(np.float32)
-        self.bias = rng.normal(0, 1, classes).astype(np.float32)
+        self.prototypes = rng.uniform(0.15, 0.85, (classes, channels)).astype(np.float32)
+        self.sharpness = np.float32(sharpness)
         self.classes, self.channels, self.coarse, self.mix = classes, channels, coarse, float(mix)
         self.out_channels = classes
         self.in_channels = channels + (classes if coarse == "channel" else 0)
@@ -377,7 +384,8 @@ class PixelClassifier:
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """The model's own probabilities ``(N, K, H, W)`` of the first ``channels`` channels."""
         x = np.asarray(batch, np.float32)[:, : self.channels]
-        logits = np.einsum("kc,nchw->nkhw", self.weights, x) + self.bias[None, :, None, None]
+        d = x[:, None] - self.prototypes[None, :, :, None, None]  # (N, K, C, H, W)
+        logits = -self.sharpness * (d * d).sum(axis=2)
         logits -= logits.max(axis=1, keepdims=True)
         e = np.exp(logits)
         return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
@@ -432,3 +440,39 @@ class ColourEdit:
         calm = x + np.float32(self.tint_dn / 255) + noise * np.float32(self.noise_dn / 255)
         out = np.where(hit[:, None], x + self.shift[None, :, None, None], calm)
         return np.clip(out, 0, 1).astype(np.float32)
+
+
+def band_edge_steps(
+    out_dn: np.ndarray,
+    ref_dn: np.ndarray,
+    inner: np.ndarray,
+    outer: np.ndarray,
+    *,
+    centre: tuple[float, float],
+    segment: int = 32,
+) -> tuple[float, int]:
+    """Worst coherent step (DN) across the edge between ``inner`` and ``outer`` pixels (diff-merge checks).
+
+    For each 4-neighbour pair (``p`` in ``inner``, ``q`` in ``outer``) the step is ``(f_p - f_q) - (r_p -
+    r_q)``: the jump of the output ``f`` across the edge beyond the reference ``r``'s own difference.
+    Steps are ordered along a roughly round edge by their angle around ``centre`` and averaged over runs
+    of ``segment`` pairs (texture and noise average out, a coherent step does not). Returns the worst
+    absolute mean over segments and channels, and the number of pairs.
+    """
+    steps, keys = [], []
+    for axis in (0, 1):
+        for sgn in (1, -1):
+            p_sl: list = [slice(None), slice(None)]
+            q_sl: list = [slice(None), slice(None)]
+            p_sl[axis] = slice(None, -1) if sgn == 1 else slice(1, None)
+            q_sl[axis] = slice(1, None) if sgn == 1 else slice(None, -1)
+            pair = inner[tuple(p_sl)] & outer[tuple(q_sl)]
+            d = (out_dn[tuple(p_sl)] - out_dn[tuple(q_sl)]) - (ref_dn[tuple(p_sl)] - ref_dn[tuple(q_sl)])
+            ys, xs = np.nonzero(pair)
+            steps.append(d[ys, xs])
+            keys.append(np.arctan2(ys - centre[0], xs - centre[1]))
+    s = np.concatenate(steps)
+    s = s[np.argsort(np.concatenate(keys))]
+    n = s.shape[0] // segment * segment
+    means = s[:n].reshape(-1, segment, s.shape[1]).mean(axis=1)
+    return float(np.abs(means).max()), int(s.shape[0])
