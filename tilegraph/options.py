@@ -59,6 +59,7 @@ __all__ = [
     "OverlapMetric",
     "CoarseMode",
     "GridMode",
+    "CodecPipeline",
 ]
 
 Precision = Literal["fp32", "fp16", "bf16"]
@@ -71,6 +72,7 @@ BoxMerge = Literal["nms", "greedy_nmm", "nmm"]
 OverlapMetric = Literal["ios", "iou"]
 CoarseMode = Literal["keyword", "channel"]
 GridMode = Literal["regular", "mask-aware"]
+CodecPipeline = Literal["auto", "zarrs", "zarr-python"]
 
 S = TypeVar("S")
 
@@ -312,6 +314,15 @@ class ExecutionOptions:
     """How the run shows itself; where it runs is ``client=``."""
 
     progress: bool | None = _opt(None, "show progress (default: on a terminal or in Jupyter)")
+    codec_pipeline: CodecPipeline = _opt(
+        "auto",
+        "Zarr codec pipeline of the workers: 'auto' (the zarrs Rust pipeline where installed, "
+        "pip install tilegraph[fast]), 'zarrs' or 'zarr-python'",
+        run=False,
+    )
+
+    def __post_init__(self) -> None:
+        _choice(self.codec_pipeline, get_args(CodecPipeline), "codec_pipeline")
 
 
 def _fraction(value: Any, name: str) -> None:
@@ -551,6 +562,7 @@ _GROUPS = {
 
 #: Keywords of ``run()`` that take a whole sub-option (object or dict).
 GROUP_KEYWORDS = {
+    "execution_options": "execution",
     "source_options": "source",
     "reconcile_options": "reconcile",
     "export_options": "export",

@@ -13,6 +13,7 @@ import uuid
 from dataclasses import replace
 
 from tilegraph.blend import get_blender
+from tilegraph.engine.codecs import configure_codecs
 from tilegraph.engine.context import PreparedRun, RunContext
 from tilegraph.engine.executor import Executor, InProcessExecutor
 from tilegraph.engine.mask import resolve_mask
@@ -97,6 +98,7 @@ def prepare(
     coarse = options.probabilities.coarse
     _check_kind_options(options, kind, passes)
 
+    pipelines = configure_codecs(executor, options.execution.codec_pipeline)
     # the model: sent to its workers once, then probed where it runs
     payload = executor.share(model, model_only=True) if spec.kind != "path" else None
     found = probe(executor, spec, payload, source, token, output=kind.model_output, coarse=coarse)
@@ -210,6 +212,7 @@ def prepare(
         "autotile": auto.to_dict() if auto is not None else None,
         "source": {"path": source.path, "shape": list(source.shape), "dtype": str(source.dtype)},
         "mask": mask_report,
+        "codec_pipelines": pipelines,
     }
     final_writer = writer = None
     if layout is not None:

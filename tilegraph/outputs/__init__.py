@@ -122,11 +122,6 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(f"tilegraph.outputs.{module}"), name)
 
 
-def _check(entry: object) -> None:
-    if not (isinstance(entry, type) and issubclass(entry, OutputKind)):
-        raise TypeError(f"an output kind must be an OutputKind subclass, got {entry!r}")
-
-
 #: Output kinds by name (built-in, registered, and from the ``tilegraph.outputs`` entry points).
 KINDS: Registry[type[OutputKind]] = Registry(
     "output kind",
@@ -137,17 +132,11 @@ KINDS: Registry[type[OutputKind]] = Registry(
         "probabilities": "tilegraph.outputs.probabilities:ProbabilitiesKind",
         "detections": "tilegraph.outputs.detections_kind:DetectionsKind",
     },
-    check=_check,
+    base=OutputKind,
 )
 
-
-def register_kind(
-    cls: type[OutputKind], *, name: str | None = None, replace: bool = False
-) -> type[OutputKind]:
-    """Register an :class:`OutputKind` subclass under ``name`` (default ``cls.name``); returns ``cls``."""
-    _check(cls)
-    KINDS.register(name or cls.name, cls, replace=replace)
-    return cls
+#: Register an :class:`OutputKind` subclass under ``name`` (default ``cls.name``); returns ``cls``.
+register_kind = KINDS.add
 
 
 def get_kind(name: str) -> OutputKind:
