@@ -128,7 +128,9 @@ class Thumbnails:
                 self._value = executor.wait([h])[0]
                 self.calls += 1
         assert self._value is not None
-        return self._value, float(self.factor * self.plan.scale_fraction)
+        # the output is (h / factor) * s pixels for an image of h * s output pixels: each of its pixels
+        # spans `factor` output pixels, whatever the scale
+        return self._value, float(self.factor)
 
 
 def _call_thumbnail(source: Source, spec: ModelSpec, payload, geometry: tuple) -> np.ndarray:
