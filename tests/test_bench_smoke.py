@@ -70,6 +70,10 @@ CASES = {
         ],
         ["== bench_scaling (issue 4)", "ideal N x single", "efficiency", "lowest efficiency"],
     ),
+    "bench_detections.py": (
+        ["--small", "500", "--large", "2000", "--repeat", "2", "--repeat-large", "1"],
+        ["time per box at", "worst ratio: wall"],
+    ),
     "bench_gpu.py": (
         [
             "--cpu",

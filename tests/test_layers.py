@@ -2,7 +2,7 @@
 
 Every ``import`` in ``tilegraph/`` (module level and inside functions) is read with :mod:`ast`:
 
-* shared modules (``errors``, ``_cast``, ``_version``, ``registry``, ``options``, ``metadata``) import nothing
+* shared modules (``errors``, ``_cast``, ``_colour``, ``_version``, ``registry``, ``options``, ``metadata``) import nothing
   else of tilegraph;
 * ``plan`` imports only shared modules;
 * the stage packages (``source``, ``blend``, ``reconcile``, ``quality``, ``sink``, ``infer``,
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "tilegraph"
-SHARED = {"errors", "_cast", "_version", "registry", "options", "metadata"}
+SHARED = {"errors", "_cast", "_colour", "_version", "registry", "options", "metadata"}
 STAGES = {"source", "blend", "reconcile", "quality", "sink", "infer", "passes"}
 TOP = {"pipeline", "cli", "qa", "demo", "testing", "__main__", "__init__"}
 ALLOWED = {

@@ -23,7 +23,7 @@ __all__ = ["run", "RunResult"]
 
 def run(
     source: Any,
-    destination: str | os.PathLike,
+    destination: str | os.PathLike | None,
     *,
     model: Any,
     tile: Any = 512,
@@ -61,6 +61,15 @@ def run(
     execution_options: Any = None,
     thumbnail: int | None = None,
     task: str = "image",
+    label_options: Any = None,
+    detection_options: Any = None,
+    argmax: bool = False,
+    coarse: str | None = None,
+    diff_merge: bool = False,
+    diff_merge_options: Any = None,
+    mask: Any = None,
+    mask_fill: Any = None,
+    grid: str = "regular",
     passes: Any = (),
     options: RunOptions | str | os.PathLike | None = None,
 ) -> RunResult:
@@ -72,7 +81,9 @@ def run(
         Path or URL (Zarr, OME-Zarr, TIFF, PNG, JPEG), a numpy/dask/zarr array, or a :class:`~tilegraph.source.Source`.
     destination
         Output path or URL: a Zarr v3 array (``.zarr`` or no suffix), or a ``.tif``/``.png``/``.jpg``
-        file (written from a Zarr in scratch space in one final step). Other suffixes are refused.
+        file (written from a Zarr in scratch space in one final step); for ``task="detections"`` a
+        ``.csv`` or ``.parquet`` table, or ``None`` (no file: ``result.detections`` only). Other
+        suffixes are refused.
     model
         A ``torch.nn.Module``, an import path ``"package.module:factory"`` (with ``weights=``), or a
         numpy callable on ``(N, C, H, W)`` float32 batches.
@@ -133,7 +144,30 @@ def run(
         ``"auto"`` choice, by ``norm_sync="thumbnail"`` and by passes that need the whole picture).
         Default: the window, at least 256 px; at least 1024 px with ``norm_sync="thumbnail"``.
     task
-        What the run produces: ``"image"`` (default) or a registered output kind.
+        What the run produces: ``"image"`` (default); ``"labels"`` (the model returns integer instance
+        labels per window, ``(N, 1, H, W)``; every object gets one label across seams, int32 or
+        int64); ``"probabilities"`` (per-class probabilities blended, float); ``"detections"`` (the
+        model returns per batch a list of ``(k, 6)`` arrays ``x0, y0, x1, y1, score, label`` in window
+        pixels; boxes are merged across windows into ``result.detections``); or a registered output
+        kind (:func:`tilegraph.outputs.register_kind`).
+    label_options, detection_options
+        :class:`~tilegraph.options.LabelOptions` (``metric``, ``threshold``, ``report_iou``,
+        ``min_pixels``) and :class:`~tilegraph.options.DetectionOptions` (``merge``: ``"nms"``,
+        ``"greedy_nmm"`` or ``"nmm"``; ``metric``: ``"ios"`` or ``"iou"``; ``threshold``;
+        ``class_agnostic``; ``full_image``: SAHI's extra full-image pass on the thumbnail), objects
+        or dicts.
+    argmax, coarse
+        ``task="probabilities"``: write the class index instead of the probabilities; coarse-to-fine
+        (``"keyword"`` or ``"channel"``): the model's output on the run's thumbnail, up-sampled, is
+        given to each window.
+    diff_merge, diff_merge_options
+        Keep the input bit for bit where the model changed nothing (a CIELAB change mask), and merge
+        the changed regions in with a Poisson band (:class:`~tilegraph.options.DiffMergeOptions`).
+    mask, mask_fill, grid
+        What matters: a Zarr or image file or an array (non-zero), or a callable on a thumbnail of
+        the image. Windows without a masked pixel are skipped; the output outside the mask holds
+        ``mask_fill`` (``"input"``, or a value in output units). ``grid="mask-aware"`` shifts the
+        grid so that its seams cut as few masked objects as possible.
     passes
         Names of registered passes (:func:`tilegraph.passes.register_pass`) run after blending, in order.
     options
@@ -164,7 +198,8 @@ def run(
         k: v for k, v in locals().items() if k not in ("source", "destination", "model", "client", "options")
     }
     opts = _options(options, given)
-    return execute(source, os.fspath(destination), model=model, options=opts, client=client)
+    dest = "" if destination is None else os.fspath(destination)
+    return execute(source, dest, model=model, options=opts, client=client)
 
 
 def _options(options: RunOptions | str | os.PathLike | None, given: dict) -> RunOptions:

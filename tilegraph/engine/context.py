@@ -11,6 +11,8 @@ from tilegraph.infer.spec import ModelSpec
 from tilegraph.options import RunOptions
 from tilegraph.outputs.abc import OutputKind
 from tilegraph.outputs.image import ReconcileContext
+from tilegraph.outputs.masking import MaskContext
+from tilegraph.outputs.probabilities import CoarseContext
 from tilegraph.passes.abc import Pass
 from tilegraph.plan.plan import Plan
 from tilegraph.sink.abc import ChunkWriter, OutputLayout, Sink
@@ -37,6 +39,8 @@ class ProbeResult:
     in_size, out_size : int
         Probe input extent and the output extent it gave (rows == cols).
     device : str
+    coarse, coarse_keyword, coarse_channels
+        Coarse-to-fine: the mode, and the keyword or the number of extra input channels.
     """
 
     declared: dict
@@ -46,6 +50,9 @@ class ProbeResult:
     in_size: int
     out_size: tuple[int, int]
     device: str
+    coarse: str | None = None  # coarse-to-fine mode ("keyword" or "channel")
+    coarse_keyword: str | None = None  # the keyword the model takes the prior as
+    coarse_channels: int = 0  # extra input channels of the prior
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,8 @@ class RunContext:
     writer: ChunkWriter | None
     reconcile: ReconcileContext | None = None
     split_halo: int = 0  # source pixels of context when a window alone is split after running out of memory
+    coarse: CoarseContext | None = None  # coarse-to-fine: the thumbnail output every window is given
+    mask: MaskContext | None = None  # what matters: windows skipped, the output filled outside
     norm_stats: Mapping[str, Any] | None = None  # global normalisation statistics per layer (norm_sync)
 
 
@@ -125,4 +134,5 @@ class PreparedRun:
     autotile: Any
     thumbnails: Any
     timings: Mapping[str, float] = field(default_factory=dict)
+    mask_report: dict | None = None  # windows run and skipped, the grid chosen for a mask
     norm: Any = None

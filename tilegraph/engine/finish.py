@@ -61,8 +61,14 @@ def finish(
         "normalisation": norm,
         "timings": {k: round(v, 4) for k, v in timings.items()},
         "devices": list(inference.devices),
+        **assembled.attributes,  # the output kind's report (labels, detections)
     }
     output, path, report = assembled.data, run.destination, None
+    if assembled.table is not None:  # rows (detections): a .csv or .parquet file, or none
+        written = run.sink.write_table(
+            assembled.table, attrs={**run.provenance, **final}, overwrite=run.options.output.overwrite
+        )
+        path = written or ""
     if run.final_writer is not None:
         step = run.sink.finish(run.final_writer, final)
         if run.options.quality.enabled:
@@ -92,8 +98,10 @@ def finish(
             "oom_splits": inference.oom_splits,
             "norm_sync": norm,
             "reconcile": reconcile,
+            **({"mask": run.mask_report} if run.mask_report is not None else {}),
             **assembled.extra,
         },
+        table=assembled.table,
     )
 
 

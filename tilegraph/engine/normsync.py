@@ -91,6 +91,12 @@ class NormPlan:
             return float(sum(self.pass_costs)) if self.pass_costs else None
         return 1.0
 
+    def check(self, plan: Plan) -> None:
+        """``norm_sync="exact"``: raise a :class:`~tilegraph.errors.PlanError` naming the overlap to use when
+        the kept regions do not fall on whole pixels at every normalisation layer's resolution."""
+        if self.mode == "exact" and self.report.sync_layers:
+            check_alignment(plan, self.report)
+
     def notes(self) -> list[str]:
         """Plain-language lines for ``run()``'s warnings, the metadata and the QA report."""
         r = self.report
@@ -230,8 +236,7 @@ def plan_norm(
             )
         if error:
             raise InputError(f"norm_sync={mode!r}: {error}", path=path, hint="give each use its own module")
-        if mode == "exact" and report.sync_layers:
-            check_alignment(plan, report)
+        norm.check(plan)
         if spec.compile and report.sync_layers:
             warnings.warn(
                 "tilegraph: norm_sync runs the model without torch.compile (the synced model is a shadow of the "
@@ -337,7 +342,10 @@ def synchronise(run: PreparedRun, executor: Executor, progress: Progress | None)
 def _exact(run: PreparedRun, executor: Executor, progress: Progress | None) -> tuple[dict, dict]:
     """The statistics passes of ``norm_sync="exact"``: one round of model tasks per layer."""
     names = run.norm.report.names
-    groups = run.plan.tasks()
+    groups = run.context.kind.task_groups(run.plan)  # the windows the output inference runs
+    mask = run.context.mask
+    if mask is not None:  # only the windows touching the mask run: their pixels are the statistics'
+        groups = [kept for g in groups if (kept := [i for i in g if i in mask.windows])]
     ctx_h = executor.share(run.context)
     stats: dict = {}
     seconds, model_s = [], 0.0

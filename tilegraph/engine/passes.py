@@ -20,8 +20,47 @@ from tilegraph.passes.abc import Pass
 from tilegraph.plan.plan import Plan
 from tilegraph.sink.abc import ChunkWriter
 from tilegraph.sink.builtin import scratch_writer
+from tilegraph.source.abc import Source
 
-__all__ = ["run_passes", "pass_box"]
+__all__ = ["OutputScaleSource", "run_passes", "pass_box"]
+
+
+@dataclass(frozen=True)
+class OutputScaleSource:
+    """The run's source read at the output's scale (:class:`tilegraph.passes.abc.SourceView`)."""
+
+    source: Source
+    plan: Plan
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.plan.out_shape
+
+    @property
+    def channels(self) -> int:
+        return int(self.source.channels)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.source.dtype)
+
+    def read(self, box: tuple[int, int, int, int]) -> np.ndarray:
+        y0, y1, x0, x1 = box
+        s = self.plan.scale_fraction
+        if s == 1:
+            return self.source.read(y0, y1, x0, x1)
+        if s > 1:  # every output pixel repeats the source pixel it lies in
+            k = int(s)
+            block = self.source.read(y0 // k, -(-y1 // k), x0 // k, -(-x1 // k))
+            full = block.repeat(k, axis=0).repeat(k, axis=1)
+            oy, ox = y0 - (y0 // k) * k, x0 - (x0 // k) * k
+            return full[oy : oy + (y1 - y0), ox : ox + (x1 - x0)]
+        k = s.denominator  # down-scale: the mean of each k x k block (the last ones clipped)
+        h, w = self.source.shape
+        block = self.source.read(y0 * k, min(h, y1 * k), x0 * k, min(w, x1 * k)).astype(np.float32)
+        ph, pw = (y1 - y0) * k - block.shape[0], (x1 - x0) * k - block.shape[1]
+        block = np.pad(block, ((0, ph), (0, pw), (0, 0)), mode="edge")
+        return block.reshape(y1 - y0, k, x1 - x0, k, -1).mean(axis=(1, 3))
 
 
 @dataclass(frozen=True)
@@ -30,9 +69,13 @@ class _PassContext:
 
     plan: Plan
     thumbnails: Any
+    staged: Source
 
     def thumbnail(self) -> tuple[np.ndarray, float]:
         return self.thumbnails.get()
+
+    def source(self) -> OutputScaleSource:
+        return OutputScaleSource(self.staged, self.plan)
 
 
 def pass_box(shared: tuple, box: tuple[int, int, int, int]) -> dict:
@@ -66,7 +109,7 @@ def run_passes(run: PreparedRun, executor: Executor, progress: Progress | None) 
     source: ChunkWriter | None = run.context.writer
     assert source is not None and run.final_writer is not None
     clipped, seconds = 0, 0.0
-    ctx = _PassContext(run.plan, run.thumbnails)
+    ctx = _PassContext(run.plan, run.thumbnails, run.context.source)
     for k, p in enumerate(run.passes):
         last = k == len(run.passes) - 1
         shape = p.out_shape(source.layout.shape)

@@ -37,7 +37,8 @@ class ThumbnailResult:
     Attributes
     ----------
     output : numpy.ndarray
-        ``(h', w', C')`` float32 model output, one pixel spanning ``factor`` source pixels (times the scale).
+        ``(h', w', C')`` float32 model output, one pixel spanning ``factor`` output pixels whatever the
+        scale; for a detections model (``output="boxes"``) its ``(k, 6)`` boxes in thumbnail pixels.
     input : numpy.ndarray
         ``(h, w, C)`` float32 thumbnail the model saw (integers scaled to [0, 1]), before alignment padding.
     norm_stats : dict or None
@@ -52,11 +53,14 @@ class ThumbnailResult:
     info: dict = field(default_factory=dict)
 
 
-def thumbnail_input(source: Source, *, factor: int, align: int, channels: int) -> tuple[np.ndarray, int, int]:
+def thumbnail_input(
+    source: Source, *, factor: int, align: int, channels: int, extra_channels: int = 0
+) -> tuple[np.ndarray, int, int]:
     """The thumbnail batch ``(1, C, ah, aw)`` float32 (area-averaged by ``factor``, padded to ``align``).
 
-    Read band by band, so memory stays at one band plus the thumbnail. Also returns the thumbnail's own
-    extent ``(h, w)`` before padding.
+    Read band by band, so memory stays at one band plus the thumbnail. ``extra_channels``: coarse-to-fine
+    input channels the model takes, given a flat prior ``1 / extra_channels``. Also returns the
+    thumbnail's own extent ``(h, w)`` before padding.
     """
     h, w = source.shape
     th, tw = -(-h // factor), -(-w // factor)
@@ -73,40 +77,61 @@ def thumbnail_input(source: Source, *, factor: int, align: int, channels: int) -
     ah, aw = -(-th // align) * align, -(-tw // align) * align
     small = np.pad(acc, ((0, ah - th), (0, aw - tw), (0, 0)), mode="reflect" if min(th, tw) > 1 else "edge")
     x = np.moveaxis(small[..., :channels], -1, 0)[None].astype(np.float32)
+    if extra_channels:
+        flat = np.full((1, extra_channels) + x.shape[2:], 1.0 / extra_channels, np.float32)
+        x = np.concatenate([x, flat], axis=1)
     return np.ascontiguousarray(x), th, tw
 
 
 def thumbnail_inference(
-    source: Source, spec: ModelSpec, payload, *, factor: int, align: int, channels: int
+    source: Source,
+    spec: ModelSpec,
+    payload,
+    *,
+    factor: int,
+    align: int,
+    channels: int,
+    output: str = "array",
+    extra_channels: int = 0,
 ) -> np.ndarray:
     """Task: the model run once on a thumbnail of the whole image (area-averaged by ``factor``).
 
     Returns ``(h, w, C')`` float32 in the model's output units, where one pixel spans ``factor``
-    source pixels (times the scale).
+    source pixels (times the scale). ``output="boxes"`` (a detections model): its ``(k, 6)`` boxes in
+    thumbnail pixels instead, clipped to the thumbnail. ``extra_channels``: coarse-to-fine input
+    channels the model takes, given a flat prior ``1 / extra_channels`` here (the thumbnail is the
+    coarse pass).
     """
-    return thumbnail_task(source, spec, payload, (factor, align, channels)).output
+    return thumbnail_task(source, spec, payload, (factor, align, channels, output, extra_channels)).output
 
 
 def thumbnail_task(
-    source: Source, spec: ModelSpec, payload, geometry: tuple[int, int, int], norm: dict | None = None
+    source: Source, spec: ModelSpec, payload, geometry: tuple, norm: dict | None = None
 ) -> ThumbnailResult:
     """Task: the thumbnail inference, recording normalisation statistics when ``norm`` is given.
 
-    ``norm`` holds the run's ``window`` and ``overlap`` (pairs) and ``scale``: a thumbnail larger
-    than the window is run in windows with the exact algorithm.
+    ``geometry`` is ``(factor, align, channels[, output, extra_channels])``. ``norm`` holds the run's
+    ``window`` and ``overlap`` (pairs) and ``scale``: a thumbnail larger than the window is run in
+    windows with the exact algorithm.
     """
-    factor, align, channels = geometry
-    x, th, tw = thumbnail_input(source, factor=factor, align=align, channels=channels)
+    factor, align, channels, output, extra = (*geometry, "array", 0)[:5]
+    x, th, tw = thumbnail_input(source, factor=factor, align=align, channels=channels, extra_channels=extra)
     runner = get_runner(spec, payload)
-    small = np.ascontiguousarray(np.moveaxis(x[0], 0, -1)[:th, :tw])
+    small = np.ascontiguousarray(np.moveaxis(x[0, :channels], 0, -1)[:th, :tw])
+    if output == "boxes":
+        boxes = np.array(runner(x, output="boxes")[0], np.float64).reshape(-1, 6).copy()
+        boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, tw)
+        boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, th)
+        return ThumbnailResult(boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])], small)
     if norm is None or not runner.is_torch:
         y = runner(x)[0]
         s = y.shape[1] / x.shape[2]
         out = np.moveaxis(y, 0, -1)[: int(round(th * s)), : int(round(tw * s))]
         return ThumbnailResult(np.ascontiguousarray(out), small)
-    out, stats, info = _norm_thumbnail(runner.module, x, small, align=align, **norm)
+    seen = np.ascontiguousarray(np.moveaxis(x[0], 0, -1)[:th, :tw])  # what the model sees (coarse prior too)
+    out, stats, info = _norm_thumbnail(runner.module, x, seen, align=align, **norm)
     info = dict(info, factor=factor)
-    half = _half(small)
+    half = _half(seen)
     if factor == 1:  # the thumbnail is the image: its statistics are the whole image's
         info["variation"] = {
             "worst": 0.0,
@@ -214,6 +239,10 @@ class Thumbnails:
         Longest side of the thumbnail in source pixels (the run's ``thumbnail`` option).
     token
         The run's id, for the task key.
+    output
+        What the model returns (``"boxes"``: a detections model).
+    extra_channels
+        Coarse-to-fine input channels the model takes (a flat prior here).
     norm_stats
         Record the normalisation layers' statistics too (``norm_sync="thumbnail"``); the default size
         is then at least 1024 px.
@@ -230,11 +259,15 @@ class Thumbnails:
         channels: int,
         size: int | None,
         token: str,
+        output: str = "array",
+        extra_channels: int = 0,
         norm_stats: bool = False,
     ) -> None:
         self._args = (executor, source, spec, payload)
         self.plan = plan
         self.channels = channels
+        self.output = output  # what the model returns ("boxes": a detections model)
+        self.extra_channels = extra_channels  # coarse-to-fine input channels (a flat prior here)
         self.size = int(size or max(1024 if norm_stats else 256, *plan.window_shape))
         self.factor = max(1, -(-max(source.shape) // self.size))
         self.token = token
@@ -261,7 +294,7 @@ class Thumbnails:
                     source,
                     spec,
                     payload,
-                    (self.factor, self.plan.align, self.channels),
+                    (self.factor, self.plan.align, self.channels, self.output, self.extra_channels),
                     norm,
                     key=f"tg-thumbnail-{self.token}",
                     resources=executor.model_resources,
@@ -273,4 +306,6 @@ class Thumbnails:
 
     def get(self) -> tuple[np.ndarray, float]:
         """``(thumbnail output (h, w, C'), output pixels per thumbnail pixel)``; runs the model once."""
-        return self.result().output, float(self.factor * self.plan.scale_fraction)
+        # the output is (h / factor) * s pixels for an image of h * s output pixels: each of its pixels
+        # spans `factor` output pixels, whatever the scale
+        return self.result().output, float(self.factor)

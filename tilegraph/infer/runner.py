@@ -12,7 +12,7 @@ import importlib
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -21,7 +21,7 @@ from tilegraph._cast import astype_float
 from tilegraph.errors import ModelLoadError
 from tilegraph.infer.spec import ModelSpec
 
-__all__ = ["BatchRunner", "get_runner", "clear_cache"]
+__all__ = ["BatchRunner", "OUTPUTS", "convert_output", "get_runner", "clear_cache"]
 
 _CACHE: dict[str, BatchRunner] = {}
 _LOCK = threading.Lock()
@@ -80,15 +80,23 @@ class BatchRunner:
                 module = torch.compile(module)
             self.fn = module
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """Model output for a float32 ``(N, C, H, W)`` batch, as a numpy array (float32 if floating)."""
-        y = self.forward_nchw(np.ascontiguousarray(batch))
-        return _to_numpy(y, None)
+    def __call__(self, batch: np.ndarray, *, output: str = "array") -> Any:
+        """Model output for a float32 ``(N, C, H, W)`` batch, as numpy (float32 if floating).
 
-    def forward_nchw(self, batch: np.ndarray):
-        """Run on a float32 NCHW numpy batch; returns the raw model output (tensor or array)."""
+        ``output`` is what the model returns (:func:`convert_output`): ``"array"`` (checked floats),
+        ``"labels"`` (integers as they are) or ``"boxes"`` (a list of ``(k, 6)`` arrays per window).
+        """
+        y = self.forward_nchw(np.ascontiguousarray(batch), output=output)
+        if output == "array":
+            return _to_numpy(y, None)
+        return convert_output(y, output, None, n=len(batch))[0]
+
+    def forward_nchw(self, batch: np.ndarray, *, output: str = "array"):
+        """Run on a float32 NCHW numpy batch; returns the raw model output (tensor or array; for
+        ``output="boxes"`` the list the model returned)."""
         if not self.is_torch:
-            return np.asarray(self.fn(batch))
+            y = self.fn(batch)
+            return y if output == "boxes" else np.asarray(y)
         import torch
 
         with torch.inference_mode():
@@ -104,8 +112,11 @@ class BatchRunner:
         channels: int,
         out_dtype,
         count_boxes: list | None = None,
+        output: str = "array",
+        extra: np.ndarray | None = None,
+        keywords: Mapping[str, np.ndarray] | None = None,
         module: Callable | None = None,
-    ) -> tuple[np.ndarray, int]:
+    ) -> tuple[Any, int]:
         """Run on raw windows ``(N, H, W, C)`` in the source dtype; returns ``(N, C', H', W')`` and clips.
 
         The dtype conversion (integers to [0, 1]) happens on the model's device, after the copy, so
@@ -115,6 +126,12 @@ class BatchRunner:
         ``count_boxes`` (one ``(rows, cols)`` pair of slices per window, e.g. the region ``crop``
         keeps) when given. ``module`` replaces the model for this call only (a torch module on the
         model's device, e.g. a norm-synced shadow of :attr:`module`); other calls are unaffected.
+
+        ``output`` is what the model returns (:func:`convert_output`: checked floats, integer labels
+        passed as they are, or a list of ``(k, 6)`` boxes per window). ``extra`` ``(N, K, H, W)``
+        float32 is appended to the input channels, and ``keywords`` are passed to the model as
+        keyword arguments (numpy arrays, on the model's device for torch): what coarse-to-fine gives
+        each window.
 
         Raises
         ------
@@ -130,11 +147,25 @@ class BatchRunner:
                 x = np.multiply(x, np.float32(1.0 / integer_max), dtype=np.float32)  # one pass
             else:
                 x = x.astype(np.float32, copy=False)
+            if extra is not None:
+                x = np.concatenate([x, extra.astype(np.float32, copy=False)], axis=1)
             with self._turn():  # one batch at a time (see the class notes)
-                y = np.asarray(self.fn(x))
-            return _to_numpy(y, out_dtype, with_clips=True, count_boxes=count_boxes)
+                y = self.fn(x, **(keywords or {}))
+            if output != "array":
+                return convert_output(y, output, out_dtype, n=len(raw))
+            return _to_numpy(np.asarray(y), out_dtype, with_clips=True, count_boxes=count_boxes)
         with self._turn():
-            return self._run_torch(raw, channels, integer_max, out_dtype, count_boxes, module)
+            return self._run_torch(
+                raw,
+                channels,
+                integer_max,
+                out_dtype,
+                count_boxes,
+                output=output,
+                extra=extra,
+                keywords=keywords,
+                module=module,
+            )
 
     def apply_raw(self, raw: np.ndarray, *, channels: int, fn: Callable) -> Any:
         """``fn(x)`` on raw windows ``(N, H, W, C)``, with ``x`` the tensor :meth:`run_raw` gives the model.
@@ -150,7 +181,7 @@ class BatchRunner:
 
         with self._turn(), torch.inference_mode():
             x = self._device_input(raw, channels, integer_max)
-            return self._forward(x, fn)
+            return self._forward(x, module=fn)
 
     @contextlib.contextmanager
     def _turn(self):
@@ -172,16 +203,34 @@ class BatchRunner:
         times.held = times.wait = 0.0
         return held, wait
 
-    def _run_torch(self, raw, channels, integer_max, out_dtype, count_boxes=None, module=None):
+    def _run_torch(
+        self,
+        raw,
+        channels,
+        integer_max,
+        out_dtype,
+        count_boxes=None,
+        *,
+        output="array",
+        extra=None,
+        keywords=None,
+        module=None,
+    ):
         import torch
 
         with torch.inference_mode():
-            x = self._device_input(raw, channels, integer_max)
-            y = self._forward(x, module)
+            x = self._device_input(raw, channels, integer_max, extra)
+            kwargs = {
+                k: torch.from_numpy(np.ascontiguousarray(v)).to(x.device) for k, v in (keywords or {}).items()
+            }
+            y = self._forward(x, module=module, **kwargs)
+            if output != "array":
+                return convert_output(y, output, out_dtype, n=len(raw))
             return _to_numpy(y, out_dtype, with_clips=True, count_boxes=count_boxes)
 
-    def _device_input(self, raw, channels, integer_max):
-        """Raw windows as the model's float32 NCHW input on its device (call under inference mode)."""
+    def _device_input(self, raw, channels, integer_max, extra=None):
+        """Raw windows as the model's float32 NCHW input on its device (call under inference mode);
+        ``extra`` ``(N, K, H, W)`` channels appended (coarse-to-fine)."""
         import torch
 
         t = torch.from_numpy(np.ascontiguousarray(raw))
@@ -190,6 +239,8 @@ class BatchRunner:
         x = t[..., :channels].permute(0, 3, 1, 2).float()  # NHWC storage = channels_last
         if integer_max is not None:
             x.mul_(1.0 / integer_max)
+        if extra is not None:
+            x = torch.cat([x, torch.from_numpy(np.ascontiguousarray(extra, np.float32)).to(x.device)], dim=1)
         if not self.spec.channels_last and x.device.type != "cpu":
             x = x.contiguous()  # on CPU the NHWC view is as fast or faster; on GPUs keep one format
         return x
@@ -211,7 +262,7 @@ class BatchRunner:
         buf.copy_(t)
         return buf
 
-    def _forward(self, x, module=None):
+    def _forward(self, x, module=None, **kwargs):
         import torch
 
         fn = self.fn if module is None else module
@@ -220,8 +271,8 @@ class BatchRunner:
         amp = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.spec.precision)
         if amp is not None:
             with torch.autocast(device_type=x.device.type, dtype=amp):
-                return fn(x)
-        return fn(x)
+                return fn(x, **kwargs)
+        return fn(x, **kwargs)
 
 
 class BadOutput(Exception):
@@ -237,6 +288,55 @@ def _count_outside(bad, count_boxes) -> int:
     if count_boxes is None:
         return int(bad.sum())
     return int(sum(bad[k, :, rows, cols].sum() for k, (rows, cols) in enumerate(count_boxes)))
+
+
+#: What a model may return (:attr:`tilegraph.outputs.abc.OutputKind.model_output`).
+OUTPUTS = ("array", "labels", "boxes")
+
+
+def _host(v) -> np.ndarray:
+    """A tensor or array-like as numpy on the host."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(v, torch.Tensor):
+        return v.detach().cpu().numpy()
+    return np.asarray(v)
+
+
+def convert_output(y, output: str, out_dtype, *, n: int) -> tuple[Any, int]:
+    """A model's output that is not a float map, as numpy: ``(value, 0)`` (nothing is clipped).
+
+    ``"labels"``: integer (or integral float) labels ``(N, 1, H, W)`` as they are; booleans, complex
+    numbers and objects are refused. ``"boxes"``: a list (or tuple) of ``n`` arrays ``(k, 6)``, one
+    per window, returned as a numpy object array of float64 arrays (so that batches split after an
+    out-of-memory error concatenate). Shapes and values are checked by the output kind.
+
+    Raises
+    ------
+    BadOutput
+        ``"dtype"``: not what the kind expects.
+    """
+    if output == "labels":
+        arr = _host(y)
+        if arr.dtype.kind not in "uif":
+            raise BadOutput("dtype", f"labels model returned {arr.dtype}, expected integer labels")
+        if arr.dtype.kind == "f" and arr.size and not np.isfinite(arr).all():
+            bad = ~np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1) if arr.ndim else np.array([True])
+            raise BadOutput("nonfinite", "labels model returned NaN or Inf", int(np.argmax(bad)))
+        return arr, 0
+    if output == "boxes":
+        if isinstance(y, np.ndarray) and y.dtype == object:
+            y = list(y)
+        if not isinstance(y, list | tuple) or len(y) != n:
+            got = f"a list of {len(y)}" if isinstance(y, list | tuple) else type(y).__name__
+            raise BadOutput(
+                "dtype",
+                f"detections model returned {got} for a batch of {n} windows, expected a list of {n} (k, 6) arrays",
+            )
+        out = np.empty(n, dtype=object)
+        for k, boxes in enumerate(y):
+            out[k] = _host(boxes).astype(np.float64, copy=False)
+        return out, 0
+    raise ValueError(f"unknown model output {output!r}; use one of {OUTPUTS}")
 
 
 def _to_numpy(y, out_dtype, *, with_clips: bool = False, count_boxes=None):

@@ -10,17 +10,18 @@ with a strip pass first gets one task per overlap strip.
 from __future__ import annotations
 
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
-from tilegraph._cast import astype_float
+from tilegraph._cast import astype_float, to_output_dtype
 from tilegraph.blend.abc import Blender, Box, Strip, overlap_strips
 from tilegraph.errors import MissingWindowError, SinkError
 from tilegraph.outputs.abc import Assembly, KindResult, OutputKind, Step, WindowContext
+from tilegraph.outputs.masking import masked_reader
 from tilegraph.plan.plan import Plan
 from tilegraph.plan.resample import to_output_scale
 from tilegraph.sink.tile_store import TileStore
@@ -116,10 +117,16 @@ class ImageKind(OutputKind):
 
     name: ClassVar[str] = "image"
 
-    def specialise(self, plan: Plan, blender: Blender, *, corrected: bool, passes: bool) -> OutputKind:
-        if blender.name == "crop" and not corrected and not passes and direct_crop_possible(plan):
+    def specialise(
+        self, plan: Plan, blender: Blender, *, corrected: bool, passes: bool, masked: bool = False
+    ) -> OutputKind:
+        if blender.name == "crop" and not (corrected or passes or masked) and direct_crop_possible(plan):
             return DirectCropKind()
         return self
+
+    def chunk_task(self) -> Callable[..., dict]:
+        """The task that builds and writes one output chunk: ``fn((ctx, corrections, strips), box)``."""
+        return blend_chunk
 
     def consume(
         self, ctx: WindowContext, indices: Sequence[int], raw: np.ndarray, y: np.ndarray, pool: Executor
@@ -153,7 +160,7 @@ class ImageKind(OutputKind):
         chunks = chunk_boxes(plan)
         results = yield Step(
             "blend",
-            blend_chunk,
+            self.chunk_task(),
             [(box,) for _, box in chunks],
             shared=(job.context, job.corrections, strips_state),
             after=[blender.windows_for_box(plan, box) for _, box in chunks],
@@ -197,7 +204,7 @@ class DirectCropKind(ImageKind):
 def measure_strip(shared: tuple, strip: Strip) -> Any:
     """Task: the blender's small result of one overlap strip."""
     ctx, corrections = shared
-    reader = TileStoreReader(ctx.plan, ctx.tile_store)
+    reader = masked_reader(ctx, TileStoreReader(ctx.plan, ctx.tile_store))
     transform = corrections.transform if corrections is not None else None
     return ctx.blender.measure_strip(ctx.plan, strip, reader, transform)
 
@@ -209,8 +216,17 @@ def blend_chunk(shared: tuple, box: Box) -> dict:
     blender: Blender = ctx.blender
     reader = TileStoreReader(ctx.plan, ctx.tile_store)
     transform = corrections.transform if corrections is not None else None
-    block = blender.blend(ctx.plan, box, reader, transform=transform, strips=strips)
-    clipped = ctx.writer.write(box, block, integer_scaled=reader.dtype.kind == "f" or block.dtype.kind == "f")
+    mask = getattr(ctx, "mask", None)
+    block = blender.blend(ctx.plan, box, masked_reader(ctx, reader), transform=transform, strips=strips)
+    scaled = reader.dtype.kind == "f" or block.dtype.kind == "f"
+    if mask is not None and mask.fill is not None:  # outside the mask: the fill, exactly
+        inside = mask.out_mask(ctx.plan, box)[..., None]
+        out, clipped = to_output_dtype(
+            np.where(inside, block, 0), ctx.writer.layout.dtype, integer_scaled=scaled
+        )
+        ctx.writer.write(box, mask.fill_box(ctx.plan, box, out), integer_scaled=False)
+        return {"clipped": clipped, "seconds": time.perf_counter() - t0}
+    clipped = ctx.writer.write(box, block, integer_scaled=scaled)
     return {"clipped": clipped, "seconds": time.perf_counter() - t0}
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from tilegraph.passes.abc import Box, Pass, PassContext
+from tilegraph.passes.abc import Box, Pass, PassContext, SourceView
 from tilegraph.registry import Registry
 
-__all__ = ["PASSES", "Box", "Pass", "PassContext", "get_pass", "register_pass"]
+__all__ = ["PASSES", "Box", "Pass", "PassContext", "SourceView", "get_pass", "register_pass"]
 
 
 #: Passes by name (registered, and from the ``tilegraph.passes`` entry points).

@@ -7,8 +7,8 @@ pyramid level... Each is one class and one registration (:func:`tilegraph.passes
 or an entry point in the ``tilegraph.passes`` group), asked for with ``run(..., passes=[name])``.
 
 :meth:`Pass.prepare` runs once on the client and returns a small state every task receives (a
-thumbnail, statistics); it gets a :class:`PassContext` from the engine, which gives it the plan and
-the run's one cached thumbnail inference.
+thumbnail, statistics); it gets a :class:`PassContext` from the engine, which gives it the plan,
+the run's one cached thumbnail inference and read access to the input (:class:`SourceView`).
 """
 
 from __future__ import annotations
@@ -20,9 +20,28 @@ import numpy as np
 
 from tilegraph.plan.plan import Plan
 
-__all__ = ["Pass", "PassContext", "Box"]
+__all__ = ["Pass", "PassContext", "SourceView", "Box"]
 
 Box = tuple[int, int, int, int]
+
+
+class SourceView(Protocol):
+    """The run's source at the output's scale, read by tasks (small and picklable: put it in a state).
+
+    :meth:`read` returns ``(rows, cols, C)`` of an output box in the source's dtype (an up-scale
+    repeats pixels; a down-scale averages blocks into float32 in the source's units).
+    """
+
+    @property
+    def shape(self) -> tuple[int, int]: ...
+
+    @property
+    def channels(self) -> int: ...
+
+    @property
+    def dtype(self) -> np.dtype: ...
+
+    def read(self, box: Box) -> np.ndarray: ...
 
 
 class PassContext(Protocol):
@@ -34,6 +53,11 @@ class PassContext(Protocol):
     def thumbnail(self) -> tuple[np.ndarray, float]:
         """The model run once on a thumbnail of the whole image, ``(h, w, C')`` float32 in the model's
         units, and how many output pixels one thumbnail pixel spans. Cached: one inference per run."""
+        ...
+
+    def source(self) -> SourceView:
+        """Read access to the run's input at the output's scale, for passes that compare the output
+        with it (diff-merge); return it in the state to read it in :meth:`Pass.apply`."""
         ...
 
 
@@ -65,6 +89,8 @@ class Pass(ABC):
         """Output ``box`` ``(rows, cols, C)`` float32 from ``block``, the input over ``in_box``.
 
         ``block`` is float32 in the model's units (integers as ``[0, 1]``); must not be modified.
+        An array already in the output's dtype is written as it is (no rounding: diff-merge's
+        unchanged pixels stay bit for bit).
         """
 
     def describe(self) -> dict:

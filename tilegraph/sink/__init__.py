@@ -39,6 +39,7 @@ SINKS: Registry[type[Sink]] = Registry(
         "zarr": "tilegraph.sink.builtin:ZarrSink",
         "tiff": "tilegraph.sink.builtin:TiffSink",
         "raster": "tilegraph.sink.builtin:RasterSink",
+        "table": "tilegraph.sink.table_sink:TableSink",
     },
     base=Sink,
 )

@@ -119,6 +119,8 @@ class Sink(ABC):
     name: ClassVar[str] = ""
     #: Destination suffixes this sink writes (lower case, with the dot).
     suffixes: ClassVar[tuple[str, ...]] = ()
+    #: The sink writes tables (:meth:`write_table`: rows such as detections), not arrays.
+    holds_tables: ClassVar[bool] = False
 
     def __init__(self, destination: str, options: ExportOptions | None = None) -> None:
         self.destination = destination
@@ -152,6 +154,16 @@ class Sink(ABC):
     @abstractmethod
     def open_result(self, path: str) -> Any:
         """What the run returns as its output (a read-only array or the file's path)."""
+
+    def write_table(self, table: np.ndarray, *, attrs: dict, overwrite: bool) -> str | None:
+        """Write a structured array as the destination (sinks with :attr:`holds_tables`); its path."""
+        from tilegraph.errors import DestinationError
+
+        raise DestinationError(
+            "this destination holds an image, the run's output is a table",
+            path=self.destination,
+            hint="use a .csv or .parquet destination, or None (rows in the run's result only)",
+        )
 
     @property
     def exports(self) -> bool:
