@@ -428,7 +428,10 @@ class OnnxModel:
         # the session cannot be pickled: send the path (the worker opens it once, cached by file), or the
         # bytes it was built from
         if self._data is not None:
-            return (_onnx_from_payload, (_payload("onnx", self._data, self.name, declarations(self)), self.device))
+            return (
+                _onnx_from_payload,
+                (_payload("onnx", self._data, self.name, declarations(self)), self.device),
+            )
         return (_onnx_from_path, (self.path, self._requested, self.device))
 
 

@@ -624,38 +624,41 @@ def propose_halo(
         base["explanation"] = _explain(base, max_radius)
         return HaloProposal(**base)  # type: ignore[arg-type]
 
-    # 2. reach test at the corner of an image just larger than max_radius
+    # 2. reach test at the corner of an image just larger than max_radius (run before the growth below
+    #    would probe images larger than half of it: a global model then stops here, a local one with a
+    #    small radius never needs it)
     s_far = aligned(max(max_radius + 2, s0))
-    far_r, far_all, far_done = 0, False, False
-    if clk.fits(1 + len(far_mags), s_far, "float32"):
+    far = {"r": 0, "all": False, "done": False}
+
+    def reach_test() -> HaloProposal | None:
+        far["done"] = True
+        if not clk.fits(1 + len(far_mags), s_far, "float32"):
+            return None
         base_img = np.random.default_rng(seed).random((1, channels, s_far, s_far))
         ref = clk.timed(runs["float32"], base_img, "float32")
-        n_out = ref.shape[2]
-        dist = _footprint_distance(n_out, 0, frac)
+        dist = _footprint_distance(ref.shape[2], 0, frac)
         for mag in far_mags:
             x = base_img.copy()
             x[0, :, 0, 0] += mag
-            out = clk.timed(runs["float32"], x, "float32")
-            changed = (out[0] != ref[0]).any(axis=0)
+            changed = (clk.timed(runs["float32"], x, "float32")[0] != ref[0]).any(axis=0)
             rows, cols = np.flatnonzero(changed.any(axis=1)), np.flatnonzero(changed.any(axis=0))
-            r = max(int(dist[rows].max(initial=0)), int(dist[cols].max(initial=0)))
-            far_r = max(far_r, r)
-            far_all = far_all or bool(changed.all())
-        far_done = True
-        if far_r > max_radius:
-            return result(
-                halo=None,
-                overlap=None,
-                radius=far_r,
-                exact=False,
-                exceeds=True,
-                global_context=far_all,
-                precision="float32",
-                phases=(1, len(_default_offsets(align))),
-                size=s_far,
-                stopped=None,
-                field=None,
-            )
+            far["r"] = max(far["r"], int(dist[rows].max(initial=0)), int(dist[cols].max(initial=0)))
+            far["all"] = far["all"] or bool(changed.all())
+        if far["r"] <= max_radius:
+            return None
+        return result(
+            halo=None,
+            overlap=None,
+            radius=far["r"],
+            exact=False,
+            exceeds=True,
+            global_context=far["all"],
+            precision="float32",
+            phases=(1, len(_default_offsets(align))),
+            size=s_far,
+            stopped=None,
+            field=None,
+        )
 
     # 3a. grow at phase 0 in float32 (float64 if asked) until the support ends well inside the image
     grow_mode = "float64" if precision == "float64" else "float32"
@@ -669,6 +672,10 @@ def propose_halo(
     contained = False
     last_size = 0
     while True:
+        if not far["done"] and 2 * size > s_far:
+            verdict = reach_test()
+            if verdict is not None:
+                return verdict
         if not clk.fits(n_probe, size, grow_mode):
             stopped = "budget"
             break
@@ -691,13 +698,13 @@ def propose_halo(
         return result(
             halo=None,
             overlap=None,
-            radius=far_r,
+            radius=far["r"],
             exact=False,
             exceeds=False,
             global_context=False,
             precision="float32",
-            phases=(1 if far_done else 0, len(_default_offsets(align))),
-            size=s_far if far_done else s0,
+            phases=(1 if far["done"] else 0, len(_default_offsets(align))),
+            size=s_far if far["done"] else s0,
             stopped="budget",
             field=None,
         )

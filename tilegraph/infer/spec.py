@@ -129,18 +129,24 @@ def describe_model(
         name = type(model).__name__ if kind == "module" else getattr(model, "__name__", type(model).__name__)
         target = None
         weights_sha = None
-        declared = {k: getattr(model, k, None) for k in ("scale", "in_channels", "out_channels", "stride", "halo")}
+        declared = {
+            k: getattr(model, k, None) for k in ("scale", "in_channels", "out_channels", "stride", "halo")
+        }
         token_src = f"{kind}|{name}|{id(model)}"
         if weights:
             raise ModelLoadError("weights= applies only to a model given by import path")
     else:
-        raise ModelLoadError(f"a model must be a torch module, a callable or an import path, got {type(model).__name__}")
+        raise ModelLoadError(
+            f"a model must be a torch module, a callable or an import path, got {type(model).__name__}"
+        )
 
     def pick(given, key):
         return given if given is not None else declared.get(key)
 
     sc = pick(scale, "scale")
-    token = hashlib.sha1(f"{token_src}|{precision}|{channels_last}|{compile}|{device}".encode()).hexdigest()[:16]
+    token = hashlib.sha1(f"{token_src}|{precision}|{channels_last}|{compile}|{device}".encode()).hexdigest()[
+        :16
+    ]
     return ModelSpec(
         kind=kind,
         name=name,
