@@ -98,6 +98,7 @@ def test_unet_every_phase_matches_structural_analysis():
     p = propose_halo(model)
     assert p.exact and p.stride == 4 and p.phases == (4, 4)
     # the structural analysis in test_receptive_field.py: radius per phase {0: 22, 1: 23, 2: 23, 3: 22}
+    assert p.field is not None
     assert {dy: r for (dy, dx), r in p.field.per_position.items()} == {0: 22, 1: 23, 2: 23, 3: 22}
     assert p.radius == 23 == model.halo and p.halo == 24
     assert "rounded up to the stride 4" in p.explanation
@@ -177,7 +178,7 @@ def _box(radius: int, stride: int):
         x = np.lib.stride_tricks.sliding_window_view(x, k, axis=2).sum(axis=-1)
         return np.lib.stride_tricks.sliding_window_view(x, k, axis=3).sum(axis=-1) / k**2
 
-    box.stride = stride
+    box.stride = stride  # type: ignore[attr-defined]
     return box
 
 
@@ -191,7 +192,7 @@ def test_budget_is_kept_with_a_slow_model(budget):
         clock.now += clock.fixed + clock.rate * batch.shape[0] * batch.shape[2] * batch.shape[3]
         return box(batch)
 
-    slow.stride = 8
+    slow.stride = 8  # type: ignore[attr-defined]
     p = propose_halo(slow, time_budget=budget, max_radius=128, clock=clock)
     assert clock.now <= budget + 1e-9  # never started a step that would overrun
     assert p.seconds <= budget and p.stride == 8
@@ -254,7 +255,9 @@ def test_dbnet_answers_within_a_minute():
 
     from tilegraph.infer.formats import load_model_file
 
-    package = os.path.dirname(importlib.util.find_spec("rapidocr_onnxruntime").origin)  # not imported (cv2)
+    spec = importlib.util.find_spec("rapidocr_onnxruntime")  # not imported: it needs cv2
+    assert spec is not None and spec.origin is not None
+    package = os.path.dirname(spec.origin)
     path = os.path.join(package, "models", "ch_PP-OCRv4_det_infer.onnx")
     t0 = time.perf_counter()
     model = load_model_file(path)

@@ -7,18 +7,16 @@ load, and one of its modules registers a fake kernel for ``nms`` without checkin
 spandrel and onnx2torch import torchvision at import time, although the restoration architectures
 and the operators a converted network uses never call those compiled operators.
 
-:func:`ensure_torchvision_importable` detects that case (the compiled library cannot load) and only then
-declares the two operator schemas torchvision expects, so that torchvision imports with its pure-Python
-parts working (its detection operators stay unavailable, as they are anyway without the library). With
-a matching torchvision, or none installed, it does nothing.
+:func:`ensure_torchvision_importable` imports torchvision as it is and, only when that fails for this
+reason, declares the two operator schemas torchvision expects and imports it again, so that its
+pure-Python parts work (its detection operators stay unavailable, as they are anyway without the
+library). With a matching torchvision, or none installed, it changes nothing.
 """
 
 from __future__ import annotations
 
-import glob
 import importlib.util
 import logging
-import os
 import sys
 import threading
 from types import ModuleType
@@ -31,7 +29,6 @@ log = logging.getLogger(__name__)
 
 _LOCK = threading.Lock()
 _SHIM: object | None = None  # the torch.library.Library holding the declared schemas (kept alive)
-_CHECKED = False
 
 # schemas of the operators torchvision's ``_meta_registrations`` registers fake kernels for unconditionally
 _SCHEMAS = (
@@ -43,37 +40,41 @@ _SCHEMAS = (
 def ensure_torchvision_importable() -> bool:
     """Make ``import torchvision`` work beside a torch build its compiled operators do not match.
 
+    Imports torchvision as it is; only if that fails because its compiled operators are missing
+    (``operator torchvision::nms does not exist``) are the two schemas declared and the import retried.
+    A matching torchvision is thus imported untouched.
+
     Returns
     -------
     bool
         True when the schemas had to be declared (torchvision's compiled operators are unavailable).
     """
-    global _SHIM, _CHECKED
+    global _SHIM
     with _LOCK:
-        if _CHECKED or "torchvision" in sys.modules:
-            _CHECKED = True
-            return _SHIM is not None
-        _CHECKED = True
-        spec = importlib.util.find_spec("torchvision")
-        if spec is None or not spec.submodule_search_locations:
+        if _SHIM is not None:
+            return True
+        if "torchvision" in sys.modules or importlib.util.find_spec("torchvision") is None:
+            return False
+        try:
+            import torchvision  # noqa: F401
+        except ImportError:
+            return False  # the caller's own import reports it
+        except RuntimeError as exc:
+            if "torchvision::" not in str(exc):
+                raise
+        else:
             return False
         import torch
 
-        libs = []
-        for folder in spec.submodule_search_locations:
-            libs += glob.glob(os.path.join(folder, "_C*.so")) + glob.glob(os.path.join(folder, "_C*.pyd"))
-        for lib in libs:
-            try:
-                torch.ops.load_library(lib)
-                return False  # the compiled operators load: torchvision imports as it is
-            except (OSError, RuntimeError):
-                continue
-        if hasattr(torch.ops, "torchvision") and hasattr(torch.ops.torchvision, "nms"):
-            return False
+        for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+            del sys.modules[name]  # the half-imported package: imported afresh below
         shim = torch.library.Library("torchvision", "FRAGMENT")
         for schema in _SCHEMAS:
-            shim.define(schema)
+            if not hasattr(torch.ops.torchvision, schema.split("(")[0]):
+                shim.define(schema)
         _SHIM = shim
+        import torchvision  # noqa: F401,F811
+
         log.warning(
             "torchvision's compiled operators do not load beside torch %s (a torchvision wheel built for "
             "another torch); its detection operators are unavailable, which image-to-image models do not use",
@@ -97,10 +98,12 @@ def import_spandrel() -> ModuleType:
 
         with _LOCK:
             if not getattr(spandrel_extra_arches, "_tilegraph_installed", False):
-                spandrel_extra_arches.install(ignore_duplicates=True)
                 spandrel_extra_arches._tilegraph_installed = True  # type: ignore[attr-defined]
+                spandrel_extra_arches.install()
     except ImportError:
         pass
+    except Exception as exc:  # an incompatible version: the core architectures still work
+        log.warning("spandrel_extra_arches could not register its architectures: %r", exc)
     return spandrel
 
 

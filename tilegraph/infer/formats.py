@@ -361,7 +361,10 @@ class OnnxModel:
         self.device = device
         self._data = data  # kept when built from bytes: pickling then sends the bytes
         self._requested = list(providers) if providers else None
-        chosen = self._requested or default_providers(device)
+        try:
+            chosen = self._requested or default_providers(device)
+        except ModelLoadError as exc:
+            raise ModelLoadError(exc.message, path=path, hint=exc.hint) from exc
         try:
             options = ort.SessionOptions()
             options.log_severity_level = 4  # errors reach the caller as exceptions, not as console logs

@@ -726,7 +726,7 @@ def propose_halo(
             per_phase = clk.predict(n_probe, last_size, mode)
             fit = int((clk.budget - clk.elapsed()) / max(per_phase, 1e-9))
             if fit < len(rest):  # spread the phases that fit evenly over the stride
-                picks = np.unique(np.linspace(0, len(rest) - 1, fit).round().astype(int)) if fit > 0 else []
+                picks = np.unique(np.linspace(0, len(rest) - 1, max(fit, 0)).round().astype(int))
                 rest = [rest[i] for i in picks]
                 stopped = "budget"
             offsets = rest
