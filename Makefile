@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 # CPU build of torch on the development machines; override on GPU machines (e.g. TORCH_SPEC="torch>=2.4").
 TORCH_SPEC ?= torch==2.13.0
+# torchvision (imported by spandrel) built for that torch; PyPI's newer ones would replace torch with another build.
+TORCHVISION_SPEC ?= torchvision==0.28.0
 PY := $(VENV)/bin/python
 
 .PHONY: setup demo test lint clean
@@ -11,7 +13,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[test]"
+	printf '%s\n' "$(TORCH_SPEC)" "$(TORCHVISION_SPEC)" > $(VENV)/constraints.txt
+	# test extra: pytest, ruff, mypy, and the optional formats (onnx, spandrel), jupyter and ome-zarr
+	$(PY) -m pip install -q -c $(VENV)/constraints.txt "$(TORCHVISION_SPEC)" -e ".[test]"
 	touch $@
 
 setup: $(VENV)/.installed
