@@ -98,7 +98,7 @@ def import_spandrel() -> ModuleType:
 
         with _LOCK:
             if not getattr(spandrel_extra_arches, "_tilegraph_installed", False):
-                spandrel_extra_arches._tilegraph_installed = True  # type: ignore[attr-defined]
+                spandrel_extra_arches._tilegraph_installed = True
                 spandrel_extra_arches.install()
     except ImportError:
         pass
