@@ -16,6 +16,7 @@ import numpy as np
 from tilegraph.engine.context import PreparedRun
 from tilegraph.engine.executor import Executor
 from tilegraph.engine.progress import Progress
+from tilegraph.passes import get_pass
 from tilegraph.passes.abc import Pass
 from tilegraph.plan.plan import Plan
 from tilegraph.sink.abc import ChunkWriter
@@ -30,6 +31,7 @@ class _PassContext:
 
     plan: Plan
     thumbnails: Any
+    out_dtype: str = "float32"
 
     def thumbnail(self) -> tuple[np.ndarray, float]:
         return self.thumbnails.get()
@@ -59,15 +61,38 @@ def _boxes(shape: tuple[int, int], chunks: tuple[int, int]) -> list[tuple[int, i
     ]
 
 
+def _run_pass(
+    run: PreparedRun,
+    executor: Executor,
+    progress: Progress | None,
+    p: Pass,
+    source: ChunkWriter,
+    target: ChunkWriter,
+    key: str,
+) -> list[dict]:
+    """One pass from ``source`` into ``target``, one task per output chunk (or shard); their results."""
+    state = p.prepare(_PassContext(run.plan, run.thumbnails, target.layout.dtype))
+    chunks = target.layout.shards or target.layout.chunks
+    boxes = _boxes(p.out_shape(source.layout.shape), chunks)
+    shared = executor.share((p, run.plan, source, target, state))
+    handles = executor.map(
+        pass_box,
+        [shared] * len(boxes),
+        boxes,
+        keys=[f"tg-{key}-{p.name}-{run.token}-{i}" for i in range(len(boxes))],
+    )
+    return executor.wait(handles, progress=progress, label=p.name or key)
+
+
 def run_passes(run: PreparedRun, executor: Executor, progress: Progress | None) -> tuple[int, float]:
-    """Run every pass of ``run`` in order; returns the values clipped at the final write and task seconds."""
-    if not run.passes:
-        return 0, 0.0
-    source: ChunkWriter | None = run.context.writer
-    assert source is not None and run.final_writer is not None
+    """Run every pass of ``run`` in order, then the sink's derived arrays (pyramid levels).
+
+    Returns the values clipped at the final write and the task seconds.
+    """
     clipped, seconds = 0, 0.0
-    ctx = _PassContext(run.plan, run.thumbnails)
+    source: ChunkWriter | None = run.context.writer
     for k, p in enumerate(run.passes):
+        assert source is not None and run.final_writer is not None
         last = k == len(run.passes) - 1
         shape = p.out_shape(source.layout.shape)
         if last:
@@ -75,19 +100,15 @@ def run_passes(run: PreparedRun, executor: Executor, progress: Progress | None) 
         else:
             layout = replace(source.layout, shape=shape, dtype="float32")
             target = scratch_writer(f"{run.scratch}/pass-{k}.zarr", layout)
-        state = p.prepare(ctx)
-        chunks = target.layout.shards or target.layout.chunks
-        boxes = _boxes(shape, chunks)
-        shared = executor.share((p, run.plan, source, target, state))
-        handles = executor.map(
-            pass_box,
-            [shared] * len(boxes),
-            boxes,
-            keys=[f"tg-pass{k}-{p.name}-{run.token}-{i}" for i in range(len(boxes))],
-        )
-        results = executor.wait(handles, progress=progress, label=p.name or f"pass {k}")
+        results = _run_pass(run, executor, progress, p, source, target, f"pass{k}")
         seconds += sum(r["seconds"] for r in results)
         if last:
             clipped = int(sum(r["clipped"] for r in results))
         source = target
+    if run.final_writer is not None:  # levels of a pyramid: each from the previous, once the output is whole
+        previous = run.final_writer
+        for k, (name, target) in enumerate(run.sink.derived(run.final_writer)):
+            results = _run_pass(run, executor, progress, get_pass(name), previous, target, f"level{k + 1}")
+            seconds += sum(r["seconds"] for r in results)
+            previous = target
     return clipped, seconds

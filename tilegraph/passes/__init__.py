@@ -1,4 +1,7 @@
-"""Passes after blending: the :class:`Pass` contract and its registry (no built-in passes yet)."""
+"""Passes after blending: the :class:`Pass` contract and its registry.
+
+Built in: ``downsample2x`` (a pyramid level from the previous one; the OME-Zarr sink asks for it).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +17,9 @@ def _check(entry: object) -> None:
 
 
 #: Passes by name (registered, and from the ``tilegraph.passes`` entry points).
-PASSES: Registry[type[Pass]] = Registry("pass", "tilegraph.passes", {}, check=_check)
+PASSES: Registry[type[Pass]] = Registry(
+    "pass", "tilegraph.passes", {"downsample2x": "tilegraph.passes.pyramid:Downsample2x"}, check=_check
+)
 
 
 def register_pass(cls: type[Pass], *, name: str | None = None, replace: bool = False) -> type[Pass]:
