@@ -194,6 +194,20 @@ def test_failing_model_task_prints_one_message_and_no_distributed_traceback(tmp_
     assert "photo.tif" not in lines[0]  # the model is at fault, not the image
 
 
+def test_cli_takes_a_model_instance_by_import_path(tmp_path, monkeypatch):
+    """``--model module:attr`` naming a module instance (not a factory) runs that instance."""
+    (tmp_path / "instances.py").write_text(
+        "import torch\n\nclass Half(torch.nn.Module):\n    def forward(self, x):\n        return x * 0.5\n\nnet = Half()\n"
+    )
+    img = np.full((40, 50, 3), 200, np.uint8)
+    tifffile.imwrite(tmp_path / "p.tif", img)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    args = ["run", "p.tif", "o.zarr", "--model", "instances:net", "--tile", "32", "--overlap", "8"]
+    assert main([*args, "--inprocess", "--no-progress"]) == 0
+    assert int(np.asarray(zarr.open_array(str(tmp_path / "o.zarr"), mode="r")[:]).max()) == 100
+
+
 def test_cli_messages_name_flags_not_keywords():
     assert as_flags("destination exists (pass overwrite=True or choose a new path)") == (
         "destination exists (pass --overwrite or choose a new path)"

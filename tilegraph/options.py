@@ -276,8 +276,8 @@ class ExportOptions:
     quality: int = _opt(95, "JPEG quality", flat="jpeg_quality", run=False)
     alpha: bool | None = _opt(
         None,
-        "PNG/TIFF: the last channel of a 2- or 4-channel output is alpha (default: only when it is the "
-        "source's alpha; a PNG refuses other 2- and 4-channel outputs)",
+        "PNG: the last channel of a 2- or 4-channel output is alpha (default: only when it is the source's "
+        "alpha passed around the model; other 2- and 4-channel outputs are refused)",
         run=False,
     )
     levels: int | None = _opt(

@@ -2,7 +2,8 @@
 
 Blending writes float32 into scratch space when passes follow; each pass reads its input box plus
 halo and writes its output box once; the last pass writes the destination (rounding and clipping
-there, once).
+there, once). Then the arrays the sink derives from the finished output (an OME-Zarr pyramid:
+:meth:`tilegraph.sink.abc.Sink.derived`) are made the same way, each by its pass from the previous one.
 """
 
 from __future__ import annotations

@@ -66,7 +66,10 @@ def probe_task(spec: ModelSpec, payload, source_channels: int) -> ProbeResult:
     except ModelError:
         raise
     except Exception as exc:
-        raise ModelOutputError(f"model raised {exc!r} on a {size}x{size} probe input") from exc
+        from tilegraph.infer.formats import constraints
+
+        note = constraints(runner.model)["note"]  # e.g. an ONNX graph that takes one fixed size only
+        raise ModelOutputError(f"model raised {exc!r} on a {size}x{size} probe input", hint=note) from exc
     shape = tuple(getattr(y, "shape", ()))
     if len(shape) != 4 or shape[0] != 1:
         raise ModelOutputError(
