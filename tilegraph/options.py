@@ -50,6 +50,7 @@ __all__ = [
     "ReconcileMode",
     "ReconcileReference",
     "Device",
+    "CodecPipeline",
 ]
 
 Precision = Literal["fp32", "fp16", "bf16"]
@@ -58,6 +59,7 @@ Layout = Literal["YX", "YXC", "CYX"]
 ReconcileMode = Literal["offset", "gain-offset"]
 ReconcileReference = Literal["input", "thumbnail"]
 Device = Literal["auto", "cpu", "cuda"]
+CodecPipeline = Literal["auto", "zarrs", "zarr-python"]
 
 S = TypeVar("S")
 
@@ -312,6 +314,15 @@ class ExecutionOptions:
     """How the run shows itself; where it runs is ``client=``."""
 
     progress: bool | None = _opt(None, "show progress (default: on a terminal or in Jupyter)")
+    codec_pipeline: CodecPipeline = _opt(
+        "auto",
+        "Zarr codec pipeline of the workers: 'auto' (the zarrs Rust pipeline where installed, "
+        "pip install tilegraph[fast]), 'zarrs' or 'zarr-python'",
+        run=False,
+    )
+
+    def __post_init__(self) -> None:
+        _choice(self.codec_pipeline, get_args(CodecPipeline), "codec_pipeline")
 
 
 _GROUPS = {
@@ -328,6 +339,7 @@ _GROUPS = {
 
 #: Keywords of ``run()`` that take a whole sub-option (object or dict).
 GROUP_KEYWORDS = {
+    "execution_options": "execution",
     "source_options": "source",
     "reconcile_options": "reconcile",
     "export_options": "export",

@@ -57,6 +57,7 @@ def run(
     reconcile_options: Any = None,
     qa: bool | str = False,
     quality_options: Any = None,
+    execution_options: Any = None,
     thumbnail: int | None = None,
     task: str = "image",
     passes: Any = (),
@@ -106,12 +107,13 @@ def run(
         Replace an existing destination (never the source itself).
     pad_mode, precision, channels_last, compile, device, weights, factory_kwargs
         See :class:`~tilegraph.options.TilingOptions` and :class:`~tilegraph.options.ModelOptions`.
-    source_options, export_options, reconcile_options, quality_options
+    source_options, export_options, reconcile_options, quality_options, execution_options
         :class:`~tilegraph.options.SourceOptions` (``level=``, ``series=``...),
         :class:`~tilegraph.options.ExportOptions` (TIFF compression, JPEG quality...),
         :class:`~tilegraph.options.ReconcileOptions` (``reference``, ``strength``, ``field``,
-        ``sigma``), :class:`~tilegraph.options.QualityOptions`; objects or dicts (an unknown key is
-        an error naming it).
+        ``sigma``), :class:`~tilegraph.options.QualityOptions`,
+        :class:`~tilegraph.options.ExecutionOptions` (``codec_pipeline``); objects or dicts (an
+        unknown key is an error naming it).
     scratch, keep_tile_store
         Folder for intermediate data (default: beside the destination), and keeping the per-window
         store after success (debugging).
@@ -195,25 +197,11 @@ def execute(
     from tilegraph.engine.prepare import prepare
     from tilegraph.engine.progress import Progress
     from tilegraph.engine.reconcile import solve_corrections
-    from tilegraph.infer.spec import describe_model
+    from tilegraph.infer.spec import spec_for
     from tilegraph.source import open_source
 
     src = open_source(source, **options.source.reader_kwargs())
-    m = options.model
-    spec = describe_model(
-        model,
-        weights=m.weights,
-        scale=m.scale,
-        in_channels=m.in_channels,
-        out_channels=m.out_channels,
-        stride=m.stride,
-        halo=m.halo,
-        precision=m.precision,
-        channels_last=m.channels_last,
-        compile=m.compile,
-        device=m.device,
-        factory_kwargs=dict(m.factory_kwargs or {}),
-    )
+    spec = spec_for(model, options.model)
     show = options.execution.progress
     if show is None:
         show = _interactive()

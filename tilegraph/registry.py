@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib
 import threading
-from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from tilegraph.errors import InputError
@@ -44,25 +43,29 @@ class Registry(Generic[T]):
         Entry-point group scanned once, on the first lookup of an unknown name or listing.
     builtins
         ``{name: "module:attribute"}`` of the entries that ship with tilegraph.
-    check
-        Called on every loaded entry; raises ``TypeError`` when it does not fit the contract.
+    base
+        The contract: every entry must be a subclass of it (checked when it is loaded or added).
     """
 
-    def __init__(
-        self,
-        kind: str,
-        group: str,
-        builtins: dict[str, str],
-        *,
-        check: Callable[[object], None] | None = None,
-    ) -> None:
+    def __init__(self, kind: str, group: str, builtins: dict[str, str], *, base: type) -> None:
         self.kind = kind
         self.group = group
+        self.base = base
         self._targets: dict[str, str | object] = dict(builtins)
         self._loaded: dict[str, T] = {}
         self._scanned = False
-        self._check = check
         self._lock = threading.Lock()
+
+    def check(self, entry: object) -> None:
+        """Raise ``TypeError`` unless ``entry`` is a subclass of :attr:`base`."""
+        if not (isinstance(entry, type) and issubclass(entry, self.base)):
+            raise TypeError(f"a {self.kind} must be a {self.base.__name__} subclass, got {entry!r}")
+
+    def add(self, cls: T, *, name: str | None = None, replace: bool = False) -> T:
+        """Register the class ``cls`` under ``name`` (default its ``name`` attribute); returns ``cls``."""
+        self.check(cls)
+        self.register(name or cls.name, cls, replace=replace)  # type: ignore[attr-defined]
+        return cls
 
     def register(self, name: str, entry: T | str, *, replace: bool = False) -> None:
         """Add ``entry`` (an object or a ``"module:attribute"`` path) under ``name``.
@@ -113,8 +116,7 @@ class Registry(Generic[T]):
             )
         target = self._targets[name]
         entry = load_target(target) if isinstance(target, str) else target
-        if self._check is not None:
-            self._check(entry)
+        self.check(entry)
         with self._lock:
             self._loaded[name] = entry  # type: ignore[assignment]
         return entry  # type: ignore[return-value]

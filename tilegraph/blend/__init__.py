@@ -37,11 +37,6 @@ __all__ = [
 ]
 
 
-def _check(entry: object) -> None:
-    if not (isinstance(entry, type) and issubclass(entry, Blender)):
-        raise TypeError(f"a blend mode must be a Blender subclass, got {entry!r}")
-
-
 #: Blend modes by name (built-in, registered, and from the ``tilegraph.blenders`` entry points).
 BLENDERS: Registry[type[Blender]] = Registry(
     "blend mode",
@@ -52,15 +47,11 @@ BLENDERS: Registry[type[Blender]] = Registry(
         "cosine": "tilegraph.blend.builtin:CosineBlender",
         "gaussian": "tilegraph.blend.builtin:GaussianBlender",
     },
-    check=_check,
+    base=Blender,
 )
 
-
-def register_blender(cls: type[Blender], *, name: str | None = None, replace: bool = False) -> type[Blender]:
-    """Register a :class:`Blender` subclass under ``name`` (default ``cls.name``); returns ``cls``."""
-    _check(cls)
-    BLENDERS.register(name or cls.name, cls, replace=replace)
-    return cls
+#: Register a :class:`Blender` subclass under ``name`` (default ``cls.name``); returns ``cls``.
+register_blender = BLENDERS.add
 
 
 def get_blender(options: BlendOptions | str) -> Blender:

@@ -61,7 +61,15 @@ def _add_option_flags(p: argparse.ArgumentParser) -> None:
 
     aliases = {
         name: typing.get_args(getattr(o, name))
-        for name in ("Precision", "PadMode", "Layout", "ReconcileMode", "ReconcileReference", "Device")
+        for name in (
+            "Precision",
+            "PadMode",
+            "Layout",
+            "ReconcileMode",
+            "ReconcileReference",
+            "Device",
+            "CodecPipeline",
+        )
     }
     for f in o.flat_fields():
         if not f.cli:

@@ -45,6 +45,7 @@ def finish(
     timings["total_s"] = timings["prepare_s"] + timings["run_s"]
     megapixels = plan.shape[0] * plan.shape[1] / 1e6
     timings["megapixels_per_s"] = megapixels / max(timings["total_s"], 1e-9)
+    timings.update(stage_rates(plan, timings))
     final = {
         "oom_splits": inference.oom_splits,
         "clipped": clipped,
@@ -83,6 +84,27 @@ def finish(
             **assembled.extra,
         },
     )
+
+
+def stage_rates(plan, timings: dict) -> dict:
+    """Megapixels per second of task time (one core) for each stage: where the time goes.
+
+    Reading, the model and handing windows over work on the windows' pixels (overlap and padding
+    included); blending on the output's.
+    """
+    window_mp = plan.n_windows * plan.window_shape[0] * plan.window_shape[1] / 1e6
+    out_mp = plan.out_shape[0] * plan.out_shape[1] / 1e6
+    out = {}
+    for stage, key, mp in (
+        ("read", "read_s_sum", window_mp),
+        ("model", "model_s_sum", window_mp),
+        ("write", "write_s_sum", window_mp),
+        ("blend", "blend_s_sum", out_mp),
+    ):
+        seconds = timings.get(key, 0.0)
+        if seconds > 0:  # a stage that did not run (no blend for direct crop) has no rate
+            out[f"{stage}_mp_per_core_s"] = mp / seconds
+    return out
 
 
 def abort(run: PreparedRun | None, executor: Executor, handles: list) -> None:

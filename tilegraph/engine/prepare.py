@@ -13,6 +13,7 @@ from dataclasses import replace
 import numpy as np
 
 from tilegraph.blend import get_blender
+from tilegraph.engine.codecs import configure_codecs
 from tilegraph.engine.context import PreparedRun, RunContext
 from tilegraph.engine.executor import Executor, InProcessExecutor
 from tilegraph.engine.probe import autotile, checked_scale, probe
@@ -108,6 +109,7 @@ def prepare(
     passes = tuple(get_pass(name) for name in options.passes)
     scratch = out_opts.scratch or f"{destination.rstrip('/')}.tilegraph-tmp-{token}"
 
+    pipelines = configure_codecs(executor, options.execution.codec_pipeline)
     # the model: sent to its workers once (as bytes when cloudpickle cannot send it), then probed where it runs
     payload = None
     if spec.kind in ("module", "callable"):
@@ -212,6 +214,7 @@ def prepare(
         "plan": plan.to_dict(),
         "autotile": auto.to_dict() if auto is not None else None,
         "source": {"path": source.path, "shape": list(source.shape), "dtype": str(source.dtype)},
+        "codec_pipelines": pipelines,
     }
     final_writer = writer = None
     if layout is not None:

@@ -31,8 +31,9 @@ import sys
 from dataclasses import asdict, dataclass, field
 
 from tilegraph.errors import ModelLoadError
+from tilegraph.options import ModelOptions
 
-__all__ = ["ModelSpec", "describe_model", "is_model_file", "PRECISIONS"]
+__all__ = ["ModelSpec", "describe_model", "is_model_file", "spec_for", "PRECISIONS"]
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -242,4 +243,22 @@ def describe_model(
         device=device,
         token=token,
         weights_sha256=weights_sha,
+    )
+
+
+def spec_for(model, options: ModelOptions) -> ModelSpec:
+    """:func:`describe_model` with the run's typed model options."""
+    return describe_model(
+        model,
+        weights=options.weights,
+        scale=options.scale,
+        in_channels=options.in_channels,
+        out_channels=options.out_channels,
+        stride=options.stride,
+        halo=options.halo,
+        precision=options.precision,
+        channels_last=options.channels_last,
+        compile=options.compile,
+        device=options.device,
+        factory_kwargs=dict(options.factory_kwargs or {}),
     )

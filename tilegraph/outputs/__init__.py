@@ -17,24 +17,13 @@ __all__ = [
 ]
 
 
-def _check(entry: object) -> None:
-    if not (isinstance(entry, type) and issubclass(entry, OutputKind)):
-        raise TypeError(f"an output kind must be an OutputKind subclass, got {entry!r}")
-
-
 #: Output kinds by name (built-in, registered, and from the ``tilegraph.outputs`` entry points).
 KINDS: Registry[type[OutputKind]] = Registry(
-    "output kind", "tilegraph.outputs", {"image": "tilegraph.outputs.image:ImageKind"}, check=_check
+    "output kind", "tilegraph.outputs", {"image": "tilegraph.outputs.image:ImageKind"}, base=OutputKind
 )
 
-
-def register_kind(
-    cls: type[OutputKind], *, name: str | None = None, replace: bool = False
-) -> type[OutputKind]:
-    """Register an :class:`OutputKind` subclass under ``name`` (default ``cls.name``); returns ``cls``."""
-    _check(cls)
-    KINDS.register(name or cls.name, cls, replace=replace)
-    return cls
+#: Register an :class:`OutputKind` subclass under ``name`` (default ``cls.name``); returns ``cls``.
+register_kind = KINDS.add
 
 
 def get_kind(name: str) -> OutputKind:

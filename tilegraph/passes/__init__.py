@@ -11,22 +11,13 @@ from tilegraph.registry import Registry
 __all__ = ["PASSES", "Box", "Pass", "PassContext", "get_pass", "register_pass"]
 
 
-def _check(entry: object) -> None:
-    if not (isinstance(entry, type) and issubclass(entry, Pass)):
-        raise TypeError(f"a pass must be a Pass subclass, got {entry!r}")
-
-
 #: Passes by name (registered, and from the ``tilegraph.passes`` entry points).
 PASSES: Registry[type[Pass]] = Registry(
-    "pass", "tilegraph.passes", {"downsample2x": "tilegraph.passes.pyramid:Downsample2x"}, check=_check
+    "pass", "tilegraph.passes", {"downsample2x": "tilegraph.passes.pyramid:Downsample2x"}, base=Pass
 )
 
-
-def register_pass(cls: type[Pass], *, name: str | None = None, replace: bool = False) -> type[Pass]:
-    """Register a :class:`Pass` subclass under ``name`` (default ``cls.name``); returns ``cls``."""
-    _check(cls)
-    PASSES.register(name or cls.name, cls, replace=replace)
-    return cls
+#: Register a :class:`Pass` subclass under ``name`` (default ``cls.name``); returns ``cls``.
+register_pass = PASSES.add
 
 
 def get_pass(name: str) -> Pass:

@@ -31,11 +31,6 @@ __all__ = [
 ]
 
 
-def _check(entry: object) -> None:
-    if not (isinstance(entry, type) and issubclass(entry, Sink)):
-        raise TypeError(f"a sink must be a Sink subclass, got {entry!r}")
-
-
 #: Sinks by name (built-in, registered, and from the ``tilegraph.sinks`` entry points).
 SINKS: Registry[type[Sink]] = Registry(
     "sink",
@@ -46,15 +41,11 @@ SINKS: Registry[type[Sink]] = Registry(
         "raster": "tilegraph.sink.builtin:RasterSink",
         "ome-zarr": "tilegraph.sink.omezarr:OmeZarrSink",
     },
-    check=_check,
+    base=Sink,
 )
 
-
-def register_sink(cls: type[Sink], *, name: str | None = None, replace: bool = False) -> type[Sink]:
-    """Register a :class:`Sink` subclass (its :attr:`~Sink.suffixes` select it); returns ``cls``."""
-    _check(cls)
-    SINKS.register(name or cls.name, cls, replace=replace)
-    return cls
+#: Register a :class:`Sink` subclass (its :attr:`~Sink.suffixes` select it); returns ``cls``.
+register_sink = SINKS.add
 
 
 def _suffix(destination: str) -> str:

@@ -48,21 +48,10 @@ class Stages:
     def prepare(self) -> Any:
         """The prepared run (:class:`tilegraph.engine.context.PreparedRun`)."""
         from tilegraph.engine.prepare import prepare
-        from tilegraph.infer.spec import describe_model
+        from tilegraph.infer.spec import spec_for
         from tilegraph.source import open_source
 
-        m = self.options.model
-        spec = describe_model(
-            self.model,
-            weights=m.weights,
-            scale=m.scale,
-            in_channels=m.in_channels,
-            out_channels=m.out_channels,
-            stride=m.stride,
-            halo=m.halo,
-            precision=m.precision,
-            device=m.device,
-        )
+        spec = spec_for(self.model, self.options.model)
         self.run = prepare(
             open_source(self.source, **self.options.source.reader_kwargs()),
             self.destination,

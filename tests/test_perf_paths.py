@@ -1,0 +1,62 @@
+"""The fast paths of issue 13 give the same pixels as the general ones."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tilegraph
+from tilegraph.testing import models
+
+
+@pytest.mark.parametrize("scale", [1, 2])
+def test_direct_crop_equals_the_tile_store_path_and_the_whole_image(tmp_path, scale):
+    image = np.random.default_rng(0).integers(0, 65536, (170, 230, 3), dtype=np.uint16)
+    model = models.LocalConv(channels=3, layers=2) if scale == 1 else models.Upscaler(scale=2)
+    direct = tilegraph.run(
+        image, tmp_path / "d.zarr", model=model, tile=64, overlap=16, blend="crop", client="inprocess"
+    )
+    assert direct.extra.get("direct_crop") is True
+    assert direct.output.chunks[:2] == (48 * scale, 48 * scale)  # one stride at the output scale
+    stored = tilegraph.run(
+        image,
+        tmp_path / "s.zarr",
+        model=model,
+        tile=64,
+        overlap=16,
+        blend="crop",
+        out_chunks=100,
+        client="inprocess",
+    )
+    assert "direct_crop" not in stored.extra
+    np.testing.assert_array_equal(np.asarray(direct.output[:]), np.asarray(stored.output[:]))
+    for key in ("read_mp_per_core_s", "model_mp_per_core_s", "write_mp_per_core_s"):
+        assert direct.timings[key] > 0
+    assert "blend_mp_per_core_s" not in direct.timings and stored.timings["blend_mp_per_core_s"] > 0
+
+
+def test_direct_crop_clipped_counts_and_a_bad_window_is_named(tmp_path):
+    from tilegraph.errors import ModelOutputError
+
+    image = np.full((100, 100, 3), 200, np.uint8)
+    res = tilegraph.run(
+        image,
+        tmp_path / "c.zarr",
+        model=lambda b: b * 2,
+        tile=48,
+        overlap=16,
+        blend="crop",
+        client="inprocess",
+    )
+    assert res.extra["direct_crop"] and res.clipped == 100 * 100 * 3
+    with pytest.raises(ModelOutputError) as info:
+        tilegraph.run(
+            image,
+            tmp_path / "n.zarr",
+            model=models.NaNModel(),
+            tile=48,
+            overlap=16,
+            blend="crop",
+            client="inprocess",
+        )
+    assert info.value.window is not None
