@@ -95,12 +95,30 @@ class TilegraphError(Exception):
             parts.append(f" ({self.hint})")
         return "".join(parts)
 
-    def __reduce__(self):  # errors cross process boundaries on a cluster
-        return (_rebuild, (type(self), self.message, self.path, self.window, self.hint))
+    def __reduce__(self):  # errors cross process boundaries on a cluster, with their cause
+        return (
+            _rebuild,
+            (type(self), self.message, self.path, self.window, self.hint, _portable(self.__cause__)),
+        )
 
 
-def _rebuild(cls, message, path, window, hint):
-    return cls(message, path=path, window=window, hint=hint)
+def _portable(cause: BaseException | None) -> BaseException | None:
+    """``cause`` if it pickles, else a ``RuntimeError`` carrying its repr (never fails)."""
+    if cause is None:
+        return None
+    import pickle
+
+    try:
+        pickle.dumps(cause)
+        return cause
+    except Exception:
+        return RuntimeError(repr(cause))
+
+
+def _rebuild(cls, message, path, window, hint, cause=None):
+    exc = cls(message, path=path, window=window, hint=hint)
+    exc.__cause__ = cause
+    return exc
 
 
 class InputError(TilegraphError, ValueError):

@@ -312,6 +312,18 @@ class ExportOptions:
     tile: Any = _opt((512, 512), "TIFF tile extent", cli=False, run=False)
     bigtiff: bool | None = _opt(None, "force BigTIFF on or off (default: by size)", cli=False, run=False)
     quality: int = _opt(95, "JPEG quality", flat="jpeg_quality", run=False)
+    alpha: bool | None = _opt(
+        None,
+        "PNG: the last channel of a 2- or 4-channel output is alpha (default: only when it is the source's "
+        "alpha passed around the model; other 2- and 4-channel outputs are refused)",
+        run=False,
+    )
+    levels: int | None = _opt(
+        None,
+        "OME-Zarr pyramid levels, full resolution included (default: halve until the image fits one chunk)",
+        flat="pyramid_levels",
+        run=False,
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.tile, int):
@@ -319,6 +331,7 @@ class ExportOptions:
         elif isinstance(self.tile, list):
             object.__setattr__(self, "tile", tuple(self.tile))
         _int(self.quality, "JPEG quality", minimum=1)
+        _int(self.levels, "pyramid_levels", minimum=1, none=True)
 
 
 @dataclass(frozen=True)
@@ -683,7 +696,7 @@ class RunOptions:
                 if isinstance(value, type(current)):
                     opts = replace(opts, **{group: value})
                 else:
-                    merged = {**dataclasses.asdict(current), **_as_dict(value, key, type(current))}
+                    merged = {**_fields_of(current), **_as_dict(value, key, type(current))}
                     opts = replace(opts, **{group: _coerce_group(type(current), merged, key)})
                 continue
             if key == "qa" and isinstance(value, str | os.PathLike) and not isinstance(value, bool):
@@ -745,7 +758,9 @@ class RunOptions:
         for f in fields(self):
             value = getattr(self, f.name)
             is_group = dataclasses.is_dataclass(value) and not isinstance(value, type)
-            out[f.name] = plain(dataclasses.asdict(value)) if is_group else plain(value)
+            out[f.name] = (
+                plain(_fields_of(value)) if is_group else plain(value)
+            )  # asdict cannot copy mappingproxy
         return out
 
     def flat(self) -> dict[str, Any]:

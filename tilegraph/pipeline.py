@@ -72,20 +72,26 @@ def run(
     grid: str = "regular",
     passes: Any = (),
     options: RunOptions | str | os.PathLike | None = None,
-) -> RunResult:
+) -> Any:
     """Run ``model`` over ``source`` tile by tile and write a seam-free output to ``destination``.
 
     Parameters
     ----------
     source
         Path or URL (Zarr, OME-Zarr, TIFF, PNG, JPEG), a numpy/dask/zarr array, or a :class:`~tilegraph.source.Source`.
+        A list of them, a glob (``"photos/*.tif"``) or a folder of images runs every image on one
+        cluster (:func:`tilegraph.batch.run_many`) and returns a :class:`~tilegraph.batch.BatchResult`.
     destination
-        Output path or URL: a Zarr v3 array (``.zarr`` or no suffix), or a ``.tif``/``.png``/``.jpg``
-        file (written from a Zarr in scratch space in one final step); for ``task="detections"`` a
-        ``.csv`` or ``.parquet`` table, or ``None`` (no file: ``result.detections`` only). Other
-        suffixes are refused.
+        Output path or URL: a Zarr v3 array (``.zarr`` or no suffix), an OME-Zarr image
+        (``.ome.zarr``: NGFF 0.5 with a multiscale pyramid), or a ``.tif``/``.png``/``.jpg`` file
+        (written from a Zarr in scratch space in one final step); for ``task="detections"`` a ``.csv``
+        or ``.parquet`` table, or ``None`` (no file: ``result.detections`` only). Other suffixes are
+        refused. For several sources: a folder (each output named after its source) or a template
+        with ``{stem}``.
     model
-        A ``torch.nn.Module``, an import path ``"package.module:factory"`` (with ``weights=``), or a
+        A ``torch.nn.Module`` (a ``torch.fx.GraphModule`` and TorchScript modules too), an import
+        path ``"package.module:factory"`` (with ``weights=``; the factory may return any kind of
+        model here), a model file (``.onnx``, a TorchScript archive, a spandrel checkpoint), or a
         numpy callable on ``(N, C, H, W)`` float32 batches.
     tile, overlap
         Window and overlap in source pixels (overlap may be a fraction of ``tile``). ``tile="auto"``
@@ -177,7 +183,8 @@ def run(
     Returns
     -------
     RunResult
-        Output array (or file path), plan, timings and the number of clipped values;
+        Output array (or file path), plan, timings and the number of clipped values (a
+        :class:`~tilegraph.batch.BatchResult` for several sources);
         ``extra["norm_sync"]`` (normalisation layers found, passes, cost, notes) and
         ``extra["reconcile"]`` (reference chosen, how much the correction changed) are also in the
         output's metadata.
@@ -198,6 +205,16 @@ def run(
         k: v for k, v in locals().items() if k not in ("source", "destination", "model", "client", "options")
     }
     opts = _options(options, given)
+    from tilegraph.batch import is_batch, run_many
+
+    if is_batch(source):
+        if destination is None:
+            from tilegraph.errors import InputError
+
+            raise InputError(
+                "several sources need a destination", hint="give a folder, or a template with {stem}"
+            )
+        return run_many(source, destination, model=model, options=opts, client=client)
     dest = "" if destination is None else os.fspath(destination)
     return execute(source, dest, model=model, options=opts, client=client)
 
@@ -222,9 +239,18 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def execute(
-    source: Any, destination: str, *, model: Any, options: RunOptions, client: Any = None
+    source: Any,
+    destination: str,
+    *,
+    model: Any,
+    options: RunOptions,
+    client: Any = None,
+    executor: Any = None,
 ) -> RunResult:
-    """Run with options already normalised (the CLI and :func:`run` end here): the stages in order."""
+    """Run with options already normalised (the CLI and :func:`run` end here): the stages in order.
+
+    ``executor``: an executor already connected (several runs on one cluster); it stays open.
+    """
     from tilegraph.cluster.local import connect
     from tilegraph.engine.assemble import assemble
     from tilegraph.engine.finish import abort, finish
@@ -242,7 +268,9 @@ def execute(
     show = options.execution.progress
     if show is None:
         show = _interactive()
-    executor = connect(client)
+    own = executor is None
+    if own:
+        executor = connect(client)
     run_ = None
     handles: list = []
     try:
@@ -293,7 +321,8 @@ def execute(
         abort(run_, executor, handles)
         raise
     finally:
-        executor.close()
+        if own:
+            executor.close()
 
 
 def _interactive() -> bool:

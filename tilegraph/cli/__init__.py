@@ -107,10 +107,23 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tilegraph", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("run", help="run a model over an image, tile by tile")
-    p.add_argument("source")
+    p = sub.add_parser(
+        "run",
+        help="run a model over an image (or a folder, a glob, several images), tile by tile",
+        description="Run a model over an image tile by tile. SOURCE may be a file, a URL, an import path "
+        "'module:array_or_function' (an array, or a function returning one), a folder or a quoted glob "
+        "('photos/*.tif': every image on one cluster; DESTINATION is then a folder or a template with "
+        "{stem}; the exit status is the number of images that failed). Modules of the current folder "
+        "are importable, here and on the embedded cluster's workers.",
+    )
+    p.add_argument("source", nargs="+", help="image(s): path, URL, folder, glob or 'module:attr'")
     p.add_argument("destination")
-    p.add_argument("--model", required=True, help="import path 'package.module:factory'")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="import path 'package.module:factory' (any supported kind of model: torch module, numpy "
+        "callable, model file path) or a model file (.onnx, TorchScript .pt/.ts, spandrel .pth/.safetensors)",
+    )
     p.add_argument("--config", default=None, help="TOML or YAML file of options (flags given here win)")
     p.add_argument("--scheduler", default=None, help="scheduler address (default: embedded local cluster)")
     p.add_argument("--inprocess", action="store_true", help="run without any cluster")
@@ -119,8 +132,20 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="print the plan of a run without running anything")
     p.add_argument("source")
     _common_geometry(p)
-    p.add_argument("--model", default=None, help="import path; measures its receptive field on the CPU")
-    p.add_argument("--model-stride", type=int, default=1)
+    p.add_argument(
+        "--model",
+        default=None,
+        help="import path or model file: measures its receptive field and proposes a halo, with an explanation",
+    )
+    p.add_argument(
+        "--model-stride", type=int, default=None, help="the model's total stride (default: declared)"
+    )
+    p.add_argument(
+        "--probe-budget",
+        type=float,
+        default=40.0,
+        help="seconds the receptive-field probe may take (default 40)",
+    )
     p.add_argument(
         "--norm-sync",
         default=None,
@@ -158,15 +183,73 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``tilegraph`` command."""
+    import os
+
     args = _parser().parse_args(argv)
+    here = os.getcwd()
+    if here not in sys.path:  # modules of the current folder import, as with `python -m`
+        sys.path.insert(0, here)
     try:
         return {"run": _run, "plan": _plan, "info": _info, "demo": _demo, "qa": _qa}[args.command](args)
     except TilegraphError as exc:
-        print(f"tilegraph: error: {exc}", file=sys.stderr)
+        from tilegraph.engine.progress import end_line
+
+        end_line(sys.stderr)
+        print(f"tilegraph: error: {as_flags(str(exc))}", file=sys.stderr)
         return 2
 
 
+def as_flags(message: str) -> str:
+    """``message`` with ``run()`` keywords written as this command's flags (``overwrite=True`` -> ``--overwrite``)."""
+    import re
+
+    flat = {f.flat for f in _flat_cli_fields()}
+
+    def flag(m: re.Match) -> str:
+        name, value = m.group(1), m.group(2).strip("'\"")
+        if name not in flat:
+            return m.group(0)
+        dashed = "--" + name.replace("_", "-")
+        if value == "True":
+            return dashed
+        if value == "False":
+            return "--no-" + name.replace("_", "-")
+        return f"{dashed} {value}"
+
+    return re.sub(r"\b([a-z_]+)=('[^']*'|\"[^\"]*\"|[\w./-]+)", flag, message)
+
+
+_IMPORT_PATH = r"[A-Za-z_][\w.]*:[A-Za-z_]\w*"
+
+
+def _source(text: str):
+    """A source argument: a path or URL as it is, or the object an import path ``module:attr`` names.
+
+    An attribute that is a function is called (without arguments) and its result is the source.
+    """
+    import importlib
+    import os
+    import re
+
+    if "://" in text or os.path.exists(text) or not re.fullmatch(_IMPORT_PATH, text):
+        return text
+    module, _, attr = text.partition(":")
+    try:
+        obj = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        from tilegraph.errors import SourceNotFoundError
+
+        raise SourceNotFoundError(
+            f"no such file, and {text!r} does not import: {exc}",
+            path=text,
+            hint="give an image file, or 'module:attr' naming an array (or a function returning one) "
+            "in a module of the current folder or an installed package",
+        ) from exc
+    return obj() if callable(obj) and not hasattr(obj, "shape") else obj
+
+
 def _run(args) -> int:
+    from tilegraph.batch import is_batch, run_many
     from tilegraph.options import RunOptions, load_config
     from tilegraph.pipeline import execute
 
@@ -180,7 +263,16 @@ def _run(args) -> int:
         given["progress"] = True
     base = load_config(args.config) if args.config else None
     options = RunOptions.from_kwargs(base, **given)
-    result = execute(args.source, args.destination, model=args.model, options=options, client=client)
+    sources = [_source(s) for s in args.source]
+    source = sources if len(sources) > 1 else sources[0]
+    if is_batch(source):
+        batch = run_many(source, args.destination, model=args.model, options=options, client=client)
+        print(batch.table())
+        failed = len(batch.failed)
+        for item in batch.failed:
+            print(f"tilegraph: error: {item.label}: {as_flags(str(item.error))}", file=sys.stderr)
+        return min(failed, 100)
+    result = execute(source, args.destination, model=args.model, options=options, client=client)
     print(json.dumps(result.summary(), indent=2))
     return 0
 
@@ -191,35 +283,58 @@ def _flat_cli_fields():
     return [f for f in flat_fields() if f.cli]
 
 
+def _plan_model(args, channels: int) -> tuple[dict, int, object, object]:
+    """Build the model of ``tilegraph plan --model`` here and propose a halo within the time budget."""
+    from tilegraph.infer.receptive_field import propose_halo
+    from tilegraph.infer.runner import _build_from_path
+    from tilegraph.infer.spec import describe_model
+
+    spec = describe_model(args.model)
+    if spec.kind == "file":
+        from tilegraph.infer.formats import load_model_file
+
+        module = load_model_file(spec.target or args.model, device="cpu")
+    else:
+        module = _build_from_path(spec)
+    declared_stride = getattr(module, "stride", None)
+    stride = args.model_stride or (declared_stride if isinstance(declared_stride, int) else None)
+    device = "cpu"
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and isinstance(module, torch.nn.Module):
+        device = "cuda"
+    local, synced_note = _with_synced_norms(module)
+    p = propose_halo(
+        local,
+        channels=getattr(module, "in_channels", None) or channels,
+        scale=args.scale,
+        stride=stride,
+        device=device,
+        time_budget=args.probe_budget,
+    )
+    extra: dict = {
+        "receptive field radius": f"{p.radius} px"
+        + (" (exact)" if p.exact else " (lower bound)" if p.stopped else "")
+        + f", probe on {device} in {p.seconds:.1f} s{synced_note}",
+        "proposed halo": p.halo,
+        "proposed overlap": p.overlap,
+        "explanation": as_flags(p.explanation),
+    }
+    if getattr(module, "halo", None) is not None:
+        extra["declared halo"] = module.halo
+    return extra, int(p.stride or 1), p.scale or 1, module
+
+
 def _plan(args) -> int:
     from tilegraph.plan import make_plan
     from tilegraph.source import open_source
 
     src = open_source(args.source)
-    extra = {}
-    stride = args.model_stride
+    extra: dict = {}
+    stride = args.model_stride or 1
     scale = args.scale or 1
     if args.model:
-        from tilegraph.infer.receptive_field import measure_receptive_field
-        from tilegraph.infer.runner import _build_from_path
-        from tilegraph.infer.spec import describe_model
-
-        spec = describe_model(args.model)
-        module = _build_from_path(spec)
-        stride = int(getattr(module, "stride", stride) or stride)
-        scale = args.scale or getattr(module, "scale", 1) or 1
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        local, synced_note = _with_synced_norms(module)
-        rf = measure_receptive_field(local, channels=src.channels, device=device)
-        extra = {
-            "receptive field radius": f"{rf.radius} px (impulse probe in float64 on {device}{synced_note})",
-            "proposed halo": rf.halo,
-            "proposed overlap": rf.overlap,
-        }
-        if getattr(module, "halo", None) is not None:
-            extra["declared halo"] = module.halo
+        extra, stride, probed_scale, module = _plan_model(args, src.channels)
+        scale = args.scale or probed_scale
     elif args.norm_sync:
         raise TilegraphError("--norm-sync needs --model (the layers are found on the model)")
     plan = make_plan(

@@ -181,15 +181,22 @@ def _run_model(
     except ModelError:
         raise
     except Exception as exc:
-        raise ModelOutputError(f"model raised {exc!r}", window=_rc(plan, indices[0])) from exc
+        raise ModelOutputError(f"model {ctx.spec.name} raised {exc!r}", window=_rc(plan, indices[0])) from exc
     if output == "boxes":  # one (k, 6) array per window (checked by the kind)
         return y, clipped
     oy, ox = plan.out_window_shape
     n_extra = raw.shape[3] - ctx.model_channels if ctx.kind.passthrough else 0
     expected = (len(indices), (plan.out_channels or 0) - n_extra, oy, ox)
+    if y.ndim == 4 and y.shape[0] == expected[0] and y.shape[1] != expected[1]:
+        raise ModelOutputError(
+            f"model {ctx.spec.name} returned {y.shape[1]} channels, expected {expected[1]} "
+            f"({'declared' if ctx.spec.out_channels is not None else 'as on the probe'})",
+            window=_rc(plan, indices[0]),
+            hint="a model must return the same channel count for every window; declare out_channels",
+        )
     if tuple(y.shape) != expected:
         raise ModelOutputError(
-            f"model returned shape {tuple(y.shape)} for a batch of windows {[_rc(plan, i) for i in indices]}, "
+            f"model {ctx.spec.name} returned shape {tuple(y.shape)} for a batch of windows {[_rc(plan, i) for i in indices]}, "
             f"expected {expected} (scale {plan.scale}, {expected[1]} channels)",
             window=_rc(plan, indices[0]),
             hint="declare the model's scale/out_channels or fix its output size",

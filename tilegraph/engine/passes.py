@@ -2,7 +2,8 @@
 
 Blending writes float32 into scratch space when passes follow; each pass reads its input box plus
 halo and writes its output box once; the last pass writes the destination (rounding and clipping
-there, once).
+there, once). Then the arrays the sink derives from the finished output (an OME-Zarr pyramid:
+:meth:`tilegraph.sink.abc.Sink.derived`) are made the same way, each by its pass from the previous one.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 from tilegraph.engine.context import PreparedRun
 from tilegraph.engine.executor import Executor
 from tilegraph.engine.progress import Progress
+from tilegraph.passes import get_pass
 from tilegraph.passes.abc import Pass
 from tilegraph.plan.plan import Plan
 from tilegraph.sink.abc import ChunkWriter
@@ -70,6 +72,7 @@ class _PassContext:
     plan: Plan
     thumbnails: Any
     staged: Source
+    out_dtype: str = "float32"
 
     def thumbnail(self) -> tuple[np.ndarray, float]:
         return self.thumbnails.get()
@@ -102,15 +105,38 @@ def _boxes(shape: tuple[int, int], chunks: tuple[int, int]) -> list[tuple[int, i
     ]
 
 
+def _run_pass(
+    run: PreparedRun,
+    executor: Executor,
+    progress: Progress | None,
+    p: Pass,
+    source: ChunkWriter,
+    target: ChunkWriter,
+    key: str,
+) -> list[dict]:
+    """One pass from ``source`` into ``target``, one task per output chunk (or shard); their results."""
+    state = p.prepare(_PassContext(run.plan, run.thumbnails, run.context.source, target.layout.dtype))
+    chunks = target.layout.shards or target.layout.chunks
+    boxes = _boxes(p.out_shape(source.layout.shape), chunks)
+    shared = executor.share((p, run.plan, source, target, state))
+    handles = executor.map(
+        pass_box,
+        [shared] * len(boxes),
+        boxes,
+        keys=[f"tg-{key}-{p.name}-{run.token}-{i}" for i in range(len(boxes))],
+    )
+    return executor.wait(handles, progress=progress, label=p.name or key)
+
+
 def run_passes(run: PreparedRun, executor: Executor, progress: Progress | None) -> tuple[int, float]:
-    """Run every pass of ``run`` in order; returns the values clipped at the final write and task seconds."""
-    if not run.passes:
-        return 0, 0.0
-    source: ChunkWriter | None = run.context.writer
-    assert source is not None and run.final_writer is not None
+    """Run every pass of ``run`` in order, then the sink's derived arrays (pyramid levels).
+
+    Returns the values clipped at the final write and the task seconds.
+    """
     clipped, seconds = 0, 0.0
-    ctx = _PassContext(run.plan, run.thumbnails, run.context.source)
+    source: ChunkWriter | None = run.context.writer
     for k, p in enumerate(run.passes):
+        assert source is not None and run.final_writer is not None
         last = k == len(run.passes) - 1
         shape = p.out_shape(source.layout.shape)
         if last:
@@ -118,19 +144,15 @@ def run_passes(run: PreparedRun, executor: Executor, progress: Progress | None) 
         else:
             layout = replace(source.layout, shape=shape, dtype="float32")
             target = scratch_writer(f"{run.scratch}/pass-{k}.zarr", layout)
-        state = p.prepare(ctx)
-        chunks = target.layout.shards or target.layout.chunks
-        boxes = _boxes(shape, chunks)
-        shared = executor.share((p, run.plan, source, target, state))
-        handles = executor.map(
-            pass_box,
-            [shared] * len(boxes),
-            boxes,
-            keys=[f"tg-pass{k}-{p.name}-{run.token}-{i}" for i in range(len(boxes))],
-        )
-        results = executor.wait(handles, progress=progress, label=p.name or f"pass {k}")
+        results = _run_pass(run, executor, progress, p, source, target, f"pass{k}")
         seconds += sum(r["seconds"] for r in results)
         if last:
             clipped = int(sum(r["clipped"] for r in results))
         source = target
+    if run.final_writer is not None:  # levels of a pyramid: each from the previous, once the output is whole
+        previous = run.final_writer
+        for k, (name, target) in enumerate(run.sink.derived(run.final_writer)):
+            results = _run_pass(run, executor, progress, get_pass(name), previous, target, f"level{k + 1}")
+            seconds += sum(r["seconds"] for r in results)
+            previous = target
     return clipped, seconds

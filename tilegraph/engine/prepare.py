@@ -22,7 +22,8 @@ from tilegraph.engine.probe import autotile, checked_scale, probe
 from tilegraph.engine.progress import Progress
 from tilegraph.engine.reconcile import reconcile_context
 from tilegraph.engine.thumbnail import Thumbnails
-from tilegraph.errors import DestinationError, InputError, ModelOutputError
+from tilegraph.errors import DestinationError, InputError, ModelOutputError, PlanError
+from tilegraph.infer.formats import to_payload
 from tilegraph.infer.spec import ModelSpec
 from tilegraph.options import RunOptions
 from tilegraph.outputs import OutputKind, get_kind
@@ -65,6 +66,29 @@ def stage_source(
     return staged
 
 
+def _refuse_weighted_without_overlap(plan, blender, spec: ModelSpec) -> None:
+    """A weighted blend needs an overlap to blend across: without one it is ``crop`` with seams, silently."""
+    from tilegraph.blend.builtin import WeightedBlender
+
+    if not isinstance(blender, WeightedBlender):
+        return
+    axes = [name for name, g in (("rows", plan.y), ("columns", plan.x)) if g.count > 1 and g.overlap == 0]
+    if not axes:
+        return
+    if spec.halo:
+        overlap = f"overlap={2 * int(spec.halo)} (twice the model's declared halo {spec.halo})"
+    else:
+        overlap = (
+            "an overlap of twice the model's receptive-field radius (`tilegraph plan IMAGE --model MODEL` "
+            "measures it and proposes one)"
+        )
+    raise PlanError(
+        f"overlap 0 along {' and '.join(axes)} with blend={blender.name!r}: there is nothing to blend across, "
+        "so every window edge would be a visible seam",
+        hint=f"use blend='crop' to place windows side by side, or {overlap}",
+    )
+
+
 def prepare(
     source: Source,
     destination: str,
@@ -100,15 +124,19 @@ def prepare(
     _check_kind_options(options, kind, passes)
 
     pipelines = configure_codecs(executor, options.execution.codec_pipeline)
-    # the model: sent to its workers once, then probed where it runs
-    payload = executor.share(model, model_only=True) if spec.kind != "path" else None
+    # the model: sent to its workers once (as bytes when cloudpickle cannot send it), then probed where it runs
+    payload = None
+    if spec.kind in ("module", "callable"):
+        sent = model if isinstance(executor, InProcessExecutor) else to_payload(model)
+        payload = executor.share(sent, model_only=True)
     found = probe(executor, spec, payload, source, token, output=kind.model_output, coarse=coarse)
     spec = spec.with_declarations(found.declared)
-    scale = checked_scale(spec, found, path=source.path)
+    scale = checked_scale(spec, found, path=spec.target if spec.kind == "file" else None)
     if spec.out_channels is not None and spec.out_channels != found.out_channels:
         raise ModelOutputError(
-            f"model declares out_channels={spec.out_channels} but returned {found.out_channels} channels on a probe input",
-            path=source.path,
+            f"model {spec.name} declares out_channels={spec.out_channels} but returned {found.out_channels} "
+            "channels on a probe input (before tiling)",
+            hint="fix the model's output or its out_channels declaration",
         )
     out_dtype = kind.output_dtype(out_opts.dtype, str(source.dtype))
     tiling = options.tiling
@@ -151,6 +179,7 @@ def prepare(
         # edges as whole-image inference does (a crop grid would start in the padding)
         origin=0 if options.model.norm_sync == "exact" else "auto",
     )
+    _refuse_weighted_without_overlap(plan, blender, spec)
     masked = options.mask.mask is not None
     kind = kind.specialise(plan, blender, corrected=rec.mode is not None, passes=bool(passes), masked=masked)
     if rec.mode and rec.reference == "input" and found.out_channels != found.model_channels:
@@ -182,6 +211,7 @@ def prepare(
             layout=axes,
             chunks=plan.out_chunks if not out_opts.shards else plan.chunk_extent(out_opts.chunks),
             shards=plan.out_chunks if out_opts.shards else None,
+            alpha=found.passthrough > 0,
         )
         sink.validate(layout, source.metadata)
 

@@ -95,7 +95,10 @@ def probe_task(
     except ModelError:
         raise
     except Exception as exc:
-        raise ModelOutputError(f"model raised {exc!r} on a {size}x{size} probe input") from exc
+        from tilegraph.infer.formats import constraints
+
+        note = constraints(runner.model)["note"]  # e.g. an ONNX graph that takes one fixed size only
+        raise ModelOutputError(f"model raised {exc!r} on a {size}x{size} probe input", hint=note) from exc
     common = dict(
         declared=declared,
         model_channels=channels,
@@ -155,9 +158,10 @@ def probe(
     except ModelError as exc:
         if exc.path is not None or exc.window is not None:
             raise
+        # the model is at fault, not the image: name the model (its file, if it has one), never the source
         raise type(exc)(
-            f"{exc.message} (model probe before tiling)",
-            path=source.path,
+            f"model {spec.name}: {exc.message} (probe before tiling)",
+            path=spec.target if spec.kind == "file" else None,
             hint=exc.hint or "run the model by hand on a small batch (N, C, H, W) and check its output",
         ) from exc
 
@@ -168,14 +172,14 @@ def checked_scale(spec: ModelSpec, result: ProbeResult, *, path: str | None) -> 
     oh, ow = result.out_size
     if oh != ow:
         raise ModelOutputError(
-            f"model returned a non-square {oh}x{ow} output for a {size}x{size} input", path=path
+            f"model {spec.name} returned a non-square {oh}x{ow} output for a {size}x{size} input", path=path
         )
     measured = Fraction(oh, size)
     if spec.scale is not None:
         declared = coerce_scale(spec.scale)
         if declared != measured:
             raise ModelOutputError(
-                f"model declares scale {declared} but maps {size} px to {oh} px ({measured})",
+                f"model {spec.name} declares scale {declared} but maps {size} px to {oh} px ({measured})",
                 path=path,
                 hint="fix the model's scale attribute or the scale= argument",
             )

@@ -74,7 +74,10 @@ def quality_report(
     t0 = time.perf_counter()
     plan = run.plan
     out = zarr.open_array(output_path, mode="r")
-    layout = run.out_layout.layout if run.out_layout is not None else "YXC"
+    written = (
+        run.final_writer.layout if run.final_writer is not None else run.out_layout
+    )  # a sink may reorder axes
+    layout = written.layout if written is not None else "YXC"
     image: Any = out if layout != "CYX" else np.moveaxis(np.asarray(out[:]), 0, -1)
     rec = run.context.reconcile
     reference: Any = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib
+import os
 import sys
 import threading
 import time
@@ -398,21 +399,80 @@ def _to_numpy(y, out_dtype, *, with_clips: bool = False, count_boxes=None):
 
 
 def _build_from_path(spec: ModelSpec):
+    """Import and call the factory of ``spec.target``; the model it returns, of any supported kind.
+
+    The path may also name the model itself (a module instance, a numpy function of the batch). A
+    factory may return a torch module, a numpy callable, a model file's path (loaded with
+    :func:`tilegraph.infer.formats.load_model_file`) or a :class:`~tilegraph.infer.formats.ModulePayload`.
+    """
     module_name, _, attr = (spec.target or "").partition(":")
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
+        missing = isinstance(exc, ModuleNotFoundError) and (exc.name or "") == module_name.split(".")[0]
         raise ModelLoadError(
-            f"cannot import model factory {spec.target!r}: {exc}",
-            hint="the module must be importable on every worker (same environment)",
+            f"cannot import model factory {spec.target!r} on this worker: {exc}",
+            hint=(
+                f"install the package that holds {module_name!r} in every worker's environment "
+                "(pip install -e . for your own project), or send a single-file module to a running "
+                f"cluster with client.upload_file('{module_name.replace('.', '/')}.py'); the embedded "
+                "cluster imports modules of the current folder"
+            )
+            if missing
+            else "the module must import cleanly on every worker (same environment)",
         ) from exc
-    try:
-        model = factory(**spec.factory_kwargs)
-    except Exception as exc:
-        raise ModelLoadError(f"model factory {spec.target!r} failed: {exc!r}") from exc
+    if _is_factory(factory, spec.factory_kwargs):
+        try:
+            model = factory(**spec.factory_kwargs)
+        except Exception as exc:
+            raise ModelLoadError(f"model factory {spec.target!r} failed: {exc!r}") from exc
+    else:
+        model = factory  # the path names the model itself: an instance, or a function of the batch
+    from tilegraph.infer import formats
+
+    if isinstance(model, str | os.PathLike):
+        model = formats.load_model_file(model, device=spec.device)
+    elif isinstance(model, formats.ModulePayload):
+        model = formats.from_payload(model, device=spec.device)
+    if not callable(model):
+        raise ModelLoadError(
+            f"model factory {spec.target!r} returned {type(model).__name__}, not a model",
+            hint="return a torch.nn.Module, a callable on numpy (N, C, H, W) batches or a model file's path",
+        )
     if spec.weights:
+        torch_mod = sys.modules.get("torch")
+        if torch_mod is None or not isinstance(model, torch_mod.nn.Module):
+            raise ModelLoadError(
+                f"weights= needs a torch module, but {spec.target!r} returned {type(model).__name__}",
+                path=spec.weights,
+            )
         _load_weights(model, spec.weights)
     return model
+
+
+def _is_factory(obj, kwargs: dict) -> bool:
+    """Whether an import path names something to call for the model (a class, a factory) or the model itself.
+
+    Classes and callables that take no required argument (or are given ``factory_kwargs``) build the
+    model; a torch module instance, a callable needing one argument (the batch) or any other object is
+    the model.
+    """
+    import inspect
+
+    if kwargs or isinstance(obj, type):
+        return True
+    torch_mod = sys.modules.get("torch")
+    if not callable(obj) or (torch_mod is not None and isinstance(obj, torch_mod.nn.Module)):
+        return False
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return True
+    try:
+        sig.bind()
+        return True
+    except TypeError:
+        return False
 
 
 def _load_weights(model, path: str) -> None:
@@ -440,7 +500,9 @@ def _load_weights(model, path: str) -> None:
 def get_runner(spec: ModelSpec, payload=None) -> BatchRunner:
     """The cached :class:`BatchRunner` for ``spec`` in this process, built on first use.
 
-    ``payload`` is the model object for ``kind="module"``/``"callable"`` (ignored for ``"path"``).
+    ``payload`` is the model object for ``kind="module"``/``"callable"``, as sent (a
+    :class:`~tilegraph.infer.formats.ModulePayload` is rebuilt here, once per process); ignored for
+    ``"path"`` (the factory is imported and called here) and ``"file"`` (the file is loaded here).
     """
     runner = _CACHE.get(spec.token)
     if runner is not None:
@@ -448,9 +510,19 @@ def get_runner(spec: ModelSpec, payload=None) -> BatchRunner:
     with _LOCK:
         runner = _CACHE.get(spec.token)
         if runner is None:
-            fn: Callable = _build_from_path(spec) if spec.kind == "path" else payload
-            if fn is None:
-                raise ModelLoadError(f"model {spec.name!r} did not reach this worker")
+            fn: Callable
+            if spec.kind == "path":
+                fn = _build_from_path(spec)
+            elif spec.kind == "file":
+                from tilegraph.infer.formats import load_model_file
+
+                fn = load_model_file(spec.target or spec.name, device=spec.device)
+            else:
+                if payload is None:
+                    raise ModelLoadError(f"model {spec.name!r} did not reach this worker")
+                from tilegraph.infer.formats import from_payload
+
+                fn = from_payload(payload, device=spec.device)
             runner = BatchRunner(fn, spec)
             _CACHE[spec.token] = runner
     return runner

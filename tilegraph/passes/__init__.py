@@ -1,4 +1,7 @@
-"""Passes after blending: the :class:`Pass` contract and its registry (no built-in passes yet)."""
+"""Passes after blending: the :class:`Pass` contract and its registry.
+
+Built in: ``downsample2x`` (a pyramid level from the previous one; the OME-Zarr sink asks for it).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,9 @@ __all__ = ["PASSES", "Box", "Pass", "PassContext", "SourceView", "get_pass", "re
 
 
 #: Passes by name (registered, and from the ``tilegraph.passes`` entry points).
-PASSES: Registry[type[Pass]] = Registry("pass", "tilegraph.passes", {}, base=Pass)
+PASSES: Registry[type[Pass]] = Registry(
+    "pass", "tilegraph.passes", {"downsample2x": "tilegraph.passes.pyramid:Downsample2x"}, base=Pass
+)
 
 #: Register a :class:`Pass` subclass under ``name`` (default ``cls.name``); returns ``cls``.
 register_pass = PASSES.add

@@ -50,6 +50,11 @@ class PassContext(Protocol):
     @property
     def plan(self) -> Plan: ...
 
+    @property
+    def out_dtype(self) -> str:
+        """dtype of the array the pass writes (its values are rounded and clipped to it there)."""
+        ...
+
     def thumbnail(self) -> tuple[np.ndarray, float]:
         """The model run once on a thumbnail of the whole image, ``(h, w, C')`` float32 in the model's
         units, and how many output pixels one thumbnail pixel spans. Cached: one inference per run."""

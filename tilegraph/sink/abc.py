@@ -49,6 +49,8 @@ class OutputLayout:
         Chunk extent ``(rows, cols)``.
     shards : tuple of int or None
         Shard extent, a multiple of ``chunks``; each shard is then written by one task.
+    alpha : bool
+        The last channel is the source's alpha, passed around the model.
     """
 
     shape: tuple[int, int]
@@ -57,6 +59,7 @@ class OutputLayout:
     layout: str
     chunks: tuple[int, int]
     shards: tuple[int, int] | None = None
+    alpha: bool = False
 
     def full_dims(self, rows: int, cols: int) -> tuple[int, ...]:
         """Array dimensions of a ``rows`` x ``cols`` region in this layout."""
@@ -146,6 +149,15 @@ class Sink(ABC):
         overwrite: bool,
     ) -> ChunkWriter:
         """Create the (empty, incomplete) output and return its writer."""
+
+    def derived(self, writer: ChunkWriter) -> tuple[tuple[str, ChunkWriter], ...]:
+        """Arrays computed from the output once it is written (pyramid levels), each from the previous one.
+
+        Each entry is ``(pass name, target writer)``: the engine runs that registered
+        :class:`~tilegraph.passes.abc.Pass` chunk-wise from the previous array (the output first) into
+        the target, before :meth:`finish`. Default: none.
+        """
+        return ()
 
     @abstractmethod
     def finish(self, writer: ChunkWriter, final: dict) -> FinishTask | None:
