@@ -377,23 +377,32 @@ def _to_numpy(y, out_dtype, *, with_clips: bool = False, count_boxes=None):
     y = np.asarray(y)
     if y.dtype.kind != "f":
         raise BadOutput("dtype", f"model returned {y.dtype}, expected floats")
-    if y.ndim >= 1 and y.size:
-        flat = y.reshape(y.shape[0], -1)
-        finite = np.isfinite(flat.sum(axis=1, dtype=np.float64))  # NaN and Inf propagate through a sum
-        if not finite.all():  # the exact test
-            finite = np.isfinite(flat).all(axis=1)
-        if not finite.all():
-            raise BadOutput("nonfinite", "model returned NaN or Inf", int(np.argmin(finite)))
+
+    def check_finite(rows) -> None:
+        finite = np.isfinite(rows)
+        if not finite.all():  # the exact test on the model's own values
+            exact = np.isfinite(y.reshape(y.shape[0], -1)).all(axis=1)
+            if not exact.all():
+                raise BadOutput("nonfinite", "model returned NaN or Inf", int(np.argmin(exact)))
+
     clipped = 0
     if target.kind == "u":
         top = float(np.iinfo(target).max)
         r = np.multiply(y, np.float32(top), dtype=np.float32)  # one temporary, rounded and clipped in place
         np.rint(r, out=r)
-        if r.size and (float(r.min()) < 0 or float(r.max()) > top):
-            clipped = _count_outside((r < 0) | (r > top), count_boxes)
-            np.clip(r, 0, top, out=r)
+        if r.ndim >= 1 and r.size:
+            # per-window extremes: NaN and Inf show in them (no separate finiteness pass), and they tell
+            # whether anything clips
+            flat = r.reshape(r.shape[0], -1)
+            lo, hi = flat.min(axis=1), flat.max(axis=1)
+            check_finite(lo + hi)
+            if float(lo.min()) < 0 or float(hi.max()) > top:
+                clipped = _count_outside((r < 0) | (r > top), count_boxes)
+                np.clip(r, 0, top, out=r)
         out = r.astype(target)
     else:
+        if y.ndim >= 1 and y.size:  # NaN and Inf propagate through a sum
+            check_finite(y.reshape(y.shape[0], -1).sum(axis=1, dtype=np.float64))
         out = y if y.dtype == target else astype_float(y, target)
     return (out, clipped) if with_clips else out
 
