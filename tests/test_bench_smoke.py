@@ -1,6 +1,6 @@
 """The benchmark scripts under bench/ run end to end at the tiniest sizes and print their tables.
 
-Timings are never checked here (benchmarks print ratios; tests do not time anything). The four scripts
+Timings are never checked here (benchmarks print ratios; tests do not time anything). The scripts
 run as subprocesses in parallel to keep the wall time down.
 """
 
@@ -70,6 +70,10 @@ CASES = {
         ],
         ["== bench_scaling (issue 4)", "ideal N x single", "efficiency", "lowest efficiency"],
     ),
+    "bench_detections.py": (
+        ["--small", "500", "--large", "2000", "--repeat", "2", "--repeat-large", "1"],
+        ["time per box at", "worst ratio: wall"],
+    ),
     "bench_gpu.py": (
         [
             "--cpu",
@@ -99,6 +103,25 @@ CASES = {
             "ratio (d) crop / (c) map_overlap:",
             "windows identical to row (a): True",
         ],
+    ),
+    "bench_normsync.py": (
+        [
+            "--size",
+            "224",
+            "--tile",
+            "128",
+            "--overlap",
+            "32",
+            "--latent",
+            "56",
+            "--latent-tile",
+            "32",
+            "--latent-overlap",
+            "8",
+            "--blends",
+            "crop",
+        ],
+        ["== bench_normsync (issue 11)", "InstanceNorm:", "two GroupNorm:", "VAE-like decoder:", "exact "],
     ),
 }
 

@@ -364,6 +364,48 @@ def test_local_cluster_output_equals_in_process(local_client, tmp_path):
     assert local_client.status == "running"  # a client given by the caller is left open
 
 
+def test_local_cluster_runs_the_output_kinds(local_client, tmp_path):
+    """Labels, detections and masks cross process boundaries (kinds, candidates and tables pickle)."""
+    from tilegraph.testing.task_models import BlobDetector, ConnectedComponents, separate_objects_image
+
+    image = separate_objects_image((300, 360), n_objects=40, seed=6, boxes_apart=True)
+    run = dict(tile=128, overlap=48, blend="crop")
+    labels = {
+        c: np.asarray(
+            tilegraph.run(
+                image, tmp_path / f"{i}.zarr", model=ConnectedComponents(), task="labels", client=c, **run
+            ).output
+        )
+        for i, c in enumerate(("inprocess", local_client))
+    }
+    np.testing.assert_array_equal(labels["inprocess"], labels[local_client])
+    boxes = [
+        tilegraph.run(image, None, model=BlobDetector(), task="detections", client=c, **run).detections
+        for c in ("inprocess", local_client)
+    ]
+    np.testing.assert_array_equal(boxes[0], boxes[1])
+    mask = np.zeros(image.shape[:2], bool)
+    mask[:100, :120] = True
+    got = tilegraph.run(
+        image,
+        tmp_path / "m.zarr",
+        model=numpy_identity_float,
+        mask=mask,
+        mask_fill=0,
+        client=local_client,
+        **run,
+    )
+    out = np.asarray(got.output)
+    assert got.extra["mask"]["windows_run"] < got.plan.n_windows
+    np.testing.assert_array_equal(out[:100, :120], image[:100, :120])
+    assert not out[100:].any() and not out[:, 120:].any()
+
+
+def numpy_identity_float(batch: np.ndarray) -> np.ndarray:
+    """A numpy model returning its input (module level, so that workers can unpickle it)."""
+    return np.asarray(batch, np.float32)
+
+
 # --------------------------------------------------------------------------- (d) Ctrl-C cancels the job
 
 

@@ -2,14 +2,14 @@
 
 Every ``import`` in ``tilegraph/`` (module level and inside functions) is read with :mod:`ast`:
 
-* shared modules (``errors``, ``_cast``, ``_version``, ``registry``, ``options``, ``metadata``) import nothing
+* shared modules (``errors``, ``_cast``, ``_colour``, ``_version``, ``registry``, ``options``, ``metadata``) import nothing
   else of tilegraph;
 * ``plan`` imports only shared modules;
 * the stage packages (``source``, ``blend``, ``reconcile``, ``quality``, ``sink``, ``infer``,
   ``passes``) import only shared modules, ``plan`` and themselves;
 * ``outputs`` (output kinds) may add ``blend``, ``sink``, ``reconcile`` and ``passes``;
 * ``engine`` and ``cluster`` compose all of the above, never ``pipeline``, ``cli``, ``qa``,
-  ``demo`` or ``testing``, which sit on top.
+  ``demo``, ``batch`` or ``testing``, which sit on top.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "tilegraph"
-SHARED = {"errors", "_cast", "_version", "registry", "options", "metadata"}
+SHARED = {"errors", "_cast", "_colour", "_version", "registry", "options", "metadata"}
 STAGES = {"source", "blend", "reconcile", "quality", "sink", "infer", "passes"}
-TOP = {"pipeline", "cli", "qa", "demo", "testing", "__main__", "__init__"}
+TOP = {"pipeline", "batch", "cli", "qa", "demo", "testing", "__main__", "__init__"}
 ALLOWED = {
     **{name: SHARED for name in SHARED},
     "plan": SHARED,

@@ -60,3 +60,18 @@ def test_direct_crop_clipped_counts_and_a_bad_window_is_named(tmp_path):
             client="inprocess",
         )
     assert info.value.window is not None
+
+
+def test_huge_finite_outputs_clip_and_are_not_called_nan(tmp_path):
+    """Finiteness is read from the scaled window extremes; a finite value that overflows when scaled still clips."""
+    image = np.zeros((40, 40, 3), np.uint8)
+    res = tilegraph.run(
+        image,
+        tmp_path / "h.zarr",
+        model=lambda b: b + 1e37,
+        tile=24,
+        overlap=8,
+        blend="crop",
+        client="inprocess",
+    )
+    assert res.clipped == 40 * 40 * 3 and (np.asarray(res.output[:]) == 255).all()

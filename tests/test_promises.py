@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import tilegraph
-from tilegraph.testing import whole_image_inference
+from tilegraph.testing import models, whole_image_inference
 
 
 def test_rgba_model_sees_rgb_unless_it_declares_four_channels(tmp_path):
@@ -166,3 +166,17 @@ def test_qa_reports_psnr_against_whole_image_inference(tmp_path, capsys):
     assert 10 < summary["psnr_vs_whole_db"] < 80
     assert main(["qa", out]) == 0  # without a model: says how to get the figure
     assert "--model" in json.loads(capsys.readouterr().out)["psnr_vs_whole"]
+
+
+def test_thumbnail_pixels_span_factor_output_pixels_at_any_scale(tmp_path):
+    """The run's thumbnail inference covers the whole output: its extent times the factor is the output's."""
+    from tilegraph.testing import Stages
+
+    image = np.random.default_rng(2).random((150, 90, 3)).astype(np.float32)
+    stages = Stages(
+        image, tmp_path / "t.zarr", model=models.Upscaler(scale=2), tile=64, overlap=16, thumbnail=32
+    )
+    run = stages.prepare()
+    thumb, factor = run.thumbnails.get()
+    oh, ow = run.plan.out_shape
+    assert abs(thumb.shape[0] * factor - oh) < 2 * factor and abs(thumb.shape[1] * factor - ow) < 2 * factor

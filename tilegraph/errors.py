@@ -24,6 +24,9 @@ context a person needs to act: the file (``path``), the window (``window``) and 
     ├── SinkError                  writing the output failed (disk full, permission, ...)
     └── ClusterError               the cluster cannot run the job as asked
         └── ResourceRestrictionError   GPU restrictions did not reach the scheduler
+
+What a run does that will likely show in its output (per-window normalisation) is a
+:class:`TilegraphWarning` (a ``UserWarning``), not an error.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ __all__ = [
     "SinkError",
     "ClusterError",
     "ResourceRestrictionError",
+    "TilegraphWarning",
 ]
 
 
@@ -91,12 +95,30 @@ class TilegraphError(Exception):
             parts.append(f" ({self.hint})")
         return "".join(parts)
 
-    def __reduce__(self):  # errors cross process boundaries on a cluster
-        return (_rebuild, (type(self), self.message, self.path, self.window, self.hint))
+    def __reduce__(self):  # errors cross process boundaries on a cluster, with their cause
+        return (
+            _rebuild,
+            (type(self), self.message, self.path, self.window, self.hint, _portable(self.__cause__)),
+        )
 
 
-def _rebuild(cls, message, path, window, hint):
-    return cls(message, path=path, window=window, hint=hint)
+def _portable(cause: BaseException | None) -> BaseException | None:
+    """``cause`` if it pickles, else a ``RuntimeError`` carrying its repr (never fails)."""
+    if cause is None:
+        return None
+    import pickle
+
+    try:
+        pickle.dumps(cause)
+        return cause
+    except Exception:
+        return RuntimeError(repr(cause))
+
+
+def _rebuild(cls, message, path, window, hint, cause=None):
+    exc = cls(message, path=path, window=window, hint=hint)
+    exc.__cause__ = cause
+    return exc
 
 
 class InputError(TilegraphError, ValueError):
@@ -174,3 +196,7 @@ class ClusterError(TilegraphError):
 
 class ResourceRestrictionError(ClusterError):
     """Tasks that need a GPU reached the scheduler without their resource restriction."""
+
+
+class TilegraphWarning(UserWarning):
+    """Something a run does that will likely show in its output (normalisation that seams, ...)."""

@@ -40,6 +40,11 @@ __all__ = [
     "ExportOptions",
     "QualityOptions",
     "ExecutionOptions",
+    "LabelOptions",
+    "DetectionOptions",
+    "ProbabilityOptions",
+    "DiffMergeOptions",
+    "MaskOptions",
     "FlatField",
     "flat_fields",
     "load_config",
@@ -49,7 +54,13 @@ __all__ = [
     "Layout",
     "ReconcileMode",
     "ReconcileReference",
+    "AnchorFit",
+    "NormSync",
     "Device",
+    "BoxMerge",
+    "OverlapMetric",
+    "CoarseMode",
+    "GridMode",
     "CodecPipeline",
     "DetailMode",
     "LowFreqMode",
@@ -61,8 +72,14 @@ Precision = Literal["fp32", "fp16", "bf16"]
 PadMode = Literal["reflect", "symmetric", "edge", "constant"]
 Layout = Literal["YX", "YXC", "CYX"]
 ReconcileMode = Literal["offset", "gain-offset"]
-ReconcileReference = Literal["input", "thumbnail"]
+ReconcileReference = Literal["auto", "input", "thumbnail"]
+AnchorFit = Literal["regression", "moments"]
+NormSync = Literal["exact", "thumbnail"]
 Device = Literal["auto", "cpu", "cuda"]
+BoxMerge = Literal["nms", "greedy_nmm", "nmm"]
+OverlapMetric = Literal["ios", "iou"]
+CoarseMode = Literal["keyword", "channel"]
+GridMode = Literal["regular", "mask-aware"]
 CodecPipeline = Literal["auto", "zarrs", "zarr-python"]
 DetailMode = Literal["none", "preserve"]
 LowFreqMode = Literal["thumbnail"]
@@ -170,8 +187,16 @@ class ModelOptions:
     channels_last: bool = _opt(False, "torch channels_last memory format")
     compile: bool = _opt(False, "torch.compile the model on each worker")
     device: Device = _opt("auto", "'auto' (the worker's GPU if any), 'cpu' or 'cuda'")
+    norm_sync: NormSync | None = _opt(
+        None,
+        "GroupNorm/InstanceNorm statistics over the whole image: exact (one pass over the windows per layer) "
+        "or thumbnail (recorded by the run's thumbnail inference)",
+    )
 
     def __post_init__(self) -> None:
+        if self.norm_sync in ("none", "None"):
+            object.__setattr__(self, "norm_sync", None)
+        _choice(self.norm_sync, get_args(NormSync), "norm_sync", none=True)
         _choice(self.precision, get_args(Precision), "precision")
         _choice(self.device, get_args(Device), "device")
         for name in ("in_channels", "out_channels", "stride"):
@@ -247,16 +272,27 @@ class ReconcileOptions:
 
     mode: ReconcileMode | None = _opt(None, "colour reconciliation: offset or gain-offset", flat="reconcile")
     reference: ReconcileReference | None = _opt(
-        "input",
-        "what the colours are anchored to: input, thumbnail (the model run on a thumbnail) or none",
+        "auto",
+        "what the colours are anchored to: auto (input or thumbnail, chosen by measuring the model on the "
+        "run's thumbnail), input, thumbnail (the model run on a thumbnail) or none",
         run=False,
     )
     strength: float = _opt(1.0, "fraction of the solved correction applied (0..1)", run=False)
     field: bool = _opt(False, "interpolate corrections smoothly between window centres", run=False)
     sigma: float = _opt(2.0, "low-pass sigma (output pixels) of the statistics", run=False)
+    # the solve's settings measured best against whole-image inference (tilegraph.reconcile.RECOMMENDED)
+    anchor_fit: AnchorFit = _opt(
+        "regression",
+        "how a window meets its anchor: regression (pixelwise least squares) or moments (mean and spread)",
+        run=False,
+    )
+    anchor: float = _opt(3.0, "weight of each window's anchor, in typical overlap pairs", run=False)
 
     def __post_init__(self) -> None:
         _choice(self.mode, get_args(ReconcileMode), "reconcile", none=True)
+        _choice(self.anchor_fit, get_args(AnchorFit), "reconcile anchor_fit")
+        if not float(self.anchor) > 0:
+            raise InputError(f"reconcile anchor must be positive, got {self.anchor!r}")
         ref = None if self.reference in ("none", "None") else self.reference
         object.__setattr__(self, "reference", ref)
         _choice(self.reference, get_args(ReconcileReference), "reconcile reference", none=True)
@@ -308,6 +344,18 @@ class ExportOptions:
     tile: Any = _opt((512, 512), "TIFF tile extent", cli=False, run=False)
     bigtiff: bool | None = _opt(None, "force BigTIFF on or off (default: by size)", cli=False, run=False)
     quality: int = _opt(95, "JPEG quality", flat="jpeg_quality", run=False)
+    alpha: bool | None = _opt(
+        None,
+        "PNG: the last channel of a 2- or 4-channel output is alpha (default: only when it is the source's "
+        "alpha passed around the model; other 2- and 4-channel outputs are refused)",
+        run=False,
+    )
+    levels: int | None = _opt(
+        None,
+        "OME-Zarr pyramid levels, full resolution included (default: halve until the image fits one chunk)",
+        flat="pyramid_levels",
+        run=False,
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.tile, int):
@@ -315,6 +363,7 @@ class ExportOptions:
         elif isinstance(self.tile, list):
             object.__setattr__(self, "tile", tuple(self.tile))
         _int(self.quality, "JPEG quality", minimum=1)
+        _int(self.levels, "pyramid_levels", minimum=1, none=True)
 
 
 @dataclass(frozen=True)
@@ -344,6 +393,224 @@ class ExecutionOptions:
         _choice(self.codec_pipeline, get_args(CodecPipeline), "codec_pipeline")
 
 
+def _fraction(value: Any, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < float(value) <= 1:
+        raise InputError(f"{name} must be in (0, 1], got {value!r}")
+
+
+@dataclass(frozen=True)
+class LabelOptions:
+    """How instance labels are stitched across windows (``task="labels"``)."""
+
+    metric: OverlapMetric = _opt(
+        "ios",
+        "pieces of one object in two windows are joined by intersection over the smaller piece (ios) or IoU",
+        flat="label_metric",
+        run=False,
+    )
+    threshold: float = _opt(
+        0.5, "pieces are joined when the metric reaches this", flat="label_threshold", run=False
+    )
+    report_iou: float = _opt(
+        0.5,
+        "overlap pairs whose foreground IoU is below this are reported",
+        flat="label_report_iou",
+        run=False,
+    )
+    min_pixels: int = _opt(
+        1,
+        "pieces smaller than this in an overlap are neither joined nor reported",
+        flat="label_min_pixels",
+        run=False,
+    )
+
+    def __post_init__(self) -> None:
+        _choice(self.metric, get_args(OverlapMetric), "label metric")
+        _fraction(self.threshold, "label threshold")
+        _fraction(self.report_iou, "label report_iou")
+        _int(self.min_pixels, "label min_pixels", minimum=1)
+
+
+@dataclass(frozen=True)
+class DetectionOptions:
+    """How boxes are merged across windows (``task="detections"``, SAHI's options)."""
+
+    merge: BoxMerge = _opt(
+        "greedy_nmm",
+        "duplicates: nms (suppress), greedy_nmm (SAHI's default: the kept box absorbs those it suppresses) or nmm",
+        flat="detection_merge",
+        run=False,
+    )
+    metric: OverlapMetric = _opt(
+        "ios", "box overlap: ios (over the smaller box) or iou", flat="detection_metric", run=False
+    )
+    threshold: float = _opt(
+        0.5, "boxes match when the metric reaches this", flat="detection_threshold", run=False
+    )
+    class_agnostic: bool = _opt(
+        False, "match boxes of different labels too", flat="detection_class_agnostic", run=False
+    )
+    cut_cover: float = _opt(
+        0.6,
+        "a box cut by a window edge is dropped when a whole box covers this fraction of it",
+        flat="detection_cut_cover",
+        run=False,
+    )
+    edge_margin: float = _opt(
+        1.0,
+        "a box this close (pixels) to an inner window edge counts as cut",
+        flat="detection_edge_margin",
+        run=False,
+    )
+    full_image: bool = _opt(
+        False,
+        "also run the model once on the run's thumbnail (SAHI's standard prediction, for objects larger than a window)",
+        flat="detection_full_image",
+        run=False,
+    )
+
+    def __post_init__(self) -> None:
+        _choice(self.merge, get_args(BoxMerge), "detection merge")
+        _choice(self.metric, get_args(OverlapMetric), "detection metric")
+        _fraction(self.threshold, "detection threshold")
+        _fraction(self.cut_cover, "detection cut_cover")
+        if (
+            isinstance(self.edge_margin, bool)
+            or not isinstance(self.edge_margin, int | float)
+            or self.edge_margin < 0
+        ):
+            raise InputError(f"detection edge_margin must be a non-negative number, got {self.edge_margin!r}")
+
+    def merge_kwargs(self) -> dict:
+        """Keyword arguments of :func:`tilegraph.outputs.detections.merge_detections`."""
+        return {
+            "merge": self.merge,
+            "metric": self.metric,
+            "threshold": float(self.threshold),
+            "class_agnostic": bool(self.class_agnostic),
+            "cut_cover": float(self.cut_cover),
+        }
+
+
+@dataclass(frozen=True)
+class ProbabilityOptions:
+    """Per-class probabilities (``task="probabilities"``): argmax output and coarse-to-fine."""
+
+    argmax: bool = _opt(
+        False, "write the index of the largest blended probability (one channel) instead of the probabilities"
+    )
+    coarse: CoarseMode | None = _opt(
+        None,
+        "coarse-to-fine: the model's output on the run's thumbnail, up-sampled, is given to every window as a "
+        "keyword the model declares (coarse_keyword, default 'coarse') or as extra input channels",
+    )
+
+    def __post_init__(self) -> None:
+        if self.coarse in (False, "none", "None"):
+            object.__setattr__(self, "coarse", None)
+        _choice(self.coarse, get_args(CoarseMode), "coarse", none=True)
+
+
+@dataclass(frozen=True)
+class DiffMergeOptions:
+    """Diff-merge (``diff_merge=True``): keep the original wherever the model did not change it.
+
+    Pixels are image pixels. The change mask is CIEDE2000 above ``threshold``, opened by
+    ``open_radius``, closed by ``close_radius`` and grown by ``grow``; the transition band is the
+    mask's ``band`` pixels next to its edge.
+    """
+
+    enabled: bool = _opt(
+        False,
+        "keep the input bit for bit where the model changed nothing (CIELAB change mask), Poisson-blend the "
+        "changed regions in",
+        flat="diff_merge",
+    )
+    threshold: float = _opt(
+        3.0, "CIEDE2000 above which a pixel counts as changed", flat="diff_merge_threshold", run=False
+    )
+    open_radius: int = _opt(1, "opening radius (removes changed specks)", flat="diff_merge_open", run=False)
+    close_radius: int = _opt(2, "closing radius (fills small holes)", flat="diff_merge_close", run=False)
+    grow: int = _opt(8, "dilation of the cleaned change mask (its halo)", flat="diff_merge_grow", run=False)
+    band: int = _opt(16, "width of the transition band inside the mask", flat="diff_merge_band", run=False)
+    solve_margin: int | None = _opt(
+        None,
+        "how far beyond a chunk the band is solved (default 4 x band)",
+        flat="diff_merge_margin",
+        run=False,
+    )
+
+    def __post_init__(self) -> None:
+        if (
+            isinstance(self.threshold, bool)
+            or not isinstance(self.threshold, int | float)
+            or not self.threshold > 0
+        ):
+            raise InputError(f"diff-merge threshold must be positive, got {self.threshold!r}")
+        for name in ("open_radius", "close_radius", "grow"):
+            _int(getattr(self, name), f"diff-merge {name}", minimum=0)
+        _int(self.band, "diff-merge band", minimum=1)
+        _int(self.solve_margin, "diff-merge solve_margin", minimum=0, none=True)
+
+    @property
+    def morphology_reach(self) -> int:
+        """How far the cleaned, grown mask depends on the change map (pixels)."""
+        return 2 * self.open_radius + 2 * self.close_radius + self.grow
+
+    @property
+    def margin(self) -> int:
+        """Membrane solve margin beyond a chunk (pixels)."""
+        return 4 * self.band if self.solve_margin is None else int(self.solve_margin)
+
+    @property
+    def halo(self) -> int:
+        """Pixels a chunk task reads beyond its box on every side."""
+        return self.margin + self.band + self.morphology_reach + 1
+
+
+@dataclass(frozen=True)
+class MaskOptions:
+    """What matters in the image (``mask=``): windows without a masked pixel are skipped."""
+
+    mask: Any = _opt(
+        None,
+        "a Zarr or image file or an array (non-zero = matters), or a callable taking a thumbnail of the image "
+        "(h, w, C) in [0, 1] and returning a boolean (h, w) mask",
+    )
+    fill: Any = _opt(
+        None,
+        "what the output holds outside the mask: 'input' (the source; scale 1 and the same channels) or a value "
+        "in output units (default: 'input' where allowed, else 0)",
+        flat="mask_fill",
+    )
+    grid: GridMode = _opt(
+        "regular",
+        "'mask-aware' shifts the grid per axis so that its seams cut as few masked objects as possible",
+    )
+
+    def __post_init__(self) -> None:
+        _choice(self.grid, get_args(GridMode), "grid")
+        fill = self.fill
+        if isinstance(fill, str) and fill != "input":
+            try:
+                fill = float(fill)
+            except ValueError:
+                raise InputError(f"mask_fill must be 'input' or a number, got {self.fill!r}") from None
+            object.__setattr__(self, "fill", fill)
+        if (
+            fill is not None
+            and fill != "input"
+            and (isinstance(fill, bool) or not isinstance(fill, int | float))
+        ):
+            raise InputError(f"mask_fill must be 'input' or a number, got {self.fill!r}")
+        if self.grid == "mask-aware" and self.mask is None:
+            raise InputError(
+                "grid='mask-aware' needs a mask", hint="pass mask= (a file, an array or a callable)"
+            )
+        if isinstance(self.mask, os.PathLike):
+            object.__setattr__(self, "mask", os.fspath(self.mask))
+
+
 _GROUPS = {
     "source": SourceOptions,
     "model": ModelOptions,
@@ -354,6 +621,11 @@ _GROUPS = {
     "export": ExportOptions,
     "quality": QualityOptions,
     "execution": ExecutionOptions,
+    "labels": LabelOptions,
+    "detections": DetectionOptions,
+    "probabilities": ProbabilityOptions,
+    "diff_merge": DiffMergeOptions,
+    "mask": MaskOptions,
 }
 
 #: Keywords of ``run()`` that take a whole sub-option (object or dict).
@@ -363,6 +635,9 @@ GROUP_KEYWORDS = {
     "reconcile_options": "reconcile",
     "export_options": "export",
     "quality_options": "quality",
+    "label_options": "labels",
+    "detection_options": "detections",
+    "diff_merge_options": "diff_merge",
 }
 
 
@@ -397,10 +672,19 @@ class RunOptions:
     export: ExportOptions = field(default_factory=ExportOptions)
     quality: QualityOptions = field(default_factory=QualityOptions)
     execution: ExecutionOptions = field(default_factory=ExecutionOptions)
+    labels: LabelOptions = field(default_factory=LabelOptions)
+    detections: DetectionOptions = field(default_factory=DetectionOptions)
+    probabilities: ProbabilityOptions = field(default_factory=ProbabilityOptions)
+    diff_merge: DiffMergeOptions = field(default_factory=DiffMergeOptions)
+    mask: MaskOptions = field(default_factory=MaskOptions)
     thumbnail: int | None = _opt(
-        None, "longest side of the one thumbnail inference of a run (default: the window, at least 256)"
+        None,
+        "longest side of the one thumbnail inference of a run (default: the window, at least 256; at least "
+        "1024 with norm_sync='thumbnail')",
     )
-    task: str = _opt("image", "what the run produces (a registered output kind)")
+    task: str = _opt(
+        "image", "what the run produces: image, labels, probabilities, detections or a registered output kind"
+    )
     passes: tuple[str, ...] = _opt((), "registered passes to run after blending, in order")
 
     def __post_init__(self) -> None:
@@ -444,7 +728,7 @@ class RunOptions:
                 if isinstance(value, type(current)):
                     opts = replace(opts, **{group: value})
                 else:
-                    merged = {**dataclasses.asdict(current), **_as_dict(value, key, type(current))}
+                    merged = {**_fields_of(current), **_as_dict(value, key, type(current))}
                     opts = replace(opts, **{group: _coerce_group(type(current), merged, key)})
                 continue
             if key == "qa" and isinstance(value, str | os.PathLike) and not isinstance(value, bool):
@@ -495,13 +779,20 @@ class RunOptions:
                 return {str(k): plain(x) for k, x in v.items()}
             if isinstance(v, tuple | list):
                 return [plain(x) for x in v]
-            return v
+            if v is None or isinstance(v, str | int | float | bool):
+                return v
+            shape = getattr(v, "shape", None)  # an array (a mask): described, not copied
+            if shape is not None:
+                return f"<array {tuple(shape)} {getattr(v, 'dtype', '')}>"
+            return f"<{getattr(v, '__qualname__', type(v).__name__)}>"  # a callable
 
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
             is_group = dataclasses.is_dataclass(value) and not isinstance(value, type)
-            out[f.name] = plain(dataclasses.asdict(value)) if is_group else plain(value)
+            out[f.name] = (
+                plain(_fields_of(value)) if is_group else plain(value)
+            )  # asdict cannot copy mappingproxy
         return out
 
     def flat(self) -> dict[str, Any]:
@@ -575,6 +866,8 @@ def _default_flat(group: str, name: str) -> str:
         ("reconcile", "strength"),
         ("reconcile", "field"),
         ("reconcile", "sigma"),
+        ("reconcile", "anchor_fit"),
+        ("reconcile", "anchor"),
         ("export", "compression"),
         ("export", "tile"),
         ("export", "bigtiff"),

@@ -2,7 +2,7 @@
 
 ::
 
-    source ──> plan ──> infer ──> reconcile ──> blend ──> sink ──> quality
+    source ──> plan ──> [norm sync] ──> infer ──> reconcile ──> blend ──> sink ──> quality
 
 Options are normalised once, here, into a frozen :class:`~tilegraph.options.RunOptions`; each stage
 (:mod:`tilegraph.engine.prepare`, ``.infer``, ``.reconcile``, ``.assemble``, ``.passes``,
@@ -23,7 +23,7 @@ __all__ = ["run", "RunResult"]
 
 def run(
     source: Any,
-    destination: str | os.PathLike,
+    destination: str | os.PathLike | None,
     *,
     model: Any,
     tile: Any = 512,
@@ -52,6 +52,7 @@ def run(
     out_channels: int | None = None,
     model_stride: int | None = None,
     halo: int | None = None,
+    norm_sync: str | None = None,
     source_options: Any = None,
     export_options: Any = None,
     scratch: str | None = None,
@@ -64,20 +65,37 @@ def run(
     execution_options: Any = None,
     thumbnail: int | None = None,
     task: str = "image",
+    label_options: Any = None,
+    detection_options: Any = None,
+    argmax: bool = False,
+    coarse: str | None = None,
+    diff_merge: bool = False,
+    diff_merge_options: Any = None,
+    mask: Any = None,
+    mask_fill: Any = None,
+    grid: str = "regular",
     passes: Any = (),
     options: RunOptions | str | os.PathLike | None = None,
-) -> RunResult:
+) -> Any:
     """Run ``model`` over ``source`` tile by tile and write a seam-free output to ``destination``.
 
     Parameters
     ----------
     source
         Path or URL (Zarr, OME-Zarr, TIFF, PNG, JPEG), a numpy/dask/zarr array, or a :class:`~tilegraph.source.Source`.
+        A list of them, a glob (``"photos/*.tif"``) or a folder of images runs every image on one
+        cluster (:func:`tilegraph.batch.run_many`) and returns a :class:`~tilegraph.batch.BatchResult`.
     destination
-        Output path or URL: a Zarr v3 array (``.zarr`` or no suffix), or a ``.tif``/``.png``/``.jpg``
-        file (written from a Zarr in scratch space in one final step). Other suffixes are refused.
+        Output path or URL: a Zarr v3 array (``.zarr`` or no suffix), an OME-Zarr image
+        (``.ome.zarr``: NGFF 0.5 with a multiscale pyramid), or a ``.tif``/``.png``/``.jpg`` file
+        (written from a Zarr in scratch space in one final step); for ``task="detections"`` a ``.csv``
+        or ``.parquet`` table, or ``None`` (no file: ``result.detections`` only). Other suffixes are
+        refused. For several sources: a folder (each output named after its source) or a template
+        with ``{stem}``.
     model
-        A ``torch.nn.Module``, an import path ``"package.module:factory"`` (with ``weights=``), or a
+        A ``torch.nn.Module`` (a ``torch.fx.GraphModule`` and TorchScript modules too), an import
+        path ``"package.module:factory"`` (with ``weights=``; the factory may return any kind of
+        model here), a model file (``.onnx``, a TorchScript archive, a spandrel checkpoint), or a
         numpy callable on ``(N, C, H, W)`` float32 batches.
     tile, overlap
         Window and overlap in source pixels (overlap may be a fraction of ``tile``). ``tile="auto"``
@@ -106,6 +124,12 @@ def run(
         scheduler address or a ``distributed.Client`` uses that cluster.
     scale, in_channels, out_channels, model_stride, halo
         Override what the model declares (``scale`` is also measured with a probe and checked).
+    norm_sync
+        Per-sample normalisation layers (GroupNorm, InstanceNorm) with statistics over the whole image,
+        as whole-image inference computes them: ``"exact"`` (one pass over the windows per layer that
+        returns only statistics, then the output pass; exact wherever the receptive field fits half the
+        overlap), ``"thumbnail"`` (statistics recorded by the run's one thumbnail inference; approximate)
+        or ``None`` (each window normalises itself; a warning names the layers).
     batch_size, batches_per_task
         Windows per forward pass, and forward passes per model task. Two model tasks run at once per
         worker and take turns on the model, so one reads and writes while the other computes.
@@ -124,7 +148,7 @@ def run(
         :class:`~tilegraph.options.SourceOptions` (``level=``, ``series=``...),
         :class:`~tilegraph.options.ExportOptions` (TIFF compression, JPEG quality...),
         :class:`~tilegraph.options.ReconcileOptions` (``reference``, ``strength``, ``field``,
-        ``sigma``), :class:`~tilegraph.options.QualityOptions`,
+        ``sigma``, ``anchor_fit``, ``anchor``), :class:`~tilegraph.options.QualityOptions`,
         :class:`~tilegraph.options.ExecutionOptions` (``codec_pipeline``); objects or dicts (an
         unknown key is an error naming it).
     scratch, keep_tile_store
@@ -133,15 +157,42 @@ def run(
     progress
         Show progress (default: on when stderr is a terminal or in Jupyter).
     reconcile
-        Colour reconciliation across windows: ``None`` (default), ``"offset"`` or ``"gain-offset"``.
+        Colour reconciliation across windows: ``None`` (default), ``"offset"`` or ``"gain-offset"``. Its
+        reference defaults to ``"auto"``: the model run on the thumbnail when it changes colours by more
+        than 1 ΔE2000 on average, else the input (the choice is recorded); windows that agree in their
+        overlaps are not corrected.
     qa
         Measure seams on the output and write a report (``report.json``, ``report.html``) to
         ``<destination>.qa`` (or to the folder given).
     thumbnail
-        Longest side of the run's one thumbnail inference (used by the thumbnail reference and by
-        passes that need the whole picture).
+        Longest side of the run's one thumbnail inference (used by the thumbnail reference and its
+        ``"auto"`` choice, by ``norm_sync="thumbnail"`` and by passes that need the whole picture).
+        Default: the window, at least 256 px; at least 1024 px with ``norm_sync="thumbnail"``.
     task
-        What the run produces: ``"image"`` (default) or a registered output kind.
+        What the run produces: ``"image"`` (default); ``"labels"`` (the model returns integer instance
+        labels per window, ``(N, 1, H, W)``; every object gets one label across seams, int32 or
+        int64); ``"probabilities"`` (per-class probabilities blended, float); ``"detections"`` (the
+        model returns per batch a list of ``(k, 6)`` arrays ``x0, y0, x1, y1, score, label`` in window
+        pixels; boxes are merged across windows into ``result.detections``); or a registered output
+        kind (:func:`tilegraph.outputs.register_kind`).
+    label_options, detection_options
+        :class:`~tilegraph.options.LabelOptions` (``metric``, ``threshold``, ``report_iou``,
+        ``min_pixels``) and :class:`~tilegraph.options.DetectionOptions` (``merge``: ``"nms"``,
+        ``"greedy_nmm"`` or ``"nmm"``; ``metric``: ``"ios"`` or ``"iou"``; ``threshold``;
+        ``class_agnostic``; ``full_image``: SAHI's extra full-image pass on the thumbnail), objects
+        or dicts.
+    argmax, coarse
+        ``task="probabilities"``: write the class index instead of the probabilities; coarse-to-fine
+        (``"keyword"`` or ``"channel"``): the model's output on the run's thumbnail, up-sampled, is
+        given to each window.
+    diff_merge, diff_merge_options
+        Keep the input bit for bit where the model changed nothing (a CIELAB change mask), and merge
+        the changed regions in with a Poisson band (:class:`~tilegraph.options.DiffMergeOptions`).
+    mask, mask_fill, grid
+        What matters: a Zarr or image file or an array (non-zero), or a callable on a thumbnail of
+        the image. Windows without a masked pixel are skipped; the output outside the mask holds
+        ``mask_fill`` (``"input"``, or a value in output units). ``grid="mask-aware"`` shifts the
+        grid so that its seams cut as few masked objects as possible.
     passes
         Names of registered passes (:func:`tilegraph.passes.register_pass`) run after blending, in order.
     options
@@ -151,7 +202,18 @@ def run(
     Returns
     -------
     RunResult
-        Output array (or file path), plan, timings and the number of clipped values.
+        Output array (or file path), plan, timings and the number of clipped values (a
+        :class:`~tilegraph.batch.BatchResult` for several sources);
+        ``extra["norm_sync"]`` (normalisation layers found, passes, cost, notes) and
+        ``extra["reconcile"]`` (reference chosen, how much the correction changed) are also in the
+        output's metadata.
+
+    Warns
+    -----
+    tilegraph.errors.TilegraphWarning
+        The model has per-sample normalisation layers and ``norm_sync`` is off (tiles will differ in
+        colour), BatchNorm layers were given in training mode, or the thumbnail's statistics vary
+        strongly with its size under ``norm_sync="thumbnail"``.
 
     Raises
     ------
@@ -162,7 +224,18 @@ def run(
         k: v for k, v in locals().items() if k not in ("source", "destination", "model", "client", "options")
     }
     opts = _options(options, given)
-    return execute(source, os.fspath(destination), model=model, options=opts, client=client)
+    from tilegraph.batch import is_batch, run_many
+
+    if is_batch(source):
+        if destination is None:
+            from tilegraph.errors import InputError
+
+            raise InputError(
+                "several sources need a destination", hint="give a folder, or a template with {stem}"
+            )
+        return run_many(source, destination, model=model, options=opts, client=client)
+    dest = "" if destination is None else os.fspath(destination)
+    return execute(source, dest, model=model, options=opts, client=client)
 
 
 def _options(options: RunOptions | str | os.PathLike | None, given: dict) -> RunOptions:
@@ -185,13 +258,23 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def execute(
-    source: Any, destination: str, *, model: Any, options: RunOptions, client: Any = None
+    source: Any,
+    destination: str,
+    *,
+    model: Any,
+    options: RunOptions,
+    client: Any = None,
+    executor: Any = None,
 ) -> RunResult:
-    """Run with options already normalised (the CLI and :func:`run` end here): the stages in order."""
+    """Run with options already normalised (the CLI and :func:`run` end here): the stages in order.
+
+    ``executor``: an executor already connected (several runs on one cluster); it stays open.
+    """
     from tilegraph.cluster.local import connect
     from tilegraph.engine.assemble import assemble
     from tilegraph.engine.finish import abort, finish
     from tilegraph.engine.infer import gather_inference, submit_inference
+    from tilegraph.engine.normsync import synchronise
     from tilegraph.engine.passes import run_passes
     from tilegraph.engine.prepare import prepare
     from tilegraph.engine.progress import Progress
@@ -204,7 +287,9 @@ def execute(
     show = options.execution.progress
     if show is None:
         show = _interactive()
-    executor = connect(client)
+    own = executor is None
+    if own:
+        executor = connect(client)
     run_ = None
     handles: list = []
     try:
@@ -224,6 +309,7 @@ def execute(
         import time
 
         started = time.perf_counter()
+        run_ = synchronise(run_, executor, progress)  # norm_sync: global normalisation statistics
         inference = submit_inference(run_, executor)
         handles = list(inference.handles)
         report = reconciliation = None
@@ -259,7 +345,8 @@ def execute(
         abort(run_, executor, handles)
         raise
     finally:
-        executor.close()
+        if own:
+            executor.close()
 
 
 def _interactive() -> bool:

@@ -276,6 +276,14 @@ def measure_output(
     )
     if note is not None:
         metrics["fidelity_note"] = note
+    recorded_notes = list((meta.get("normalisation") or {}).get("notes") or [])  # what the run said
+    choice = (meta.get("reconcile") or {}).get("reference_choice")
+    if choice:
+        recorded_notes.append(
+            f"reconciliation reference 'auto' chose {choice['reference']!r}: {choice['reason']}"
+        )
+    if recorded_notes:
+        metrics["notes"] = recorded_notes
     if grid_shift:
         if model is None:
             recorded = (meta.get("model") or {}).get("target")

@@ -67,6 +67,8 @@ def _add_option_flags(p: argparse.ArgumentParser) -> None:
             "Layout",
             "ReconcileMode",
             "ReconcileReference",
+            "AnchorFit",
+            "NormSync",
             "Device",
             "CodecPipeline",
             "DetailMode",
@@ -113,10 +115,23 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tilegraph", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("run", help="run a model over an image, tile by tile")
-    p.add_argument("source")
+    p = sub.add_parser(
+        "run",
+        help="run a model over an image (or a folder, a glob, several images), tile by tile",
+        description="Run a model over an image tile by tile. SOURCE may be a file, a URL, an import path "
+        "'module:array_or_function' (an array, or a function returning one), a folder or a quoted glob "
+        "('photos/*.tif': every image on one cluster; DESTINATION is then a folder or a template with "
+        "{stem}; the exit status is the number of images that failed). Modules of the current folder "
+        "are importable, here and on the embedded cluster's workers.",
+    )
+    p.add_argument("source", nargs="+", help="image(s): path, URL, folder, glob or 'module:attr'")
     p.add_argument("destination")
-    p.add_argument("--model", required=True, help="import path 'package.module:factory'")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="import path 'package.module:factory' (any supported kind of model: torch module, numpy "
+        "callable, model file path) or a model file (.onnx, TorchScript .pt/.ts, spandrel .pth/.safetensors)",
+    )
     p.add_argument("--config", default=None, help="TOML or YAML file of options (flags given here win)")
     p.add_argument("--scheduler", default=None, help="scheduler address (default: embedded local cluster)")
     p.add_argument("--inprocess", action="store_true", help="run without any cluster")
@@ -125,8 +140,28 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="print the plan of a run without running anything")
     p.add_argument("source")
     _common_geometry(p)
-    p.add_argument("--model", default=None, help="import path; measures its receptive field on the CPU")
-    p.add_argument("--model-stride", type=int, default=1)
+    p.add_argument(
+        "--model",
+        default=None,
+        help="import path or model file: measures its receptive field and proposes a halo, with an explanation",
+    )
+    p.add_argument(
+        "--model-stride", type=int, default=None, help="the model's total stride (default: declared)"
+    )
+    p.add_argument(
+        "--probe-budget",
+        type=float,
+        default=40.0,
+        help="seconds the receptive-field probe may take (default 40)",
+    )
+    p.add_argument(
+        "--norm-sync",
+        default=None,
+        choices=["exact", "thumbnail"],
+        help="check the plan for norm_sync (exact: alignment and cost; thumbnail: how much the statistics "
+        "vary between two thumbnail sizes of this image)",
+    )
+    p.add_argument("--thumbnail", type=int, default=None, help="thumbnail size for --norm-sync thumbnail")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("info", help="describe an image source")
@@ -167,15 +202,73 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``tilegraph`` command."""
+    import os
+
     args = _parser().parse_args(argv)
+    here = os.getcwd()
+    if here not in sys.path:  # modules of the current folder import, as with `python -m`
+        sys.path.insert(0, here)
     try:
         return {"run": _run, "plan": _plan, "info": _info, "demo": _demo, "qa": _qa}[args.command](args)
     except TilegraphError as exc:
-        print(f"tilegraph: error: {exc}", file=sys.stderr)
+        from tilegraph.engine.progress import end_line
+
+        end_line(sys.stderr)
+        print(f"tilegraph: error: {as_flags(str(exc))}", file=sys.stderr)
         return 2
 
 
+def as_flags(message: str) -> str:
+    """``message`` with ``run()`` keywords written as this command's flags (``overwrite=True`` -> ``--overwrite``)."""
+    import re
+
+    flat = {f.flat for f in _flat_cli_fields()}
+
+    def flag(m: re.Match) -> str:
+        name, value = m.group(1), m.group(2).strip("'\"")
+        if name not in flat:
+            return m.group(0)
+        dashed = "--" + name.replace("_", "-")
+        if value == "True":
+            return dashed
+        if value == "False":
+            return "--no-" + name.replace("_", "-")
+        return f"{dashed} {value}"
+
+    return re.sub(r"\b([a-z_]+)=('[^']*'|\"[^\"]*\"|[\w./-]+)", flag, message)
+
+
+_IMPORT_PATH = r"[A-Za-z_][\w.]*:[A-Za-z_]\w*"
+
+
+def _source(text: str):
+    """A source argument: a path or URL as it is, or the object an import path ``module:attr`` names.
+
+    An attribute that is a function is called (without arguments) and its result is the source.
+    """
+    import importlib
+    import os
+    import re
+
+    if "://" in text or os.path.exists(text) or not re.fullmatch(_IMPORT_PATH, text):
+        return text
+    module, _, attr = text.partition(":")
+    try:
+        obj = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        from tilegraph.errors import SourceNotFoundError
+
+        raise SourceNotFoundError(
+            f"no such file, and {text!r} does not import: {exc}",
+            path=text,
+            hint="give an image file, or 'module:attr' naming an array (or a function returning one) "
+            "in a module of the current folder or an installed package",
+        ) from exc
+    return obj() if callable(obj) and not hasattr(obj, "shape") else obj
+
+
 def _run(args) -> int:
+    from tilegraph.batch import is_batch, run_many
     from tilegraph.options import RunOptions, load_config
     from tilegraph.pipeline import execute
 
@@ -189,7 +282,16 @@ def _run(args) -> int:
         given["progress"] = True
     base = load_config(args.config) if args.config else None
     options = RunOptions.from_kwargs(base, **given)
-    result = execute(args.source, args.destination, model=args.model, options=options, client=client)
+    sources = [_source(s) for s in args.source]
+    source = sources if len(sources) > 1 else sources[0]
+    if is_batch(source):
+        batch = run_many(source, args.destination, model=args.model, options=options, client=client)
+        print(batch.table())
+        failed = len(batch.failed)
+        for item in batch.failed:
+            print(f"tilegraph: error: {item.label}: {as_flags(str(item.error))}", file=sys.stderr)
+        return min(failed, 100)
+    result = execute(source, args.destination, model=args.model, options=options, client=client)
     print(json.dumps(result.summary(), indent=2))
     return 0
 
@@ -200,34 +302,60 @@ def _flat_cli_fields():
     return [f for f in flat_fields() if f.cli]
 
 
+def _plan_model(args, channels: int) -> tuple[dict, int, object, object]:
+    """Build the model of ``tilegraph plan --model`` here and propose a halo within the time budget."""
+    from tilegraph.infer.receptive_field import propose_halo
+    from tilegraph.infer.runner import _build_from_path
+    from tilegraph.infer.spec import describe_model
+
+    spec = describe_model(args.model)
+    if spec.kind == "file":
+        from tilegraph.infer.formats import load_model_file
+
+        module = load_model_file(spec.target or args.model, device="cpu")
+    else:
+        module = _build_from_path(spec)
+    declared_stride = getattr(module, "stride", None)
+    stride = args.model_stride or (declared_stride if isinstance(declared_stride, int) else None)
+    device = "cpu"
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and isinstance(module, torch.nn.Module):
+        device = "cuda"
+    local, synced_note = _with_synced_norms(module)
+    p = propose_halo(
+        local,
+        channels=getattr(module, "in_channels", None) or channels,
+        scale=args.scale,
+        stride=stride,
+        device=device,
+        time_budget=args.probe_budget,
+    )
+    extra: dict = {
+        "receptive field radius": f"{p.radius} px"
+        + (" (exact)" if p.exact else " (lower bound)" if p.stopped else "")
+        + f", probe on {device} in {p.seconds:.1f} s{synced_note}",
+        "proposed halo": p.halo,
+        "proposed overlap": p.overlap,
+        "explanation": as_flags(p.explanation),
+    }
+    if getattr(module, "halo", None) is not None:
+        extra["declared halo"] = module.halo
+    return extra, int(p.stride or 1), p.scale or 1, module
+
+
 def _plan(args) -> int:
     from tilegraph.plan import make_plan
     from tilegraph.source import open_source
 
     src = open_source(args.source)
-    extra = {}
-    stride = args.model_stride
+    extra: dict = {}
+    stride = args.model_stride or 1
     scale = args.scale or 1
     if args.model:
-        from tilegraph.infer.receptive_field import measure_receptive_field
-        from tilegraph.infer.runner import _build_from_path
-        from tilegraph.infer.spec import describe_model
-
-        spec = describe_model(args.model)
-        module = _build_from_path(spec)
-        stride = int(getattr(module, "stride", stride) or stride)
-        scale = args.scale or getattr(module, "scale", 1) or 1
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        rf = measure_receptive_field(module, channels=src.channels, device=device)
-        extra = {
-            "receptive field radius": f"{rf.radius} px (impulse probe in float64 on {device})",
-            "proposed halo": rf.halo,
-            "proposed overlap": rf.overlap,
-        }
-        if getattr(module, "halo", None) is not None:
-            extra["declared halo"] = module.halo
+        extra, stride, probed_scale, module = _plan_model(args, src.channels)
+        scale = args.scale or probed_scale
+    elif args.norm_sync:
+        raise TilegraphError("--norm-sync needs --model (the layers are found on the model)")
     plan = make_plan(
         src.shape,
         tile=args.tile,
@@ -241,6 +369,8 @@ def _plan(args) -> int:
         batch_size=args.batch_size,
         out_chunks=args.chunks,
     )
+    if args.model:
+        extra.update(_plan_norm(args, src, module, plan))
     if args.json:
         print(
             json.dumps(
@@ -253,6 +383,94 @@ def _plan(args) -> int:
         for k, v in extra.items():
             print(f"{k.rjust(width)}  {v}")
     return 0
+
+
+def _with_synced_norms(module):
+    """The model with its GroupNorm/InstanceNorm layers on fixed statistics, for the receptive-field probe.
+
+    Per-window statistics make every output pixel depend on the whole window, so the impulse probe
+    would grow without bound; with fixed statistics it measures the radius ``norm_sync="exact"`` needs
+    to fit in half the overlap.
+    """
+    if not _is_torch_module(module):
+        return module, ""
+    from tilegraph.infer.normsync import find_norm_layers, record_stats, synced
+
+    report = find_norm_layers(module.eval())
+    if not report.sync_layers or not report.probed:
+        return module, ""
+    import torch
+
+    cin = getattr(module, "in_channels", None)
+    cin = cin if isinstance(cin, int) else 3
+    stride = getattr(module, "stride", 1)
+    side = 64 * (stride if isinstance(stride, int) and stride > 0 else 1)
+    x = 0.5 + 0.1 * torch.randn(1, cin, side, side, generator=torch.Generator().manual_seed(0))
+    return synced(module, record_stats(module, x)), ", normalisation layers on fixed statistics"
+
+
+def _plan_norm(args, src, module, plan) -> dict:
+    """What ``tilegraph plan --model`` says about normalisation layers and ``norm_sync`` (passes, cost)."""
+    import numpy as np
+
+    from tilegraph.engine.normsync import NormPlan
+    from tilegraph.engine.probe import model_channels
+    from tilegraph.infer.normsync import NormReport, check_alignment, find_norm_layers, pass_costs
+
+    declared = getattr(module, "in_channels", None)
+    channels, _ = model_channels(src.channels, declared if isinstance(declared, int) else None)
+    if not _is_torch_module(module):
+        report, costs = NormReport(opaque=True), []
+    else:
+        import torch
+
+        g = np.random.default_rng(0)
+        x = torch.from_numpy(
+            (0.5 + 0.1 * g.standard_normal((1, channels, *plan.window_shape))).astype(np.float32)
+        )
+        module = module.eval()
+        report = find_norm_layers(module, example=x)
+        costs = pass_costs(module, report, x, repeats=2) if report.sync_layers else []
+        if args.norm_sync == "exact" and report.sync_layers:
+            check_alignment(plan, report)  # a PlanError names the overlap to use
+    norm = NormPlan(args.norm_sync, report, tuple(costs))
+    out: dict = {}
+    if report.sync_layers:
+        out["norm_sync exact"] = (
+            f"{report.passes} passes over the windows, about {sum(costs):.2f} x the inference without sync "
+            "(timed on one window on this machine)"
+        )
+    if args.norm_sync == "thumbnail" and report.sync_layers:
+        out["norm_sync thumbnail"] = _thumbnail_variation(args, src, plan, channels)
+    out["normalisation"] = "; ".join(norm.notes()) or "no per-sample normalisation layers"
+    return out
+
+
+def _is_torch_module(obj) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.nn.Module)
+
+
+def _thumbnail_variation(args, src, plan, channels: int) -> str:
+    """How much the statistics of two thumbnail sizes of this image differ (the run's check, run here)."""
+    from tilegraph.engine.thumbnail import thumbnail_task
+    from tilegraph.infer.spec import describe_model
+
+    size = int(args.thumbnail or max(1024, *plan.window_shape))
+    factor = max(1, -(-max(src.shape) // size))
+    spec = describe_model(args.model, device="cpu")
+    norm = {"window": tuple(plan.window_shape), "overlap": tuple(plan.overlap), "scale": plan.scale_fraction}
+    info = thumbnail_task(src, spec, None, (factor, plan.align, channels), norm).info
+    v = info.get("variation") or {}
+    if v.get("note"):
+        return f"thumbnail of {size} px is the full image: its statistics are exact"
+    if not v:
+        return "thumbnail too small to compare two sizes"
+    verdict = "vary strongly with scale: use norm_sync='exact'" if v["recommend_exact"] else "are stable"
+    return (
+        f"statistics of {v['compared'][0]} and {v['compared'][1]} px thumbnails differ by up to "
+        f"{v['worst']:.2f} standard deviations: they {verdict}"
+    )
 
 
 def _info(args) -> int:

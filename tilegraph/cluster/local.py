@@ -77,6 +77,9 @@ def embedded_cluster(
     """
     import dask
 
+    from tilegraph.cluster.console import check_main_guard
+
+    check_main_guard()  # before any worker process exists: a clear error, not a spawn traceback
     dask.config.set(DASK_CONFIG)
     gpus = visible_gpus()
     if gpus and n_workers is None:
@@ -172,6 +175,35 @@ def _local_cluster(n_workers, threads_per_worker, memory_limit):
     )
 
 
+def _embedded_executor():
+    """A :class:`DaskExecutor` on a new embedded cluster set up for a console (:mod:`tilegraph.cluster.console`).
+
+    distributed's log records (tracebacks of failed tasks included) go to a debug log, in this
+    process (scheduler, nannies) and on the workers, whose ``sys.path`` starts with the current folder.
+    """
+    from distributed import Client
+
+    from tilegraph.cluster.console import WorkerSetup, debug_log_path, divert_logs
+    from tilegraph.engine.dask_executor import DaskExecutor
+
+    log = debug_log_path()
+    restore = divert_logs(log)
+    try:
+        cluster = embedded_cluster()
+        executor = DaskExecutor(Client(cluster), own_cluster=True)
+    except BaseException:
+        restore()
+        raise
+    executor.on_close.append(restore)
+    executor.log_path = log
+    try:
+        executor.client.register_plugin(WorkerSetup(os.getcwd(), log))
+    except BaseException:
+        executor.close()
+        raise
+    return executor
+
+
 def connect(client):
     """Resolve the ``client=`` argument of :func:`tilegraph.run` to an executor.
 
@@ -188,8 +220,7 @@ def connect(client):
 
     dask.config.set(DASK_CONFIG)
     if client is None:
-        cluster = embedded_cluster()
-        executor = DaskExecutor(Client(cluster), own_cluster=True)
+        executor = _embedded_executor()
     elif isinstance(client, str):
         try:
             # own_cluster=True: close() closes this Client we opened (it has no cluster object to close).

@@ -39,6 +39,8 @@ def assemble(
         corrections=corrections,
         results=report.results if report is not None else (),
         inference_done=report is not None,
+        thumbnail=run.thumbnails.get,
+        windows=None if ctx.mask is None else sorted(ctx.mask.windows),
     )
     steps = ctx.kind.assemble(job)
     sent: list | None = None

@@ -11,6 +11,8 @@ from tilegraph.infer.spec import ModelSpec
 from tilegraph.options import RunOptions
 from tilegraph.outputs.abc import OutputKind
 from tilegraph.outputs.image import ReconcileContext
+from tilegraph.outputs.masking import MaskContext
+from tilegraph.outputs.probabilities import CoarseContext
 from tilegraph.passes.abc import Pass
 from tilegraph.plan.plan import Plan
 from tilegraph.sink.abc import ChunkWriter, OutputLayout, Sink
@@ -39,6 +41,8 @@ class ProbeResult:
     device : str
     confidence : bool
         The model returns a confidence channel last (not counted in ``out_channels``).
+    coarse, coarse_keyword, coarse_channels
+        Coarse-to-fine: the mode, and the keyword or the number of extra input channels.
     """
 
     declared: dict
@@ -49,6 +53,9 @@ class ProbeResult:
     out_size: tuple[int, int]
     device: str
     confidence: bool = False
+    coarse: str | None = None  # coarse-to-fine mode ("keyword" or "channel")
+    coarse_keyword: str | None = None  # the keyword the model takes the prior as
+    coarse_channels: int = 0  # extra input channels of the prior
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,9 @@ class RunContext:
     reconcile: ReconcileContext | None = None
     split_halo: int = 0  # source pixels of context when a window alone is split after running out of memory
     confidence: bool = False  # the model returns a confidence channel (kept last in the store, never written)
+    coarse: CoarseContext | None = None  # coarse-to-fine: the thumbnail output every window is given
+    mask: MaskContext | None = None  # what matters: windows skipped, the output filled outside
+    norm_stats: Mapping[str, Any] | None = None  # global normalisation statistics per layer (norm_sync)
 
 
 @dataclass(frozen=True)
@@ -105,6 +115,9 @@ class PreparedRun:
         The run's one cached thumbnail inference (:class:`tilegraph.engine.thumbnail.Thumbnails`).
     timings : Mapping
         Seconds spent preparing (``probe_s``, ``stage_s``, ``prepare_s``).
+    norm : object
+        What the run knows of the model's normalisation layers and how it syncs them
+        (:class:`tilegraph.engine.normsync.NormPlan`), ``None`` before the norm probe.
     """
 
     token: str
@@ -125,3 +138,5 @@ class PreparedRun:
     autotile: Any
     thumbnails: Any
     timings: Mapping[str, float] = field(default_factory=dict)
+    mask_report: dict | None = None  # windows run and skipped, the grid chosen for a mask
+    norm: Any = None

@@ -92,6 +92,10 @@ class DaskExecutor:
             else None
         )
         self.dashboard_link = getattr(client, "dashboard_link", None)
+        #: Called by :meth:`close` after the cluster closed (e.g. restoring the console's logging).
+        self.on_close: list[Callable[[], None]] = []
+        #: Debug log of the embedded cluster's distributed records, if it has one.
+        self.log_path: str | None = None
 
     def share(self, obj, *, model_only: bool = False):
         """Send ``obj`` to every worker once (directly, not through the scheduler); returns a future.
@@ -284,11 +288,16 @@ class DaskExecutor:
             pass
 
     def close(self) -> None:
-        if self.own_cluster:
-            cluster = getattr(self.client, "cluster", None)
-            self.client.close()
-            if cluster is not None:
-                cluster.close()
+        try:
+            if self.own_cluster:
+                cluster = getattr(self.client, "cluster", None)
+                self.client.close()
+                if cluster is not None:
+                    cluster.close()
+        finally:
+            for fn in self.on_close:
+                fn()
+            self.on_close.clear()
 
 
 def _restrictions_on_scheduler(dask_scheduler, keys):

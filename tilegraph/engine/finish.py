@@ -42,24 +42,39 @@ def finish(
         timings["passes_s_sum"] = pass_s
     if reconciliation is not None:
         timings["reconcile_s"] = reconciliation.seconds
+    norm = run.norm.to_dict() if run.norm is not None else None
+    if norm is not None and run.norm.active:
+        timings["norm_sync_s"] = float(norm.get("stats_seconds", norm.get("seconds", 0.0)))
+        if "stats_model_s_sum" in norm and inference.model_s > 0:  # model time of all passes / output pass
+            norm["cost_measured"] = round(
+                (norm["stats_model_s_sum"] + inference.model_s) / inference.model_s, 3
+            )
     timings["total_s"] = timings["prepare_s"] + timings["run_s"]
     megapixels = plan.shape[0] * plan.shape[1] / 1e6
     timings["megapixels_per_s"] = megapixels / max(timings["total_s"], 1e-9)
     timings.update(stage_rates(plan, timings))
+    reconcile = reconciliation.summary if reconciliation is not None else None
     final = {
         "oom_splits": inference.oom_splits,
         "clipped": clipped,
-        "reconcile": reconciliation.summary if reconciliation is not None else None,
+        "reconcile": reconcile,
+        "normalisation": norm,
         "timings": {k: round(v, 4) for k, v in timings.items()},
         "devices": list(inference.devices),
+        **assembled.attributes,  # the output kind's report (labels, detections)
     }
     output, path, report = assembled.data, run.destination, None
+    if assembled.table is not None:  # rows (detections): a .csv or .parquet file, or none
+        written = run.sink.write_table(
+            assembled.table, attrs={**run.provenance, **final}, overwrite=run.options.output.overwrite
+        )
+        path = written or ""
     if run.final_writer is not None:
         step = run.sink.finish(run.final_writer, final)
         if run.options.quality.enabled:
             from tilegraph.engine.quality import quality_report
 
-            report = quality_report(run, executor, run.final_writer.path)
+            report = quality_report(run, executor, run.final_writer.path, notes=_notes(norm, reconcile))
             timings["qa_s"] = report.pop("seconds")
         path = run.final_writer.path
         if step is not None:
@@ -81,8 +96,12 @@ def finish(
         extra={
             "autotile": run.autotile.to_dict() if run.autotile is not None else None,
             "oom_splits": inference.oom_splits,
+            "norm_sync": norm,
+            "reconcile": reconcile,
+            **({"mask": run.mask_report} if run.mask_report is not None else {}),
             **assembled.extra,
         },
+        table=assembled.table,
     )
 
 
@@ -105,6 +124,30 @@ def stage_rates(plan, timings: dict) -> dict:
         if seconds > 0:  # a stage that did not run (no blend for direct crop) has no rate
             out[f"{stage}_mp_per_core_s"] = mp / seconds
     return out
+
+
+def _notes(norm: dict | None, reconcile: dict | None) -> list[str]:
+    """Plain-language lines for the QA report: normalisation layers, the reconciliation reference and change."""
+    notes = list(norm.get("notes", [])) if norm is not None else []
+    if reconcile is not None:
+        choice = reconcile.get("reference_choice")
+        if choice is not None:
+            notes.append(f"reconciliation reference 'auto' chose {choice['reference']!r}: {choice['reason']}")
+        else:
+            notes.append(f"reconciliation reference: {reconcile.get('reference')!r}")
+        solve = reconcile.get("solve", {})
+        if reconcile.get("identity"):
+            notes.append(
+                f"reconciliation changed nothing ({solve.get('note') or 'the solve returned identity'})"
+            )
+        else:
+            synced = " on norm-synced windows" if norm is not None and norm.get("active") else ""
+            notes.append(
+                f"reconciliation{synced} changed values by at most {reconcile['max_change_dn']:.3f} DN "
+                f"(|gain - 1| <= {reconcile['max_abs_gain_minus_1']:.2e}, |offset| <= "
+                f"{255 * reconcile['max_abs_offset']:.3f} DN)"
+            )
+    return notes
 
 
 def abort(run: PreparedRun | None, executor: Executor, handles: list) -> None:

@@ -27,7 +27,8 @@ class Inference:
         for g, group in enumerate(self.groups):
             for i in group:
                 task_of[i] = g
-        return [self.handles[g] for g in sorted({task_of[int(i)] for i in windows})]
+        # windows a mask skipped have no task
+        return [self.handles[g] for g in sorted({task_of[int(i)] for i in windows if int(i) in task_of})]
 
     @property
     def units(self) -> list[int]:
@@ -55,6 +56,9 @@ def submit_inference(run: PreparedRun, executor: Executor) -> Inference:
     started = time.perf_counter()
     ctx_h = executor.share(run.context)
     groups = run.context.kind.task_groups(run.plan)
+    mask = run.context.mask
+    if mask is not None:  # only the windows touching the mask run
+        groups = [kept for g in groups if (kept := [i for i in g if i in mask.windows])]
     handles = executor.map(
         infer_windows,
         [ctx_h] * len(groups),

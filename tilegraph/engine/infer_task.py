@@ -20,6 +20,7 @@ from tilegraph.engine.context import RunContext
 from tilegraph.errors import CorruptSourceError, ModelError, ModelOutputError
 from tilegraph.infer.oom import run_splitting, run_window_split
 from tilegraph.infer.runner import BadOutput, BatchRunner, get_runner
+from tilegraph.outputs.probabilities import window_priors
 from tilegraph.plan.plan import Plan
 from tilegraph.plan.resample import to_output_scale
 from tilegraph.source import read_padded
@@ -96,21 +97,53 @@ def _kept_boxes(plan: Plan, indices: list[int]) -> list[tuple[slice, slice]]:
 
 
 def _run_model(
-    ctx: RunContext, runner: BatchRunner, raw: np.ndarray, indices: list[int], out_dtype, state: dict
+    ctx: RunContext,
+    runner: BatchRunner,
+    raw: np.ndarray,
+    indices: list[int],
+    out_dtype,
+    state: dict,
+    prior: np.ndarray | None = None,
+    module: Any = None,
 ):
     """Model output for one batch, checked against the contract, pass-through channels appended.
 
     An out-of-memory error splits the batch in halves and retries (the runner, shared by the model
     tasks of this process, remembers the batch that fitted for the next batches, and ``state``
     counts the splits of this task); a single window that does not fit alone is split into
-    overlapping sub-windows with the model's halo (:func:`~tilegraph.infer.oom.run_window_split`).
+    overlapping sub-windows with the model's halo (:func:`~tilegraph.infer.oom.run_window_split`),
+    for float maps without a coarse prior only (labels and boxes of sub-windows do not stitch).
+    ``prior`` ``(N, K, H, W)``: the coarse-to-fine input of each window. ``module`` replaces the model
+    for these calls (the norm-synced shadow, see :func:`infer_windows`).
     """
     plan = ctx.plan
+    output = ctx.kind.model_output
     # values clipped when rounding per window count only where the output keeps them (crop stores)
-    boxes = _kept_boxes(plan, indices) if np.dtype(out_dtype).kind in "ui" else None
+    boxes = _kept_boxes(plan, indices) if output == "array" and np.dtype(out_dtype).kind in "ui" else None
+    coarse = ctx.coarse
 
-    def call(part: np.ndarray, part_boxes=None):
-        return runner.run_raw(part, channels=ctx.model_channels, out_dtype=out_dtype, count_boxes=part_boxes)
+    def call(part: np.ndarray, part_boxes=None, part_prior=None):
+        extra: dict = {}
+        if part_prior is not None:
+            assert coarse is not None
+            if coarse.mode == "channel":
+                extra["extra"] = part_prior
+            else:
+                extra["keywords"] = {coarse.keyword: part_prior}
+        return runner.run_raw(
+            part,
+            channels=ctx.model_channels,
+            out_dtype=out_dtype,
+            count_boxes=part_boxes,
+            output=output,
+            module=module,
+            **extra,
+        )
+
+    def batch_call(part: np.ndarray, pos: list[int] | None = None):
+        pos = list(range(len(part))) if pos is None else pos  # run_splitting passes the positions
+        part_boxes = None if boxes is None else [boxes[i] for i in pos]
+        return call(part, part_boxes, None if prior is None else prior[pos[0] : pos[-1] + 1])
 
     def single(i: int, one: np.ndarray):
         return run_window_split(
@@ -126,13 +159,13 @@ def _run_model(
 
     try:
         res = run_splitting(
-            call,
+            batch_call,
             raw,
             max_batch=runner.fitted_batches.get(raw.shape[1:]),
             windows=[_rc(plan, i) for i in indices],
             device=runner.device,
-            single=single,
-            per_window=boxes,
+            single=single if output == "array" and prior is None else None,
+            per_window=list(range(len(indices))),
         )
         y, clipped = res.output
         if res.splits:
@@ -142,20 +175,30 @@ def _run_model(
         hint = (
             "check the model on this window; try precision='fp32' if it overflows in fp16"
             if exc.kind == "nonfinite"
-            else "return float32 (or float16/bfloat16) tensors"
+            else _DTYPE_HINTS.get(output, _DTYPE_HINTS["array"])
         )
         raise ModelOutputError(exc.detail, window=_rc(plan, indices[exc.element]), hint=hint) from None
     except ModelError:
         raise
     except Exception as exc:
-        raise ModelOutputError(f"model raised {exc!r}", window=_rc(plan, indices[0])) from exc
+        raise ModelOutputError(f"model {ctx.spec.name} raised {exc!r}", window=_rc(plan, indices[0])) from exc
+    if output == "boxes":  # one (k, 6) array per window (checked by the kind)
+        return y, clipped
     oy, ox = plan.out_window_shape
-    n_extra = raw.shape[3] - ctx.model_channels
+    n_extra = raw.shape[3] - ctx.model_channels if ctx.kind.passthrough else 0
     conf = int(ctx.confidence)  # a confidence channel comes last, after the outputs
     expected = (len(indices), (plan.out_channels or 0) - n_extra + conf, oy, ox)
+    if y.ndim == 4 and y.shape[0] == expected[0] and y.shape[1] != expected[1]:
+        raise ModelOutputError(
+            f"model {ctx.spec.name} returned {y.shape[1]} channels, expected {expected[1]} "
+            f"({'declared' if ctx.spec.out_channels is not None else 'as on the probe'})"
+            + (" with its confidence channel" if conf else ""),
+            window=_rc(plan, indices[0]),
+            hint="a model must return the same channel count for every window; declare out_channels",
+        )
     if tuple(y.shape) != expected:
         raise ModelOutputError(
-            f"model returned shape {tuple(y.shape)} for a batch of windows {[_rc(plan, i) for i in indices]}, "
+            f"model {ctx.spec.name} returned shape {tuple(y.shape)} for a batch of windows {[_rc(plan, i) for i in indices]}, "
             f"expected {expected} (scale {plan.scale}, {expected[1]} channels)",
             window=_rc(plan, indices[0]),
             hint="declare the model's scale/out_channels or fix its output size",
@@ -169,14 +212,28 @@ def _run_model(
     return y, clipped
 
 
+_DTYPE_HINTS = {
+    "array": "return float32 (or float16/bfloat16) tensors",
+    "labels": "a labels model returns integer labels (N, 1, H, W), 0 for background",
+    "boxes": "a detections model returns per batch a list with one (k, 6) array per window",
+}
+
+
 def infer_windows(ctx: RunContext, indices: list[int], model_payload: Any = None) -> TaskReport:
     """Task: run the model over a group of windows, batch by batch; the output kind takes each batch.
 
     Reading the next batches (up to two ahead) and handing finished ones to the kind (which writes
-    them to the per-window store) run on thread pools living only for this task.
+    them to the per-window store) run on thread pools living only for this task. With global
+    normalisation statistics in the context (``norm_sync``), the model runs as a shadow whose
+    GroupNorm/InstanceNorm layers use them (built for this task; the shared runner is unchanged).
     """
     plan = ctx.plan
     runner = get_runner(ctx.spec, model_payload)
+    module = None
+    if ctx.norm_stats is not None:
+        from tilegraph.infer.normsync import synced
+
+        module = synced(runner.module, ctx.norm_stats)
     dtype = np.dtype(
         plan.tile_store_dtype
     )  # what the kind keeps of each window (rounded output values for crop)
@@ -216,8 +273,9 @@ def infer_windows(ctx: RunContext, indices: list[int], model_payload: Any = None
             raw = reads[k].result()
             if k + ahead < len(batches):
                 reads.append(pool.submit(read, batches[k + ahead]))
+            prior = window_priors(plan, batch, ctx.coarse) if ctx.coarse is not None else None
             runner.take_times()
-            y, clipped = _run_model(ctx, runner, raw, batch, dtype, state)
+            y, clipped = _run_model(ctx, runner, raw, batch, dtype, state, prior, module)
             held, waited = runner.take_times()  # the model's own time, and the other task's turn
             report.model_s += held
             report.model_wait_s += waited

@@ -2,13 +2,14 @@
 
 Blending writes float32 into scratch space when passes follow; each pass reads its input box plus
 halo and writes its output box once; the last pass writes the destination (rounding and clipping
-there, once).
+there, once). Then the arrays the sink derives from the finished output (an OME-Zarr pyramid:
+:meth:`tilegraph.sink.abc.Sink.derived`) are made the same way, each by its pass from the previous one.
 
 A pass prepares on the client with the engine's :class:`~tilegraph.passes.abc.PassContext`: the
-run's thumbnail inference, a reader of the run's window outputs, and :meth:`_PassContext.infer`,
-which runs the model over windows of another grid (a shifted plan) as ordinary model tasks
-(:func:`~tilegraph.engine.infer_task.infer_windows` with the run's context on that plan, an image kind
-and a second per-window store in scratch space) and hands back a reader of that store.
+run's thumbnail inference, the source at the output's scale, a reader of the run's window outputs, and
+:meth:`_PassContext.infer`, which runs the model over windows of another grid (a shifted plan) as
+ordinary model tasks (:func:`~tilegraph.engine.infer_task.infer_windows` with the run's context on that
+plan, an image kind and a second per-window store in scratch space) and hands back a reader of that store.
 """
 
 from __future__ import annotations
@@ -25,13 +26,53 @@ from tilegraph.engine.executor import Executor
 from tilegraph.engine.infer_task import infer_windows
 from tilegraph.engine.progress import Progress
 from tilegraph.outputs.image import ImageKind, TileStoreReader
+from tilegraph.passes import get_pass
 from tilegraph.passes.abc import Pass
 from tilegraph.plan.plan import Plan
 from tilegraph.sink.abc import ChunkWriter
 from tilegraph.sink.builtin import scratch_writer
 from tilegraph.sink.tile_store import TileStore
+from tilegraph.source.abc import Source
 
-__all__ = ["run_passes", "pass_box", "StoreWindows"]
+__all__ = ["OutputScaleSource", "StoreWindows", "run_passes", "pass_box"]
+
+
+@dataclass(frozen=True)
+class OutputScaleSource:
+    """The run's source read at the output's scale (:class:`tilegraph.passes.abc.SourceView`)."""
+
+    source: Source
+    plan: Plan
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.plan.out_shape
+
+    @property
+    def channels(self) -> int:
+        return int(self.source.channels)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.source.dtype)
+
+    def read(self, box: tuple[int, int, int, int]) -> np.ndarray:
+        y0, y1, x0, x1 = box
+        s = self.plan.scale_fraction
+        if s == 1:
+            return self.source.read(y0, y1, x0, x1)
+        if s > 1:  # every output pixel repeats the source pixel it lies in
+            k = int(s)
+            block = self.source.read(y0 // k, -(-y1 // k), x0 // k, -(-x1 // k))
+            full = block.repeat(k, axis=0).repeat(k, axis=1)
+            oy, ox = y0 - (y0 // k) * k, x0 - (x0 // k) * k
+            return full[oy : oy + (y1 - y0), ox : ox + (x1 - x0)]
+        k = s.denominator  # down-scale: the mean of each k x k block (the last ones clipped)
+        h, w = self.source.shape
+        block = self.source.read(y0 * k, min(h, y1 * k), x0 * k, min(w, x1 * k)).astype(np.float32)
+        ph, pw = (y1 - y0) * k - block.shape[0], (x1 - x0) * k - block.shape[1]
+        block = np.pad(block, ((0, ph), (0, pw), (0, 0)), mode="edge")
+        return block.reshape(y1 - y0, k, x1 - x0, k, -1).mean(axis=(1, 3))
 
 
 class StoreWindows:
@@ -67,6 +108,7 @@ class _PassContext:
     executor: Executor
     progress: Progress | None
     corrections: Any = None
+    out_dtype: str = "float32"
     runs: int = 0
 
     @property
@@ -75,6 +117,9 @@ class _PassContext:
 
     def thumbnail(self) -> tuple[np.ndarray, float]:
         return self.run.thumbnails.get()
+
+    def source(self) -> OutputScaleSource:
+        return OutputScaleSource(self.run.context.source, self.run.plan)
 
     def windows(self) -> StoreWindows | None:
         ctx = self.run.context
@@ -134,20 +179,42 @@ def _boxes(shape: tuple[int, int], chunks: tuple[int, int]) -> list[tuple[int, i
     ]
 
 
+def _run_pass(
+    run: PreparedRun,
+    executor: Executor,
+    progress: Progress | None,
+    p: Pass,
+    source: ChunkWriter,
+    target: ChunkWriter,
+    key: str,
+    corrections: Any = None,
+) -> list[dict]:
+    """One pass from ``source`` into ``target``, one task per output chunk (or shard); their results."""
+    state = p.prepare(_PassContext(run, executor, progress, corrections, target.layout.dtype))
+    chunks = target.layout.shards or target.layout.chunks
+    boxes = _boxes(p.out_shape(source.layout.shape), chunks)
+    shared = executor.share((p, run.plan, source, target, state))
+    handles = executor.map(
+        pass_box,
+        [shared] * len(boxes),
+        boxes,
+        keys=[f"tg-{key}-{p.name}-{run.token}-{i}" for i in range(len(boxes))],
+    )
+    return executor.wait(handles, progress=progress, label=p.name or key)
+
+
 def run_passes(
     run: PreparedRun, executor: Executor, progress: Progress | None, *, corrections: Any = None
 ) -> tuple[int, float]:
-    """Run every pass of ``run`` in order; returns the values clipped at the final write and task seconds.
+    """Run every pass of ``run`` in order, then the sink's derived arrays (pyramid levels).
 
-    ``corrections``: the run's colour corrections (what :meth:`_PassContext.windows` applies).
+    Returns the values clipped at the final write and the task seconds. ``corrections``: the run's
+    colour corrections (what :meth:`_PassContext.windows` applies).
     """
-    if not run.passes:
-        return 0, 0.0
-    source: ChunkWriter | None = run.context.writer
-    assert source is not None and run.final_writer is not None
     clipped, seconds = 0, 0.0
-    ctx = _PassContext(run, executor, progress, corrections)
+    source: ChunkWriter | None = run.context.writer
     for k, p in enumerate(run.passes):
+        assert source is not None and run.final_writer is not None
         last = k == len(run.passes) - 1
         shape = p.out_shape(source.layout.shape)
         if last:
@@ -155,19 +222,15 @@ def run_passes(
         else:
             layout = replace(source.layout, shape=shape, dtype="float32")
             target = scratch_writer(f"{run.scratch}/pass-{k}.zarr", layout)
-        state = p.prepare(ctx)
-        chunks = target.layout.shards or target.layout.chunks
-        boxes = _boxes(shape, chunks)
-        shared = executor.share((p, run.plan, source, target, state))
-        handles = executor.map(
-            pass_box,
-            [shared] * len(boxes),
-            boxes,
-            keys=[f"tg-pass{k}-{p.name}-{run.token}-{i}" for i in range(len(boxes))],
-        )
-        results = executor.wait(handles, progress=progress, label=p.name or f"pass {k}")
+        results = _run_pass(run, executor, progress, p, source, target, f"pass{k}", corrections)
         seconds += sum(r["seconds"] for r in results)
         if last:
             clipped = int(sum(r["clipped"] for r in results))
         source = target
+    if run.final_writer is not None:  # levels of a pyramid: each from the previous, once the output is whole
+        previous = run.final_writer
+        for k, (name, target) in enumerate(run.sink.derived(run.final_writer)):
+            results = _run_pass(run, executor, progress, get_pass(name), previous, target, f"level{k + 1}")
+            seconds += sum(r["seconds"] for r in results)
+            previous = target
     return clipped, seconds

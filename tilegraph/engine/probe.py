@@ -51,26 +51,83 @@ def model_channels(source_channels: int, declared: int | None, *, path: str | No
     )
 
 
-def probe_task(spec: ModelSpec, payload, source_channels: int) -> ProbeResult:
-    """Task: build (or receive) the model, read its declarations, run it once on a small grey input."""
+def _coarse_inputs(runner, eff: ModelSpec, coarse: str | None) -> tuple[str | None, int]:
+    """Coarse-to-fine: the keyword the model takes the prior as, or the extra input channels it takes."""
+    if coarse is None:
+        return None, 0
+    if coarse == "keyword":
+        keyword = getattr(runner.model, "coarse_keyword", None) or "coarse"
+        if not isinstance(keyword, str) or not keyword.isidentifier():
+            raise ModelOutputError(f"the model's coarse_keyword {keyword!r} is not a keyword name")
+        return keyword, 0
+    if eff.out_channels is None:
+        raise InputError(
+            "coarse='channel' needs the model's class count before it runs",
+            hint="declare out_channels on the model or pass out_channels= (its input takes as many extra channels)",
+        )
+    return None, int(eff.out_channels)
+
+
+def probe_task(
+    spec: ModelSpec, payload, source_channels: int, output: str = "array", coarse: str | None = None
+) -> ProbeResult:
+    """Task: build (or receive) the model, read its declarations, run it once on a small grey input.
+
+    ``output``: what the model returns (:attr:`~tilegraph.outputs.abc.OutputKind.model_output`); a
+    model returning boxes is taken at scale 1 with no output channels. ``coarse``: coarse-to-fine
+    mode (``"channel"``: the model's declared ``in_channels`` include its class count of prior
+    channels, which the probe input gets at ``1 / classes``).
+    """
     runner = get_runner(spec, payload)
     declared = declarations(runner.model, skip=spec.overrides)
     eff = spec.with_declarations(declared)
-    channels, passthrough = model_channels(source_channels, eff.in_channels)
+    keyword, extra = _coarse_inputs(runner, eff, coarse)
+    declared_in = None if eff.in_channels is None else eff.in_channels - extra
+    channels, passthrough = model_channels(source_channels, declared_in)
     den = coerce_scale(eff.scale).denominator if eff.scale else 8
     a = lcm(int(eff.stride or 1), den)
     size = a * math.ceil(64 / a)
-    x = np.full((1, channels, size, size), 0.5, dtype=np.float32)
+    x = np.full((1, channels + extra, size, size), 0.5, dtype=np.float32)
+    if extra:
+        x[:, channels:] = 1.0 / extra
     try:
-        y = runner.forward_nchw(x)
+        y = runner.forward_nchw(x, output=output)
     except ModelError:
         raise
     except Exception as exc:
-        raise ModelOutputError(f"model raised {exc!r} on a {size}x{size} probe input") from exc
+        from tilegraph.infer.formats import constraints
+
+        note = constraints(runner.model)["note"]  # e.g. an ONNX graph that takes one fixed size only
+        raise ModelOutputError(f"model raised {exc!r} on a {size}x{size} probe input", hint=note) from exc
+    common = dict(
+        declared=declared,
+        model_channels=channels,
+        passthrough=passthrough,
+        in_size=size,
+        device=runner.device,
+        coarse=coarse,
+        coarse_keyword=keyword,
+        coarse_channels=extra,
+    )
+    if output == "boxes":
+        if not isinstance(y, list | tuple) or len(y) != 1:
+            raise ModelOutputError(
+                f"detections model returned {type(y).__name__} for a probe batch of one window",
+                hint="return per batch a list with one (k, 6) array per window",
+            )
+        return ProbeResult(out_channels=0, out_size=(size, size), **common)  # type: ignore[arg-type]
     shape = tuple(getattr(y, "shape", ()))
     if len(shape) != 4 or shape[0] != 1:
         raise ModelOutputError(
             f"model returned shape {shape} for input (1, {channels}, {size}, {size}); expected (N, C, H, W)"
+        )
+    if output == "labels" and shape[1] != 1:
+        raise ModelOutputError(
+            f"labels model returned {shape[1]} channels", hint="return integer labels (N, 1, H, W)"
+        )
+    if extra and shape[1] != extra:
+        raise ModelOutputError(
+            f"model declares {extra} classes for its coarse input channels but returned {shape[1]} channels"
         )
     confidence = bool(eff.confidence)
     if confidence and shape[1] < 2:
@@ -79,18 +136,23 @@ def probe_task(spec: ModelSpec, payload, source_channels: int) -> ProbeResult:
             "last, after at least one output channel"
         )
     return ProbeResult(
-        declared=declared,
-        model_channels=channels,
-        passthrough=passthrough,
         out_channels=int(shape[1]) - int(confidence),
-        in_size=size,
         out_size=(int(shape[2]), int(shape[3])),
-        device=runner.device,
         confidence=confidence,
+        **common,  # type: ignore[arg-type]
     )
 
 
-def probe(executor: Executor, spec: ModelSpec, payload, source: Source, token: str) -> ProbeResult:
+def probe(
+    executor: Executor,
+    spec: ModelSpec,
+    payload,
+    source: Source,
+    token: str,
+    *,
+    output: str = "array",
+    coarse: str | None = None,
+) -> ProbeResult:
     """Run :func:`probe_task` as exclusive model work; errors name the source (no window exists yet)."""
     try:
         h = executor.submit(
@@ -98,6 +160,8 @@ def probe(executor: Executor, spec: ModelSpec, payload, source: Source, token: s
             spec,
             payload,
             source.channels,
+            output,
+            coarse,
             key=f"tg-probe-{token}",
             resources=executor.model_resources,
         )
@@ -105,9 +169,10 @@ def probe(executor: Executor, spec: ModelSpec, payload, source: Source, token: s
     except ModelError as exc:
         if exc.path is not None or exc.window is not None:
             raise
+        # the model is at fault, not the image: name the model (its file, if it has one), never the source
         raise type(exc)(
-            f"{exc.message} (model probe before tiling)",
-            path=source.path,
+            f"model {spec.name}: {exc.message} (probe before tiling)",
+            path=spec.target if spec.kind == "file" else None,
             hint=exc.hint or "run the model by hand on a small batch (N, C, H, W) and check its output",
         ) from exc
 
@@ -118,14 +183,14 @@ def checked_scale(spec: ModelSpec, result: ProbeResult, *, path: str | None) -> 
     oh, ow = result.out_size
     if oh != ow:
         raise ModelOutputError(
-            f"model returned a non-square {oh}x{ow} output for a {size}x{size} input", path=path
+            f"model {spec.name} returned a non-square {oh}x{ow} output for a {size}x{size} input", path=path
         )
     measured = Fraction(oh, size)
     if spec.scale is not None:
         declared = coerce_scale(spec.scale)
         if declared != measured:
             raise ModelOutputError(
-                f"model declares scale {declared} but maps {size} px to {oh} px ({measured})",
+                f"model {spec.name} declares scale {declared} but maps {size} px to {oh} px ({measured})",
                 path=path,
                 hint="fix the model's scale attribute or the scale= argument",
             )

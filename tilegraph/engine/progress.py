@@ -12,7 +12,19 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-__all__ = ["Progress", "in_notebook", "tally"]
+__all__ = ["Progress", "end_line", "in_notebook", "tally"]
+
+#: Streams whose last write was a bar without its line end (a message printed next starts a new line).
+_OPEN_LINES: set[int] = set()
+
+
+def end_line(stream: TextIO | None = None) -> None:
+    """End a bar left mid-line on ``stream`` (default ``sys.stderr``), so that a message starts on its own line."""
+    stream = stream or sys.stderr
+    if id(stream) in _OPEN_LINES:
+        _OPEN_LINES.discard(id(stream))
+        stream.write("\n")
+        stream.flush()
 
 
 class Progress:
@@ -87,9 +99,11 @@ class Progress:
         width = 24
         filled = int(width * done_w / max(total_w, 1))
         self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.text()}  ")
+        _OPEN_LINES.add(id(self.stream))
         if finished and label not in self._done_labels:
             self._done_labels.add(label)
             self.stream.write("\n")
+            _OPEN_LINES.discard(id(self.stream))
         self.stream.flush()
 
 

@@ -59,8 +59,15 @@ def whole_image_task(ctx: RunContext, payload, path: str) -> str | None:
     return path
 
 
-def quality_report(run: PreparedRun, executor: Executor, output_path: str) -> dict:
-    """Seam metrics and the QA report (JSON + HTML) of the finished output at ``output_path``."""
+def quality_report(
+    run: PreparedRun, executor: Executor, output_path: str, *, notes: list[str] | None = None
+) -> dict:
+    """Seam metrics and the QA report (JSON + HTML) of the finished output at ``output_path``.
+
+    ``notes`` (what the run did about normalisation layers and colour reconciliation) go into the
+    report as ``metrics["notes"]``; ``metrics["normalisation"]`` and ``metrics["reconcile"]`` hold the
+    same as the metadata.
+    """
     import zarr
 
     from tilegraph.quality.metrics import seam_metrics
@@ -70,7 +77,10 @@ def quality_report(run: PreparedRun, executor: Executor, output_path: str) -> di
     t0 = time.perf_counter()
     plan = run.plan
     out = zarr.open_array(output_path, mode="r")
-    layout = run.out_layout.layout if run.out_layout is not None else "YXC"
+    written = (
+        run.final_writer.layout if run.final_writer is not None else run.out_layout
+    )  # a sink may reorder axes
+    layout = written.layout if written is not None else "YXC"
     image: Any = out if layout != "CYX" else np.moveaxis(np.asarray(out[:]), 0, -1)
     rec = run.context.reconcile
     reference: Any = None
@@ -115,6 +125,10 @@ def quality_report(run: PreparedRun, executor: Executor, output_path: str) -> di
     )
     if whole_note is not None:
         metrics["fidelity_note"] = whole_note
+    if notes:
+        metrics["notes"] = list(notes)
+    if run.norm is not None:
+        metrics["normalisation"] = run.norm.to_dict()
     out_dir = opts.report_dir or f"{run.destination.rstrip('/')}.qa"
     paths = write_report(metrics, image, plan, out_dir, title=f"tilegraph QA: {run.destination}")
     return {

@@ -1,6 +1,10 @@
 """The reconcile stage (client side): gather the windows' colour statistics and solve one global correction.
 
-Statistics are a few hundred bytes per window, returned by the model tasks; the solve runs here.
+Statistics are a few hundred bytes per window, returned by the model tasks; the solve runs here, with
+the settings measured best against whole-image inference (``anchor_fit="regression"``, ``anchor=3``,
+:data:`tilegraph.reconcile.RECOMMENDED`), and returns exactly no correction when the windows agree in
+their overlaps. :func:`reconcile_context` resolves ``reference="auto"`` before inference by measurement
+on the run's one thumbnail inference (:func:`tilegraph.quality.reference.choose_reference`).
 """
 
 from __future__ import annotations
@@ -13,8 +17,37 @@ import numpy as np
 
 from tilegraph.engine.context import PreparedRun
 from tilegraph.engine.infer import InferenceReport
+from tilegraph.options import ReconcileOptions
+from tilegraph.outputs.image import ReconcileContext
 
-__all__ = ["Reconciliation", "solve_corrections"]
+__all__ = ["Reconciliation", "solve_corrections", "reconcile_context"]
+
+
+def reconcile_context(opts: ReconcileOptions, thumbnails) -> ReconcileContext | None:
+    """What the model tasks need to gather colour statistics; ``reference="auto"`` chosen by measurement.
+
+    ``"auto"`` runs the run's one thumbnail inference and compares its low-passed output with the
+    low-passed thumbnail input: above 1 ΔE2000 on average the model changes colours and the thumbnail
+    output anchors them, otherwise the input does. The choice and the measured difference travel in the
+    context (recorded in the metadata and shown in the QA report).
+    """
+    from dataclasses import replace
+
+    if not opts.mode:
+        return None
+    reference: str | None = opts.reference
+    choice = None
+    if reference == "auto":
+        from tilegraph.quality.reference import choose_reference
+
+        result = thumbnails.result()
+        picked = choose_reference(result.output, result.input)
+        reference, choice = picked.reference, picked.to_dict()
+    ctx = ReconcileContext(reference=reference, sigma=float(opts.sigma), choice=choice)
+    if reference == "thumbnail":
+        thumb, factor = thumbnails.get()
+        ctx = replace(ctx, thumbnail=thumb, factor=factor)
+    return ctx
 
 
 @dataclass(frozen=True)
@@ -39,9 +72,19 @@ def solve_corrections(run: PreparedRun, report: InferenceReport) -> Reconciliati
     refs = [w.ref for w in windows if w.ref is not None]
     assert opts.mode is not None
     base = solve_global(
-        plan, pairs, refs, mode=opts.mode, strength=float(opts.strength), channels=plan.out_channels
+        plan,
+        pairs,
+        refs,
+        mode=opts.mode,
+        strength=float(opts.strength),
+        channels=plan.out_channels,
+        anchor_fit=opts.anchor_fit,
+        anchor=float(opts.anchor),
     )
     corrections: Any = base.as_field(plan) if opts.field else base
+    rec = run.context.reconcile
+    gain_dev = float(np.max(np.abs(base.gain - 1.0)))
+    offset = float(np.max(np.abs(base.offset)))
     summary = {
         "mode": opts.mode,
         "options": {
@@ -49,9 +92,16 @@ def solve_corrections(run: PreparedRun, report: InferenceReport) -> Reconciliati
             "strength": opts.strength,
             "field": opts.field,
             "sigma": opts.sigma,
+            "anchor_fit": opts.anchor_fit,
+            "anchor": opts.anchor,
         },
-        "max_abs_gain_minus_1": float(np.max(np.abs(base.gain - 1.0))),
-        "max_abs_offset": float(np.max(np.abs(base.offset))),
+        "reference": rec.reference if rec is not None else opts.reference,
+        "reference_choice": rec.choice if rec is not None else None,
+        "max_abs_gain_minus_1": gain_dev,
+        "max_abs_offset": offset,
+        # the largest change of a full-scale value, in DN: |gain - 1| + |offset| (values in [0, 1])
+        "max_change_dn": 255.0 * (gain_dev + offset),
+        "identity": bool(gain_dev == 0.0 and offset == 0.0),
         "solve": _plain(base.info or {}),
     }
     return Reconciliation(corrections, summary, time.perf_counter() - t0)

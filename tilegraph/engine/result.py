@@ -30,7 +30,10 @@ class RunResult:
     report : dict or None
         The QA report (``qa=True``).
     extra : dict
-        ``autotile`` choice, ``oom_splits``, the output kind's own data.
+        ``autotile`` choice, ``oom_splits``, the output kind's report (``labels``, ``detections``),
+        ``mask`` (windows run and skipped, the grid chosen).
+    table : numpy.ndarray or None
+        The rows of a kind whose output is a table (see :attr:`detections`).
     """
 
     output: Any
@@ -41,6 +44,14 @@ class RunResult:
     model: dict
     report: dict | None = None
     extra: dict = field(default_factory=dict)
+    table: Any = None
+
+    @property
+    def detections(self) -> Any:
+        """The merged boxes of a ``task="detections"`` run: a structured array with fields ``x0, y0, x1,
+        y1, score, label`` (image pixels, ``x1``/``y1`` exclusive; ``.to_pandas()`` with pandas), always
+        an array, empty when nothing was found; ``None`` for other kinds."""
+        return self.table
 
     @property
     def n_windows(self) -> int:

@@ -11,7 +11,9 @@ exactly as an instance does).
 Attributes of torch's own layers are not declarations: a bare ``torch.nn.Conv2d`` has a ``stride``
 tuple and ``in_channels``/``out_channels`` describing the layer, which would be wrong as a model's
 total stride; modules defined in ``torch.*`` declare nothing. A declared value of the wrong type is
-an error naming the attribute.
+an error naming the attribute. TorchScript modules and ``torch.fx.GraphModule``s (their classes live
+in ``torch.*``) keep the attributes of the module they were made from: those are read, and values
+of the wrong type (a scripted ``Conv2d``'s ``stride`` tuple) are ignored.
 """
 
 from __future__ import annotations
@@ -31,6 +33,16 @@ def _is_torch_layer(model: object) -> bool:
     return module == "torch" or module.startswith("torch.")
 
 
+def _is_converted(model: object) -> bool:
+    """A TorchScript module or a GraphModule: a torch class carrying the original model's attributes."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return False
+    return isinstance(model, torch.jit.ScriptModule | torch.fx.GraphModule)
+
+
 def declarations(model: object, *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     """What ``model`` declares (see the module notes); names in ``skip`` are not read (given explicitly).
 
@@ -45,7 +57,12 @@ def declarations(model: object, *, skip: tuple[str, ...] = ()) -> dict[str, Any]
     tilegraph.errors.ModelLoadError
         A declaration of the wrong type (a tuple stride, a negative halo...).
     """
-    if _is_torch_layer(model):
+    from tilegraph.infer.formats import ModulePayload
+
+    if isinstance(model, ModulePayload):
+        return {k: v for k, v in model.declared.items() if v is not None and k not in skip}
+    lenient = _is_converted(model)
+    if _is_torch_layer(model) and not lenient:
         return {}
     out: dict[str, Any] = {}
     for name in DECLARABLE:
@@ -60,6 +77,8 @@ def declarations(model: object, *, skip: tuple[str, ...] = ()) -> dict[str, Any]
             except (ValueError, ZeroDivisionError):
                 frac = None
             if isinstance(value, bool) or frac is None or frac <= 0:
+                if lenient:
+                    continue
                 raise ModelLoadError(
                     f"the model's scale attribute {value!r} is not a scale",
                     hint="declare scale as 2, 4 or '1/8', or pass scale= to run()",
@@ -75,6 +94,8 @@ def declarations(model: object, *, skip: tuple[str, ...] = ()) -> dict[str, Any]
             out[name] = value
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "halo" else 1):
+            if lenient:
+                continue
             raise ModelLoadError(
                 f"the model's {name} attribute {value!r} is not a declaration (a positive int was expected)",
                 hint=f"rename the attribute, or pass {'model_stride' if name == 'stride' else name}= to run()",

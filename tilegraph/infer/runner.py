@@ -9,10 +9,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib
+import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ from tilegraph._cast import astype_float
 from tilegraph.errors import ModelLoadError
 from tilegraph.infer.spec import ModelSpec
 
-__all__ = ["BatchRunner", "get_runner", "clear_cache"]
+__all__ = ["BatchRunner", "OUTPUTS", "convert_output", "get_runner", "clear_cache"]
 
 _CACHE: dict[str, BatchRunner] = {}
 _LOCK = threading.Lock()
@@ -60,6 +61,8 @@ class BatchRunner:
         self.fitted_batches: dict[tuple, int] = {}
         self.device = "cpu"
         self.fn = fn
+        #: The module on its device, in eval mode, before ``torch.compile`` (what norm sync shadows).
+        self.module = fn
         if self.is_torch:
             import torch
 
@@ -67,24 +70,34 @@ class BatchRunner:
             if dev == "auto":
                 dev = "cuda" if torch.cuda.is_available() else "cpu"
             self.device = dev
-            if fn.training or dev != "cpu" or spec.channels_last or spec.compile:
+            training = any(m.training for m in fn.modules())  # eval() below would switch them off
+            if training or dev != "cpu" or spec.channels_last or spec.compile:
                 fn = copy.deepcopy(fn)  # never modify the caller's module
             module = fn.to(dev).eval()
             if spec.channels_last:
                 module = module.to(memory_format=torch.channels_last)
+            self.module = module
             if spec.compile:
                 module = torch.compile(module)
             self.fn = module
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """Model output for a float32 ``(N, C, H, W)`` batch, as a numpy array (float32 if floating)."""
-        y = self.forward_nchw(np.ascontiguousarray(batch))
-        return _to_numpy(y, None)
+    def __call__(self, batch: np.ndarray, *, output: str = "array") -> Any:
+        """Model output for a float32 ``(N, C, H, W)`` batch, as numpy (float32 if floating).
 
-    def forward_nchw(self, batch: np.ndarray):
-        """Run on a float32 NCHW numpy batch; returns the raw model output (tensor or array)."""
+        ``output`` is what the model returns (:func:`convert_output`): ``"array"`` (checked floats),
+        ``"labels"`` (integers as they are) or ``"boxes"`` (a list of ``(k, 6)`` arrays per window).
+        """
+        y = self.forward_nchw(np.ascontiguousarray(batch), output=output)
+        if output == "array":
+            return _to_numpy(y, None)
+        return convert_output(y, output, None, n=len(batch))[0]
+
+    def forward_nchw(self, batch: np.ndarray, *, output: str = "array"):
+        """Run on a float32 NCHW numpy batch; returns the raw model output (tensor or array; for
+        ``output="boxes"`` the list the model returned)."""
         if not self.is_torch:
-            return np.asarray(self.fn(batch))
+            y = self.fn(batch)
+            return y if output == "boxes" else np.asarray(y)
         import torch
 
         with torch.inference_mode():
@@ -94,8 +107,17 @@ class BatchRunner:
             return self._forward(x)
 
     def run_raw(
-        self, raw: np.ndarray, *, channels: int, out_dtype, count_boxes: list | None = None
-    ) -> tuple[np.ndarray, int]:
+        self,
+        raw: np.ndarray,
+        *,
+        channels: int,
+        out_dtype,
+        count_boxes: list | None = None,
+        output: str = "array",
+        extra: np.ndarray | None = None,
+        keywords: Mapping[str, np.ndarray] | None = None,
+        module: Callable | None = None,
+    ) -> tuple[Any, int]:
         """Run on raw windows ``(N, H, W, C)`` in the source dtype; returns ``(N, C', H', W')`` and clips.
 
         The dtype conversion (integers to [0, 1]) happens on the model's device, after the copy, so
@@ -103,7 +125,14 @@ class BatchRunner:
         an integer ``out_dtype`` the output is scaled by its maximum, rounded and clipped there, and
         the number of clipped values is returned (0 otherwise), counted only inside
         ``count_boxes`` (one ``(rows, cols)`` pair of slices per window, e.g. the region ``crop``
-        keeps) when given.
+        keeps) when given. ``module`` replaces the model for this call only (a torch module on the
+        model's device, e.g. a norm-synced shadow of :attr:`module`); other calls are unaffected.
+
+        ``output`` is what the model returns (:func:`convert_output`: checked floats, integer labels
+        passed as they are, or a list of ``(k, 6)`` boxes per window). ``extra`` ``(N, K, H, W)``
+        float32 is appended to the input channels, and ``keywords`` are passed to the model as
+        keyword arguments (numpy arrays, on the model's device for torch): what coarse-to-fine gives
+        each window.
 
         Raises
         ------
@@ -119,11 +148,41 @@ class BatchRunner:
                 x = np.multiply(x, np.float32(1.0 / integer_max), dtype=np.float32)  # one pass
             else:
                 x = x.astype(np.float32, copy=False)
+            if extra is not None:
+                x = np.concatenate([x, extra.astype(np.float32, copy=False)], axis=1)
             with self._turn():  # one batch at a time (see the class notes)
-                y = np.asarray(self.fn(x))
-            return _to_numpy(y, out_dtype, with_clips=True, count_boxes=count_boxes)
+                y = self.fn(x, **(keywords or {}))
+            if output != "array":
+                return convert_output(y, output, out_dtype, n=len(raw))
+            return _to_numpy(np.asarray(y), out_dtype, with_clips=True, count_boxes=count_boxes)
         with self._turn():
-            return self._run_torch(raw, channels, integer_max, out_dtype, count_boxes)
+            return self._run_torch(
+                raw,
+                channels,
+                integer_max,
+                out_dtype,
+                count_boxes,
+                output=output,
+                extra=extra,
+                keywords=keywords,
+                module=module,
+            )
+
+    def apply_raw(self, raw: np.ndarray, *, channels: int, fn: Callable) -> Any:
+        """``fn(x)`` on raw windows ``(N, H, W, C)``, with ``x`` the tensor :meth:`run_raw` gives the model.
+
+        ``x`` is ``(N, channels, H, W)`` float32 on the model's device (integers scaled to [0, 1]); ``fn``
+        runs in the model's turn, under ``inference_mode`` and the run's autocast precision, and its
+        result is returned as it is (norm sync's statistics passes return a few floats).
+        """
+        if not self.is_torch:
+            raise TypeError("apply_raw needs a torch model")
+        integer_max = float(np.iinfo(raw.dtype).max) if raw.dtype.kind in "ui" else None
+        import torch
+
+        with self._turn(), torch.inference_mode():
+            x = self._device_input(raw, channels, integer_max)
+            return self._forward(x, module=fn)
 
     @contextlib.contextmanager
     def _turn(self):
@@ -145,20 +204,47 @@ class BatchRunner:
         times.held = times.wait = 0.0
         return held, wait
 
-    def _run_torch(self, raw, channels, integer_max, out_dtype, count_boxes=None):
+    def _run_torch(
+        self,
+        raw,
+        channels,
+        integer_max,
+        out_dtype,
+        count_boxes=None,
+        *,
+        output="array",
+        extra=None,
+        keywords=None,
+        module=None,
+    ):
         import torch
 
         with torch.inference_mode():
-            t = torch.from_numpy(np.ascontiguousarray(raw))
-            if self.device != "cpu":
-                t = self._staged(t).to(self.device, non_blocking=True)
-            x = t[..., :channels].permute(0, 3, 1, 2).float()  # NHWC storage = channels_last
-            if integer_max is not None:
-                x.mul_(1.0 / integer_max)
-            if not self.spec.channels_last and x.device.type != "cpu":
-                x = x.contiguous()  # on CPU the NHWC view is as fast or faster; on GPUs keep one format
-            y = self._forward(x)
+            x = self._device_input(raw, channels, integer_max, extra)
+            kwargs = {
+                k: torch.from_numpy(np.ascontiguousarray(v)).to(x.device) for k, v in (keywords or {}).items()
+            }
+            y = self._forward(x, module=module, **kwargs)
+            if output != "array":
+                return convert_output(y, output, out_dtype, n=len(raw))
             return _to_numpy(y, out_dtype, with_clips=True, count_boxes=count_boxes)
+
+    def _device_input(self, raw, channels, integer_max, extra=None):
+        """Raw windows as the model's float32 NCHW input on its device (call under inference mode);
+        ``extra`` ``(N, K, H, W)`` channels appended (coarse-to-fine)."""
+        import torch
+
+        t = torch.from_numpy(np.ascontiguousarray(raw))
+        if self.device != "cpu":
+            t = self._staged(t).to(self.device, non_blocking=True)
+        x = t[..., :channels].permute(0, 3, 1, 2).float()  # NHWC storage = channels_last
+        if integer_max is not None:
+            x.mul_(1.0 / integer_max)
+        if extra is not None:
+            x = torch.cat([x, torch.from_numpy(np.ascontiguousarray(extra, np.float32)).to(x.device)], dim=1)
+        if not self.spec.channels_last and x.device.type != "cpu":
+            x = x.contiguous()  # on CPU the NHWC view is as fast or faster; on GPUs keep one format
+        return x
 
     def _staged(self, t):
         """Copy ``t`` into a reused page-locked host buffer (one per shape and dtype).
@@ -177,16 +263,17 @@ class BatchRunner:
         buf.copy_(t)
         return buf
 
-    def _forward(self, x):
+    def _forward(self, x, module=None, **kwargs):
         import torch
 
+        fn = self.fn if module is None else module
         if self.spec.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         amp = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.spec.precision)
         if amp is not None:
             with torch.autocast(device_type=x.device.type, dtype=amp):
-                return self.fn(x)
-        return self.fn(x)
+                return fn(x, **kwargs)
+        return fn(x, **kwargs)
 
 
 class BadOutput(Exception):
@@ -202,6 +289,55 @@ def _count_outside(bad, count_boxes) -> int:
     if count_boxes is None:
         return int(bad.sum())
     return int(sum(bad[k, :, rows, cols].sum() for k, (rows, cols) in enumerate(count_boxes)))
+
+
+#: What a model may return (:attr:`tilegraph.outputs.abc.OutputKind.model_output`).
+OUTPUTS = ("array", "labels", "boxes")
+
+
+def _host(v) -> np.ndarray:
+    """A tensor or array-like as numpy on the host."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(v, torch.Tensor):
+        return v.detach().cpu().numpy()
+    return np.asarray(v)
+
+
+def convert_output(y, output: str, out_dtype, *, n: int) -> tuple[Any, int]:
+    """A model's output that is not a float map, as numpy: ``(value, 0)`` (nothing is clipped).
+
+    ``"labels"``: integer (or integral float) labels ``(N, 1, H, W)`` as they are; booleans, complex
+    numbers and objects are refused. ``"boxes"``: a list (or tuple) of ``n`` arrays ``(k, 6)``, one
+    per window, returned as a numpy object array of float64 arrays (so that batches split after an
+    out-of-memory error concatenate). Shapes and values are checked by the output kind.
+
+    Raises
+    ------
+    BadOutput
+        ``"dtype"``: not what the kind expects.
+    """
+    if output == "labels":
+        arr = _host(y)
+        if arr.dtype.kind not in "uif":
+            raise BadOutput("dtype", f"labels model returned {arr.dtype}, expected integer labels")
+        if arr.dtype.kind == "f" and arr.size and not np.isfinite(arr).all():
+            bad = ~np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1) if arr.ndim else np.array([True])
+            raise BadOutput("nonfinite", "labels model returned NaN or Inf", int(np.argmax(bad)))
+        return arr, 0
+    if output == "boxes":
+        if isinstance(y, np.ndarray) and y.dtype == object:
+            y = list(y)
+        if not isinstance(y, list | tuple) or len(y) != n:
+            got = f"a list of {len(y)}" if isinstance(y, list | tuple) else type(y).__name__
+            raise BadOutput(
+                "dtype",
+                f"detections model returned {got} for a batch of {n} windows, expected a list of {n} (k, 6) arrays",
+            )
+        out = np.empty(n, dtype=object)
+        for k, boxes in enumerate(y):
+            out[k] = _host(boxes).astype(np.float64, copy=False)
+        return out, 0
+    raise ValueError(f"unknown model output {output!r}; use one of {OUTPUTS}")
 
 
 def _to_numpy(y, out_dtype, *, with_clips: bool = False, count_boxes=None):
@@ -241,43 +377,111 @@ def _to_numpy(y, out_dtype, *, with_clips: bool = False, count_boxes=None):
     y = np.asarray(y)
     if y.dtype.kind != "f":
         raise BadOutput("dtype", f"model returned {y.dtype}, expected floats")
-    if y.ndim >= 1 and y.size:
-        flat = y.reshape(y.shape[0], -1)
-        finite = np.isfinite(flat.sum(axis=1, dtype=np.float64))  # NaN and Inf propagate through a sum
-        if not finite.all():  # the exact test
-            finite = np.isfinite(flat).all(axis=1)
-        if not finite.all():
-            raise BadOutput("nonfinite", "model returned NaN or Inf", int(np.argmin(finite)))
+
+    def check_finite(rows) -> None:
+        finite = np.isfinite(rows)
+        if not finite.all():  # the exact test on the model's own values
+            exact = np.isfinite(y.reshape(y.shape[0], -1)).all(axis=1)
+            if not exact.all():
+                raise BadOutput("nonfinite", "model returned NaN or Inf", int(np.argmin(exact)))
+
     clipped = 0
     if target.kind == "u":
         top = float(np.iinfo(target).max)
         r = np.multiply(y, np.float32(top), dtype=np.float32)  # one temporary, rounded and clipped in place
         np.rint(r, out=r)
-        if r.size and (float(r.min()) < 0 or float(r.max()) > top):
-            clipped = _count_outside((r < 0) | (r > top), count_boxes)
-            np.clip(r, 0, top, out=r)
+        if r.ndim >= 1 and r.size:
+            # per-window extremes: NaN and Inf show in them (no separate finiteness pass), and they tell
+            # whether anything clips
+            flat = r.reshape(r.shape[0], -1)
+            lo, hi = flat.min(axis=1), flat.max(axis=1)
+            check_finite(lo + hi)
+            if float(lo.min()) < 0 or float(hi.max()) > top:
+                clipped = _count_outside((r < 0) | (r > top), count_boxes)
+                np.clip(r, 0, top, out=r)
         out = r.astype(target)
     else:
+        if y.ndim >= 1 and y.size:  # NaN and Inf propagate through a sum
+            check_finite(y.reshape(y.shape[0], -1).sum(axis=1, dtype=np.float64))
         out = y if y.dtype == target else astype_float(y, target)
     return (out, clipped) if with_clips else out
 
 
 def _build_from_path(spec: ModelSpec):
+    """Import and call the factory of ``spec.target``; the model it returns, of any supported kind.
+
+    The path may also name the model itself (a module instance, a numpy function of the batch). A
+    factory may return a torch module, a numpy callable, a model file's path (loaded with
+    :func:`tilegraph.infer.formats.load_model_file`) or a :class:`~tilegraph.infer.formats.ModulePayload`.
+    """
     module_name, _, attr = (spec.target or "").partition(":")
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
+        missing = isinstance(exc, ModuleNotFoundError) and (exc.name or "") == module_name.split(".")[0]
         raise ModelLoadError(
-            f"cannot import model factory {spec.target!r}: {exc}",
-            hint="the module must be importable on every worker (same environment)",
+            f"cannot import model factory {spec.target!r} on this worker: {exc}",
+            hint=(
+                f"install the package that holds {module_name!r} in every worker's environment "
+                "(pip install -e . for your own project), or send a single-file module to a running "
+                f"cluster with client.upload_file('{module_name.replace('.', '/')}.py'); the embedded "
+                "cluster imports modules of the current folder"
+            )
+            if missing
+            else "the module must import cleanly on every worker (same environment)",
         ) from exc
-    try:
-        model = factory(**spec.factory_kwargs)
-    except Exception as exc:
-        raise ModelLoadError(f"model factory {spec.target!r} failed: {exc!r}") from exc
+    if _is_factory(factory, spec.factory_kwargs):
+        try:
+            model = factory(**spec.factory_kwargs)
+        except Exception as exc:
+            raise ModelLoadError(f"model factory {spec.target!r} failed: {exc!r}") from exc
+    else:
+        model = factory  # the path names the model itself: an instance, or a function of the batch
+    from tilegraph.infer import formats
+
+    if isinstance(model, str | os.PathLike):
+        model = formats.load_model_file(model, device=spec.device)
+    elif isinstance(model, formats.ModulePayload):
+        model = formats.from_payload(model, device=spec.device)
+    if not callable(model):
+        raise ModelLoadError(
+            f"model factory {spec.target!r} returned {type(model).__name__}, not a model",
+            hint="return a torch.nn.Module, a callable on numpy (N, C, H, W) batches or a model file's path",
+        )
     if spec.weights:
+        torch_mod = sys.modules.get("torch")
+        if torch_mod is None or not isinstance(model, torch_mod.nn.Module):
+            raise ModelLoadError(
+                f"weights= needs a torch module, but {spec.target!r} returned {type(model).__name__}",
+                path=spec.weights,
+            )
         _load_weights(model, spec.weights)
     return model
+
+
+def _is_factory(obj, kwargs: dict) -> bool:
+    """Whether an import path names something to call for the model (a class, a factory) or the model itself.
+
+    Classes and callables that take no required argument (or are given ``factory_kwargs``) build the
+    model; a torch module instance, a callable needing one argument (the batch) or any other object is
+    the model.
+    """
+    import inspect
+
+    if kwargs or isinstance(obj, type):
+        return True
+    torch_mod = sys.modules.get("torch")
+    if not callable(obj) or (torch_mod is not None and isinstance(obj, torch_mod.nn.Module)):
+        return False
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return True
+    try:
+        sig.bind()
+        return True
+    except TypeError:
+        return False
 
 
 def _load_weights(model, path: str) -> None:
@@ -305,7 +509,9 @@ def _load_weights(model, path: str) -> None:
 def get_runner(spec: ModelSpec, payload=None) -> BatchRunner:
     """The cached :class:`BatchRunner` for ``spec`` in this process, built on first use.
 
-    ``payload`` is the model object for ``kind="module"``/``"callable"`` (ignored for ``"path"``).
+    ``payload`` is the model object for ``kind="module"``/``"callable"``, as sent (a
+    :class:`~tilegraph.infer.formats.ModulePayload` is rebuilt here, once per process); ignored for
+    ``"path"`` (the factory is imported and called here) and ``"file"`` (the file is loaded here).
     """
     runner = _CACHE.get(spec.token)
     if runner is not None:
@@ -313,9 +519,19 @@ def get_runner(spec: ModelSpec, payload=None) -> BatchRunner:
     with _LOCK:
         runner = _CACHE.get(spec.token)
         if runner is None:
-            fn: Callable = _build_from_path(spec) if spec.kind == "path" else payload
-            if fn is None:
-                raise ModelLoadError(f"model {spec.name!r} did not reach this worker")
+            fn: Callable
+            if spec.kind == "path":
+                fn = _build_from_path(spec)
+            elif spec.kind == "file":
+                from tilegraph.infer.formats import load_model_file
+
+                fn = load_model_file(spec.target or spec.name, device=spec.device)
+            else:
+                if payload is None:
+                    raise ModelLoadError(f"model {spec.name!r} did not reach this worker")
+                from tilegraph.infer.formats import from_payload
+
+                fn = from_payload(payload, device=spec.device)
             runner = BatchRunner(fn, spec)
             _CACHE[spec.token] = runner
     return runner

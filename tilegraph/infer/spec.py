@@ -8,11 +8,16 @@ exists (the probe reads them on a worker for every kind of model). Arguments giv
 :func:`tilegraph.run` override the attributes: :func:`describe_model` records only those, and
 :meth:`ModelSpec.with_declarations` fills the rest from what the probe read.
 
-Three forms are accepted:
+Four forms are accepted:
 
-* a ``torch.nn.Module`` instance (sent to each worker once, never with every task);
+* a ``torch.nn.Module`` instance (sent to each worker once, never with every task; a
+  ``torch.fx.GraphModule``, a TorchScript module or anything cloudpickle cannot send travels as
+  bytes, :func:`tilegraph.infer.formats.to_payload`);
 * an import path ``"package.module:factory"`` with optional ``weights`` (safetensors, or a torch
-  checkpoint loaded with ``weights_only=True``), loaded once per worker process;
+  checkpoint loaded with ``weights_only=True``), loaded once per worker process; the factory may
+  return any supported kind of model (a torch module, a numpy callable, a model file's path);
+* a model file (``.onnx``, a TorchScript archive, a spandrel checkpoint ``.pth``/``.safetensors``...,
+  :data:`tilegraph.infer.formats.SUFFIXES`), loaded once per worker process;
 * a plain callable on numpy arrays.
 
 This module imports neither torch nor distributed.
@@ -21,13 +26,14 @@ This module imports neither torch nor distributed.
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 from dataclasses import asdict, dataclass, field
 
 from tilegraph.errors import ModelLoadError
 from tilegraph.options import ModelOptions
 
-__all__ = ["ModelSpec", "describe_model", "spec_for", "PRECISIONS"]
+__all__ = ["ModelSpec", "describe_model", "is_model_file", "spec_for", "PRECISIONS"]
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -38,11 +44,11 @@ class ModelSpec:
 
     Attributes
     ----------
-    kind : {"module", "path", "callable"}
+    kind : {"module", "path", "file", "callable"}
     name : str
-        Human-facing name (class name or import path).
+        Human-facing name (class name, import path or file name).
     target : str or None
-        ``"package.module:factory"`` for ``kind="path"``.
+        ``"package.module:factory"`` for ``kind="path"``; the absolute file path for ``kind="file"``.
     weights : str or None
         Weights file for ``kind="path"``.
     scale, in_channels, out_channels, stride, halo
@@ -147,6 +153,21 @@ def _content_token(model) -> str:
     return h.hexdigest()
 
 
+def is_model_file(model: object) -> bool:
+    """Whether ``model`` names a model file rather than an import path.
+
+    A path object, or a string ending in a model file suffix (``.onnx``, ``.pt``, ``.pth``,
+    ``.safetensors``...), or naming an existing file.
+    """
+    if isinstance(model, os.PathLike):
+        return True
+    if not isinstance(model, str):
+        return False
+    from tilegraph.infer.formats import SUFFIXES
+
+    return os.path.splitext(model)[1].lower() in SUFFIXES or os.path.isfile(model)
+
+
 def describe_model(
     model,
     *,
@@ -170,7 +191,20 @@ def describe_model(
     """
     if precision not in PRECISIONS:
         raise ModelLoadError(f"precision {precision!r} not supported; use one of {PRECISIONS}")
-    if isinstance(model, str):
+    if is_model_file(model):
+        path = os.path.abspath(os.fspath(model))
+        if not os.path.isfile(path):
+            raise ModelLoadError("model file not found", path=path, hint="give the path of an existing file")
+        if weights or factory_kwargs:
+            raise ModelLoadError(
+                "weights= and factory_kwargs= apply only to a model given by import path",
+                path=path,
+                hint="a model file holds its weights",
+            )
+        kind, name, target = "file", os.path.basename(path), path
+        weights_sha = _weights_hash(path)  # the file is the model: its hash is its identity
+        token_src = f"file|{path}|{weights_sha}"
+    elif isinstance(model, str):
         if ":" not in model:
             raise ModelLoadError(
                 f"model path {model!r} must look like 'package.module:factory'",
@@ -189,7 +223,7 @@ def describe_model(
             raise ModelLoadError("weights= applies only to a model given by import path")
     else:
         raise ModelLoadError(
-            f"a model must be a torch module, a callable or an import path, got {type(model).__name__}"
+            f"a model must be a torch module, a callable, an import path or a model file, got {type(model).__name__}"
         )
 
     token = hashlib.sha1(f"{token_src}|{precision}|{channels_last}|{compile}|{device}".encode()).hexdigest()[

@@ -12,6 +12,12 @@ An output kind has two halves:
   chunk, or a strip pass first); labels would yield a matching step then a relabelling step; a
   table of detections yields nothing and reduces the small results on the client.
 
+A kind also says what the model returns for it (:attr:`OutputKind.model_output`: float maps,
+integer labels or lists of boxes, so that the runner checks floats only where floats are due), what
+the output array holds (:meth:`OutputKind.output_dtype`, :meth:`OutputKind.store_dtype`,
+:meth:`OutputKind.output_layout`) and takes its own options from the run's
+(:meth:`OutputKind.configure`).
+
 Kinds register like blend modes (:func:`tilegraph.outputs.register_kind`, entry points in the
 ``tilegraph.outputs`` group).
 """
@@ -30,6 +36,7 @@ from tilegraph.blend.abc import Blender
 from tilegraph.plan.plan import Plan
 from tilegraph.sink.abc import ChunkWriter
 from tilegraph.sink.tile_store import TileStore
+from tilegraph.sink.zarr_sink import output_layout
 
 __all__ = ["Assembly", "KindResult", "OutputKind", "Step", "WindowContext"]
 
@@ -89,6 +96,10 @@ class Assembly:
     corrections: Any
     results: Sequence[Any]  # what :meth:`OutputKind.consume` returned, per model task (in task order)
     inference_done: bool  # every model task has finished (results are complete)
+    #: The run's one cached thumbnail inference (``() -> (array, output pixels per thumbnail pixel)``).
+    thumbnail: Callable[[], tuple[Any, float]] | None = None
+    #: Windows that ran (``None``: all of them; a mask skips the others).
+    windows: Sequence[int] | None = None
 
 
 @dataclass
@@ -99,6 +110,10 @@ class KindResult:
     seconds: float = 0.0
     data: Any = None
     extra: dict = field(default_factory=dict)
+    #: Recorded in the output's attributes (a report), beside the run's own.
+    attributes: dict = field(default_factory=dict)
+    #: A structured array the sink writes as a table (``.csv``, ``.parquet``): detections.
+    table: Any = None
 
 
 class OutputKind(ABC):
@@ -111,13 +126,43 @@ class OutputKind(ABC):
     uses_tile_store: ClassVar[bool] = True
     #: Assembly needs the small results of every model task before its first step.
     needs_all_results: ClassVar[bool] = False
+    #: What the model returns: ``"array"`` (floats ``(N, C', H', W')``, checked for NaN and Inf and
+    #: cast to the store's dtype), ``"labels"`` (integers ``(N, 1, H', W')``, passed as they are) or
+    #: ``"boxes"`` (per batch, a list of one ``(k, 6)`` array per window).
+    model_output: ClassVar[str] = "array"
+    #: Source channels the model does not take (alpha) are appended to its output.
+    passthrough: ClassVar[bool] = True
 
-    def specialise(self, plan: Plan, blender: Blender, *, corrected: bool, passes: bool) -> OutputKind:
+    def configure(self, options: Any) -> OutputKind:
+        """This kind with its options taken from the run's :class:`~tilegraph.options.RunOptions`
+        (default: this one). The configured kind reaches the workers with the run's context."""
+        return self
+
+    def output_dtype(self, requested: str | None, source_dtype: str) -> str:
+        """dtype of the output, decided before the plan (default: ``requested``, else the source's)."""
+        return str(np.dtype(requested or source_dtype))
+
+    def store_dtype(self, out_dtype: str) -> str | None:
+        """dtype of the per-window store (default ``None``: what the blend mode needs)."""
+        return None
+
+    def output_layout(self, plan: Plan, source_layout: str) -> tuple[int, str, str]:
+        """``(channels, dtype, axes)`` of the array the sink writes, once the plan is known.
+
+        Default: the plan's output channels and dtype, in the source's axis order.
+        """
+        channels = int(plan.out_channels or 0)
+        return channels, str(plan.out_dtype), output_layout(source_layout, channels)
+
+    def specialise(
+        self, plan: Plan, blender: Blender, *, corrected: bool, passes: bool, masked: bool = False
+    ) -> OutputKind:
         """The kind that will run (default: this one), once the plan is known.
 
         A kind may hand over to a faster variant when the run allows it (``image`` with ``crop``
         whose cuts fall on the output chunks writes chunks straight from the model tasks).
-        ``corrected``: a per-window correction applies; ``passes``: passes follow blending.
+        ``corrected``: a per-window correction applies; ``passes``: passes follow blending;
+        ``masked``: a mask skips windows and fills the output outside it.
         """
         return self
 

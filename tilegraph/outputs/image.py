@@ -13,18 +13,19 @@ a confidence channel has it kept in the store (last channel) and multiplying the
 from __future__ import annotations
 
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
-from tilegraph._cast import astype_float
+from tilegraph._cast import astype_float, to_output_dtype
 from tilegraph.blend.abc import Blender, Box, Strip, overlap_strips
 from tilegraph.blend.confidence import confident_blend, confident_strip
 from tilegraph.errors import MissingWindowError, SinkError
 from tilegraph.outputs.abc import Assembly, KindResult, OutputKind, Step, WindowContext
+from tilegraph.outputs.masking import masked_reader
 from tilegraph.plan.plan import Plan
 from tilegraph.plan.resample import to_output_scale
 from tilegraph.sink.tile_store import TileStore
@@ -53,12 +54,15 @@ class ReconcileContext:
         ``(h, w, C')`` model output on the thumbnail (``reference="thumbnail"``).
     factor : float or None
         Output pixels per thumbnail pixel.
+    choice : dict or None
+        How ``reference="auto"`` chose (the measured difference and why), for the metadata.
     """
 
     reference: str | None
     sigma: float
     thumbnail: np.ndarray | None = None
     factor: float | None = None
+    choice: dict | None = None
 
 
 class TileStoreReader:
@@ -117,10 +121,18 @@ class ImageKind(OutputKind):
 
     name: ClassVar[str] = "image"
 
-    def specialise(self, plan: Plan, blender: Blender, *, corrected: bool, passes: bool) -> OutputKind:
-        if blender.name == "crop" and not corrected and not passes and direct_crop_possible(plan):
+    def specialise(
+        self, plan: Plan, blender: Blender, *, corrected: bool, passes: bool, masked: bool = False
+    ) -> OutputKind:
+        if blender.name == "crop" and not (corrected or passes or masked) and direct_crop_possible(plan):
             return DirectCropKind()
         return self
+
+    def chunk_task(self) -> Callable[..., dict]:
+        """The task that builds and writes one output chunk: ``fn((ctx, corrections, strips), box, strips=None)``
+        (the per-task ``strips``, what :meth:`~tilegraph.blend.Blender.strips_for_task` selects for the box,
+        win over the shared ones)."""
+        return blend_chunk
 
     def consume(
         self, ctx: WindowContext, indices: Sequence[int], raw: np.ndarray, y: np.ndarray, pool: Executor
@@ -157,12 +169,12 @@ class ImageKind(OutputKind):
         chunks = chunk_boxes(plan)
         results = yield Step(
             "blend",
-            blend_chunk,
+            self.chunk_task(),
             [
                 (box, None if strips_state is None else blender.strips_for_task(plan, box, strips_state))
                 for _, box in chunks
             ],
-            shared=(job.context, job.corrections),
+            shared=(job.context, job.corrections, None),  # each task carries its own strips
             after=[blender.windows_for_box(plan, box) for _, box in chunks],
         )
         t += sum(r["seconds"] for r in results)
@@ -205,7 +217,7 @@ class DirectCropKind(ImageKind):
 def measure_strip(shared: tuple, strip: Strip) -> Any:
     """Task: the blender's small result of one overlap strip."""
     ctx, corrections = shared
-    reader = TileStoreReader(ctx.plan, ctx.tile_store)
+    reader = masked_reader(ctx, TileStoreReader(ctx.plan, ctx.tile_store))
     transform = corrections.transform if corrections is not None else None
     if getattr(ctx, "confidence", False):
         return confident_strip(ctx.blender, ctx.plan, strip, reader, transform)
@@ -215,18 +227,29 @@ def measure_strip(shared: tuple, strip: Strip) -> Any:
 def blend_chunk(shared: tuple, box: Box, strips: Any = None) -> dict:
     """Task: build one output chunk from the per-window store and write it once (no read-modify-write).
 
-    ``strips``: what the blender's strip pass gave for this box (only its own strips).
+    ``strips``: what the blender's strip pass gave for this box (only its own strips); else the shared ones.
     """
     t0 = time.perf_counter()
-    ctx, corrections = shared
+    ctx, corrections, shared_strips = shared
+    strips = strips if strips is not None else shared_strips
     blender: Blender = ctx.blender
     reader = TileStoreReader(ctx.plan, ctx.tile_store)
     transform = corrections.transform if corrections is not None else None
+    mask = getattr(ctx, "mask", None)
+    masked = masked_reader(ctx, reader)
     if getattr(ctx, "confidence", False):
-        block = confident_blend(blender, ctx.plan, box, reader, transform=transform, strips=strips)
+        block = confident_blend(blender, ctx.plan, box, masked, transform=transform, strips=strips)
     else:
-        block = blender.blend(ctx.plan, box, reader, transform=transform, strips=strips)
-    clipped = ctx.writer.write(box, block, integer_scaled=reader.dtype.kind == "f" or block.dtype.kind == "f")
+        block = blender.blend(ctx.plan, box, masked, transform=transform, strips=strips)
+    scaled = reader.dtype.kind == "f" or block.dtype.kind == "f"
+    if mask is not None and mask.fill is not None:  # outside the mask: the fill, exactly
+        inside = mask.out_mask(ctx.plan, box)[..., None]
+        out, clipped = to_output_dtype(
+            np.where(inside, block, 0), ctx.writer.layout.dtype, integer_scaled=scaled
+        )
+        ctx.writer.write(box, mask.fill_box(ctx.plan, box, out), integer_scaled=False)
+        return {"clipped": clipped, "seconds": time.perf_counter() - t0}
+    clipped = ctx.writer.write(box, block, integer_scaled=scaled)
     return {"clipped": clipped, "seconds": time.perf_counter() - t0}
 
 

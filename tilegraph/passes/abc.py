@@ -8,7 +8,8 @@ or an entry point in the ``tilegraph.passes`` group), asked for with ``run(..., 
 
 :meth:`Pass.prepare` runs once on the client and returns a small state every task receives (a
 thumbnail, statistics, readers); it gets a :class:`PassContext` from the engine, which gives it the plan,
-the run's one cached thumbnail inference, a reader of the run's window outputs, and model windows on
+the run's one cached thumbnail inference, read access to the input (:class:`SourceView`), a reader of
+the run's window outputs, and model windows on
 another grid (:meth:`PassContext.infer`: the engine runs them as model tasks, distributed like the run's
 own, and keeps their outputs in a second per-window store that tasks read through the returned
 :class:`WindowOutputs`).
@@ -24,7 +25,7 @@ import numpy as np
 
 from tilegraph.plan.plan import Plan
 
-__all__ = ["Pass", "PassContext", "Box", "WindowOutputs"]
+__all__ = ["Pass", "PassContext", "SourceView", "Box", "WindowOutputs"]
 
 Box = tuple[int, int, int, int]
 
@@ -43,11 +44,35 @@ class WindowOutputs(Protocol):
     def __call__(self, index: int, rows: slice, cols: slice) -> np.ndarray: ...
 
 
+class SourceView(Protocol):
+    """The run's source at the output's scale, read by tasks (small and picklable: put it in a state).
+
+    :meth:`read` returns ``(rows, cols, C)`` of an output box in the source's dtype (an up-scale
+    repeats pixels; a down-scale averages blocks into float32 in the source's units).
+    """
+
+    @property
+    def shape(self) -> tuple[int, int]: ...
+
+    @property
+    def channels(self) -> int: ...
+
+    @property
+    def dtype(self) -> np.dtype: ...
+
+    def read(self, box: Box) -> np.ndarray: ...
+
+
 class PassContext(Protocol):
     """What the engine offers a pass when it prepares (client side)."""
 
     @property
     def plan(self) -> Plan: ...
+
+    @property
+    def out_dtype(self) -> str:
+        """dtype of the array the pass writes (its values are rounded and clipped to it there)."""
+        ...
 
     def thumbnail(self) -> tuple[np.ndarray, float]:
         """The model run once on a thumbnail of the whole image, ``(h, w, C')`` float32 in the model's
@@ -63,6 +88,11 @@ class PassContext(Protocol):
         """Run the model over ``windows`` (default: all) of ``plan``, a grid of the run's geometry with
         another origin (:func:`tilegraph.plan.shifted_plan`), as model tasks on the run's workers; waits
         for them and returns their outputs (float32, uncorrected). Windows not run must not be read."""
+        ...
+
+    def source(self) -> SourceView:
+        """Read access to the run's input at the output's scale, for passes that compare the output
+        with it (diff-merge); return it in the state to read it in :meth:`Pass.apply`."""
         ...
 
 
@@ -101,6 +131,8 @@ class Pass(ABC):
         """Output ``box`` ``(rows, cols, C)`` float32 from ``block``, the input over ``in_box``.
 
         ``block`` is float32 in the model's units (integers as ``[0, 1]``); must not be modified.
+        An array already in the output's dtype is written as it is (no rounding: diff-merge's
+        unchanged pixels stay bit for bit).
         """
 
     def describe(self) -> dict:

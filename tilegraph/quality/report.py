@@ -284,7 +284,8 @@ def write_report(
     Parameters
     ----------
     metrics
-        The dict from :func:`tilegraph.quality.metrics.seam_metrics` (extra keys are kept in the JSON).
+        The dict from :func:`tilegraph.quality.metrics.seam_metrics` (extra keys are kept in the JSON; a
+        list of strings under ``"notes"`` is shown as "Notes on this run").
     image
         The stitched output ``(H, W, C)`` (numpy, Zarr, ...); read in blocks for the thumbnail and the crops.
     plan
@@ -349,6 +350,8 @@ def write_report(
         for s in _get(metrics, "seams", "worst") or []
     )
     geo = metrics.get("geometry", {})
+    notes = "".join(f"<li>{html.escape(str(n))}</li>" for n in metrics.get("notes") or [])
+    notes_html = f"<h2>Notes on this run</h2>\n<ul class='notes'>{notes}</ul>" if notes else ""
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{_CSS}</style></head>
 <body>
@@ -360,6 +363,7 @@ does on parallel lines and on the lines beside the seam); the raw step includes 
 The same numbers are in <a href="report.json">report.json</a>.</p>
 <h2>Summary</h2>
 {summary_html(metrics)}
+{notes_html}
 <h2>Seam strength</h2>
 <figure><img id="heatmap" src="{heat}" alt="seam heat map" width="{thumb_dn.shape[1]}"
  height="{thumb_dn.shape[0]}" style="max-width:100%;height:auto">

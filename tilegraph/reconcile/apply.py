@@ -62,6 +62,10 @@ class Corrections:
         """Gain 1, offset 0 everywhere."""
         return cls(np.ones((n_windows, channels)), np.zeros((n_windows, channels)))
 
+    def with_info(self, info: dict) -> Corrections:
+        """The same corrections with ``info`` replaced."""
+        return Corrections(self.gain, self.offset, info)
+
     @property
     def n_windows(self) -> int:
         """Number of windows."""
@@ -75,7 +79,7 @@ class Corrections:
     def scaled(self, strength: float) -> Corrections:
         """Corrections moved toward identity: ``gain = 1 + s (gain - 1)``, ``offset = s offset``."""
         s = float(strength)
-        return Corrections(1.0 + s * (self.gain - 1.0), s * self.offset, {**self.info, "strength": s})
+        return Corrections(1.0 + s * (self.gain - 1.0), s * self.offset, {**(self.info or {}), "strength": s})
 
     def transform(
         self, index: int, region: np.ndarray, slices: tuple[slice, slice] | None = None

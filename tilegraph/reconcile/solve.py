@@ -13,6 +13,15 @@ normal equations ``J^T W J x = J^T W r`` are a sparse grid Laplacian plus a diag
 (SuperLU) for all channels at once. Pair residuals are re-weighted with Huber weights (IRLS) so overlaps
 where windows genuinely disagree pull less. Residuals are measured in DN (1/255 of ``full_scale``).
 
+Three rules keep the solve from making things worse (issue 11):
+
+* pairs whose sides agree (within ``agree`` DN) ask for no relative correction, and when *every* pair agrees
+  the result is exactly the identity, whatever the anchors say;
+* ``anchor_fit="regression"`` fits each window to its anchor by pixelwise least squares (the gain is the
+  regression slope), which reaches the best per-window affine fit where the moment match does not;
+* without anchors each window is anchored to itself, so pairs that disagree systematically cannot add up
+  into drifts across the grid.
+
 :func:`solve_sequential` is the classic baseline ("APT statistical matching"): windows in raster order,
 each matched in mean and standard deviation to its already-corrected left and top neighbours over the
 shared bands, computed analytically from the same statistics. Its errors add up along the chain.
@@ -31,9 +40,15 @@ from tilegraph.plan.plan import Plan
 from tilegraph.reconcile.apply import Corrections
 from tilegraph.reconcile.stats import PairStats, TileStats
 
-__all__ = ["solve_global", "solve_sequential", "MODES"]
+__all__ = ["solve_global", "solve_sequential", "MODES", "ANCHOR_FITS", "RECOMMENDED"]
 
 MODES = ("gain-offset", "offset")
+ANCHOR_FITS = ("moments", "regression")
+
+#: Solve options that the engine should use by default (measured on the InstanceNorm model against
+#: whole-image inference, see ``tests/test_reconcile_never_hurts.py``): regression anchors, each anchor
+#: worth three typical pairs.
+RECOMMENDED: dict = {"anchor_fit": "regression", "anchor": 3.0}
 
 
 def _grid_shape(grid) -> tuple[int, int]:
@@ -46,7 +61,8 @@ def _grid_shape(grid) -> tuple[int, int]:
 
 
 def _channels(pairs: Sequence[PairStats], refs: Sequence[TileStats], channels: int | None) -> int:
-    for rec in (*pairs, *refs):
+    records: list[PairStats | TileStats] = [*pairs, *refs]
+    for rec in records:
         return rec.channels
     if channels is None:
         raise ValueError("no statistics given: pass channels= to get identity corrections")
@@ -77,16 +93,17 @@ def _pair_table(pairs: Sequence[PairStats], k: float):
 
 
 def _ref_table(refs: Sequence[TileStats], k: float):
-    """Arrays (index, n, m_t, m_r, t_t, t_r) with moments in DN; empty cores dropped."""
+    """Arrays (index, n, m_t, m_r, t_t, t_r, cov) with moments in DN; empty cores dropped."""
     use = [r for r in refs if r.n > 0]
     idx = np.array([r.index for r in use], dtype=np.intp)
     n = np.array([r.n for r in use], dtype=np.float64)
     if not use:
         e = np.zeros((0, 0))
-        return idx, n, e, e, e, e
+        return idx, n, e, e, e, e, e
     m_t, t_t = _mean_std(n, _stack(use, "sum_t"), _stack(use, "sumsq_t"))
     m_r, t_r = _mean_std(n, _stack(use, "sum_r"), _stack(use, "sumsq_r"))
-    return idx, n, k * m_t, k * m_r, k * t_t, k * t_r
+    cov = _stack(use, "sum_tr") / n[:, None] - m_t * m_r
+    return idx, n, k * m_t, k * m_r, k * t_t, k * t_r, k * k * cov
 
 
 def _check(mode: str, strength: float) -> None:
@@ -213,6 +230,8 @@ def solve_global(
     adaptive: bool = False,
     sigma_floor: float = 0.05,
     channels: int | None = None,
+    anchor_fit: str = "moments",
+    agree: float = 1e-3,
 ) -> Corrections:
     """One sparse least-squares solve for every window's per-channel gain and offset.
 
@@ -255,13 +274,36 @@ def solve_global(
         Lowest noise level (DN) the re-weighting assumes.
     channels
         Channel count, needed only when no statistics are given.
+    anchor_fit
+        How a window meets its anchor in ``"gain-offset"`` mode. ``"moments"``: equal low-passed mean and
+        standard deviation (eq. 12). ``"regression"``: the pixelwise least-squares fit of the reference on
+        the window, ``sum_p (a t_p + b - r_p)^2``, from the same sums (the gain becomes the regression slope
+        ``cov(t, r) / var(t)``): closer to the best per-window correction when the reference is smoother or
+        noisier than the window, or when the window's error is not affine (``RECOMMENDED``).
+    agree
+        Agreement tolerance in DN (measurement noise: float rounding, convolution algorithms): a pair whose
+        two sides' means and standard deviations differ by at most this much (per channel) is taken as
+        agreeing exactly, and so is an anchor whose window and reference moments do. When *every* pair
+        agrees, the windows are consistent and the result is exactly gain 1 and offset 0 whatever the
+        anchors say (an exact model is never "corrected"); otherwise agreeing pairs ask for no relative
+        correction. ``0`` disables the tolerance (exactly equal moments still agree).
 
     Returns
     -------
     Corrections
         ``info`` holds the solve time, iterations and pair residual statistics (DN).
+
+    Notes
+    -----
+    Without anchors, the weak priors alone would let the solution drift: smaller gains shrink every pair
+    residual, and pairs that disagree in a systematic way (per-window normalisation) add up across the grid
+    into ramps far larger than the seams they fix. Each window is then anchored to *itself* (its own moments,
+    pooled over its overlap bands, with the weight ``anchor``): the solve moves windows towards their
+    neighbours only as far as seams ask, never the whole image away from the model's output.
     """
     _check(mode, strength)
+    if anchor_fit not in ANCHOR_FITS:
+        raise ValueError(f"anchor_fit {anchor_fit!r} not supported; use one of {ANCHOR_FITS}")
     t0 = time.perf_counter()
     rows_, cols_ = _grid_shape(grid)
     n = rows_ * cols_
@@ -269,11 +311,40 @@ def solve_global(
     nc = _channels(pairs, refs, channels)
     k = 255.0 / float(full_scale)
     ia, ib, npair, mu_a, mu_b, s_a, s_b = _pair_table(pairs, k)
-    ir, nref, m_t, m_r, t_t, t_r = _ref_table(refs, k)
+    ir, nref, m_t, m_r, t_t, t_r, cov_tr = _ref_table(refs, k)
     for idx in (ia, ib, ir):
         if len(idx) and (idx.min() < 0 or idx.max() >= n):
             raise ValueError(f"statistics refer to window {int(idx.max())}, the grid has {n} windows")
     gain_mode = mode == "gain-offset"
+    if not agree >= 0:
+        raise ValueError(f"agree must be >= 0 DN, got {agree}")
+    mu_a, mu_b, s_a, s_b, snapped_pairs = _snap_pairs(mu_a, mu_b, s_a, s_b, float(agree))
+    m_t, m_r, t_t, t_r, cov_tr, snapped_refs = _snap_refs(m_t, m_r, t_t, t_r, cov_tr, float(agree))
+    if len(ia) and snapped_pairs == len(ia):
+        # every pair agrees: the windows are consistent, a correction could only add error
+        info = {
+            "solver": "global",
+            "mode": mode,
+            "iterations": 0,
+            "seconds": time.perf_counter() - t0,
+            "pairs": int(len(ia)),
+            "anchors": int(len(ir)),
+            "pair_residual_rms_dn": 0.0,
+            "pair_residual_max_dn": 0.0,
+            "downweighted": 0,
+            "anchor_fit": anchor_fit,
+            "agreeing_pairs": snapped_pairs,
+            "agreeing_anchors": snapped_refs,
+            "self_anchored": False,
+            "note": "all windows agree in their overlaps: no correction",
+        }
+        return Corrections.identity(n, nc).with_info(info).scaled(strength)
+    self_anchored = False
+    if not len(ir) and len(ia):
+        # relative only: each window is anchored to itself, so the solve fixes seams and nothing else
+        ir, nref, m_t, t_t = _self_table(n, ia, ib, npair, mu_a, mu_b, s_a, s_b)
+        m_r, t_r, cov_tr = m_t, t_t, t_t * t_t
+        self_anchored = True
     # pair weight: pixels in the band over the noise variance (eq. 12); an anchor weighs ``anchor`` typical
     # pairs, scaled by its own pixel count; the priors are absolute and therefore weak for real tile sizes
     typical = float(np.median(npair)) if len(npair) else float(np.median(nref)) if len(nref) else 1.0
@@ -281,8 +352,13 @@ def solve_global(
     wr = anchor * typical * nref / np.median(nref) / sigma_pair**2 if len(nref) else nref
     allw = np.arange(n)
     # unknowns of window i: gain at 2i and offset at 2i + 1 (neighbours in the matrix), or offset at i
-    ga = (lambda i: 2 * i) if gain_mode else None
-    of = (lambda i: 2 * i + 1) if gain_mode else (lambda i: i)
+
+    def ga(i):  # gain unknowns (gain mode only)
+        return 2 * i
+
+    def of(i):  # offset unknowns
+        return 2 * i + 1 if gain_mode else i
+
     gain = np.ones((n, nc))
     offset = np.zeros((n, nc))
     iters, resid, down = [], [], 0
@@ -300,7 +376,13 @@ def solve_global(
                 sysm.add(
                     [ga(ia), ga(ib)], [s_a[:, c], -s_b[:, c]], np.zeros(len(ia)), gamma * wp, group=_PAIR
                 )
-            if len(ir):
+            if len(ir) and anchor_fit == "regression":
+                # pixelwise least squares sum (a t + b - r)^2 / n = (a m_t + b - m_r)^2 + (a t_t - cov / t_t)^2
+                # + const: the gain is the regression slope of the reference on the window
+                slope_t = np.where(t_t[:, c] > 1e-9, cov_tr[:, c] / np.maximum(t_t[:, c], 1e-9), 0.0)
+                sysm.add([ga(ir), of(ir)], [m_t[:, c], 1.0], m_r[:, c], wr, group=_ANCHOR)
+                sysm.add([ga(ir)], [t_t[:, c]], slope_t, gamma * wr, group=_ANCHOR)
+            elif len(ir):
                 sysm.add([ga(ir), of(ir)], [m_t[:, c], 1.0], m_r[:, c], wr, group=_ANCHOR)
                 sysm.add([ga(ir)], [t_t[:, c]], t_r[:, c], gamma * wr, group=_ANCHOR)
             sysm.add([ga(allw)], [1.0], np.ones(n), 1.0 / sigma_gain**2, group=_PRIOR)
@@ -330,6 +412,8 @@ def solve_global(
             gain[:, c], offset[:, c] = x[0::2], x[1::2] / k
         else:
             offset[:, c] = x / k
+    exact = (np.abs(gain - 1.0) < 1e-9) & (np.abs(offset * k) < 1e-7)
+    gain[exact], offset[exact] = 1.0, 0.0
     pr = np.concatenate(resid)
     info = {
         "solver": "global",
@@ -341,8 +425,62 @@ def solve_global(
         "pair_residual_rms_dn": float(np.sqrt(np.mean(pr**2))) if len(pr) else 0.0,
         "pair_residual_max_dn": float(pr.max()) if len(pr) else 0.0,
         "downweighted": down,
+        "anchor_fit": anchor_fit,
+        "agreeing_pairs": snapped_pairs,
+        "agreeing_anchors": snapped_refs,
+        "self_anchored": self_anchored,
     }
     return Corrections(gain, offset, info).scaled(strength)
+
+
+def _self_table(n: int, ia, ib, npair, mu_a, mu_b, s_a, s_b):
+    """Self-anchors: each window's own mean and standard deviation pooled over its overlap bands (DN)."""
+    nc = mu_a.shape[1]
+    cnt = np.zeros(n)
+    s1 = np.zeros((n, nc))
+    s2 = np.zeros((n, nc))
+    for idx, mu, sd in ((ia, mu_a, s_a), (ib, mu_b, s_b)):
+        w = npair[:, None]
+        np.add.at(cnt, idx, npair)
+        np.add.at(s1, idx, w * mu)
+        np.add.at(s2, idx, w * (sd * sd + mu * mu))
+    ir = np.flatnonzero(cnt > 0)
+    nref = cnt[ir]
+    m = s1[ir] / nref[:, None]
+    t = np.sqrt(np.maximum(s2[ir] / nref[:, None] - m * m, 0.0))
+    return ir.astype(np.intp), nref, m, t
+
+
+def _snap_pairs(mu_a, mu_b, s_a, s_b, tol: float):
+    """Pairs (per channel) whose sides agree within ``tol`` DN get identical moments (their averages)."""
+    if not len(mu_a):
+        return mu_a, mu_b, s_a, s_b, 0
+    ok = (np.abs(mu_a - mu_b) <= tol) & (np.abs(s_a - s_b) <= tol)
+    mu = np.where(ok, 0.5 * (mu_a + mu_b), 0.0)
+    sd = np.where(ok, 0.5 * (s_a + s_b), 0.0)
+    return (
+        np.where(ok, mu, mu_a),
+        np.where(ok, mu, mu_b),
+        np.where(ok, sd, s_a),
+        np.where(ok, sd, s_b),
+        int(np.count_nonzero(ok.all(axis=1))),
+    )
+
+
+def _snap_refs(m_t, m_r, t_t, t_r, cov, tol: float):
+    """Anchors (per channel) whose window and reference agree within ``tol`` DN: reference := window."""
+    if not len(m_t):
+        return m_t, m_r, t_t, t_r, cov, 0
+    slope = np.where(t_t > 1e-9, cov / np.maximum(t_t, 1e-9), t_r)
+    ok = (np.abs(m_t - m_r) <= tol) & (np.abs(t_t - t_r) <= tol) & (np.abs(slope - t_t) <= tol)
+    return (
+        m_t,
+        np.where(ok, m_t, m_r),
+        t_t,
+        np.where(ok, t_t, t_r),
+        np.where(ok, t_t * t_t, cov),
+        int(np.count_nonzero(ok.all(axis=1))),
+    )
 
 
 def solve_sequential(
@@ -389,7 +527,7 @@ def solve_sequential(
     pairs, refs = list(pairs), list(refs)
     nc = _channels(pairs, refs, channels)
     ia, ib, npair, mu_a, mu_b, s_a, s_b = _pair_table(pairs, 1.0)
-    ir, _, m_t, m_r, t_t, t_r = _ref_table(refs, 1.0)
+    ir, _, m_t, m_r, t_t, t_r, _ = _ref_table(refs, 1.0)
     anchor_row = np.full(n, -1)
     anchor_row[ir] = np.arange(len(ir))
     # each pair is used when its later window (raster order) is visited; "self" is that later window

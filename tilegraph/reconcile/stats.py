@@ -20,7 +20,9 @@ Two ways to produce pair records, with identical moments:
 Geometry: the overlap of windows ``a`` and ``b`` is intersected with the image (the far-edge padding is not
 image) and shrunk by ``margin`` output pixels on every side, which drops the windows' outer edges where models
 are least reliable. The low-pass (Gaussian, ``sigma`` output pixels) is computed on the band plus up to
-``ceil(3 sigma)`` pixels of context inside the window, so hallucinated texture does not drive the solve.
+``ceil(3 sigma)`` pixels of context, so hallucinated texture does not drive the solve. The context stays
+inside *both* windows of the pair (their overlap, less the margin): the two halves of a pair are then
+computed from the same pixels, and windows that agree there give identical moments.
 """
 
 from __future__ import annotations
@@ -312,6 +314,22 @@ def _allowed(plan: Plan, index: int, margin: int) -> Box:
     return r0, r1, c0, c1
 
 
+def _pair_allowed(plan: Plan, index: int, other: int, margin: int) -> Box:
+    """Window-local box (of ``index``) that both ``index``'s and ``other``'s allowed boxes cover.
+
+    A pair's band is low-passed with context from this box only, so both halves of a pair are computed from
+    the very same pixels: windows that agree there give identical moments, bit for bit.
+    """
+    wa, wb = plan.window(index), plan.window(other)
+    ay, ax = plan.y.out_start(wa.row), plan.x.out_start(wa.col)
+    by, bx = plan.y.out_start(wb.row), plan.x.out_start(wb.col)
+    a0, a1, a2, a3 = _allowed(plan, index, margin)
+    b0, b1, b2, b3 = _allowed(plan, other, margin)
+    y0, y1 = max(a0 + ay, b0 + by), min(a1 + ay, b1 + by)
+    x0, x1 = max(a2 + ax, b2 + bx), min(a3 + ax, b3 + bx)
+    return y0 - ay, max(y0, y1) - ay, x0 - ax, max(x0, x1) - ax
+
+
 def _lowpass_region(out, rows: slice, cols: slice, sigma: float, allowed: Box) -> np.ndarray:
     """Low-passed ``out[:, rows, cols]`` (float64), filtered with context from the ``allowed`` box only.
 
@@ -385,8 +403,12 @@ def pair_stats(
     if box[1] <= box[0] or box[3] <= box[2]:
         z = np.zeros(a_out.shape[0])
         return PairStats(a_index, b_index, axis, 0, z, z.copy(), z.copy(), z.copy(), z.copy(), box)
-    u = _lowpass_region(a_out, *_local(plan, a_index, box), sigma, _allowed(plan, a_index, margin))
-    v = _lowpass_region(b_out, *_local(plan, b_index, box), sigma, _allowed(plan, b_index, margin))
+    u = _lowpass_region(
+        a_out, *_local(plan, a_index, box), sigma, _pair_allowed(plan, a_index, b_index, margin)
+    )
+    v = _lowpass_region(
+        b_out, *_local(plan, b_index, box), sigma, _pair_allowed(plan, b_index, a_index, margin)
+    )
     n, su, suu = _moments(u)
     _, sv, svv = _moments(v)
     c = u.shape[0]
@@ -500,14 +522,14 @@ def window_stats(
     """
     _check_out(plan, out, "out")
     margin = _auto_margin(plan, margin)
-    allowed = _allowed(plan, index, margin)
-    sides = {}
+    sides: dict[int, tuple[int, np.ndarray, np.ndarray, Box]] = {}
     for nb, a, b in _neighbours(plan, index):
         box = overlap_box(plan, a, b, margin=margin)
         if box[1] <= box[0] or box[3] <= box[2]:
             z = np.zeros(out.shape[0])
             sides[nb] = (0, z, z.copy(), box)
             continue
+        allowed = _pair_allowed(plan, index, nb, margin)
         sides[nb] = (*_moments(_lowpass_region(out, *_local(plan, index, box), sigma, allowed)), box)
     ref = None
     if reference is not None:

@@ -1,4 +1,4 @@
-"""Sinks: the :class:`Sink` contract, its registry, Zarr v3 output and TIFF/PNG/JPEG exports.
+"""Sinks: the :class:`Sink` contract, its registry, Zarr v3 and OME-Zarr output, TIFF/PNG/JPEG exports.
 
 :func:`sink_for` picks the sink by the destination's suffix; a destination without a suffix, or
 ending in ``.zarr``, is a Zarr v3 array. Another suffix that no sink claims is refused, with the
@@ -39,6 +39,8 @@ SINKS: Registry[type[Sink]] = Registry(
         "zarr": "tilegraph.sink.builtin:ZarrSink",
         "tiff": "tilegraph.sink.builtin:TiffSink",
         "raster": "tilegraph.sink.builtin:RasterSink",
+        "table": "tilegraph.sink.table_sink:TableSink",
+        "ome-zarr": "tilegraph.sink.omezarr:OmeZarrSink",
     },
     base=Sink,
 )

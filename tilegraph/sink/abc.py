@@ -49,6 +49,8 @@ class OutputLayout:
         Chunk extent ``(rows, cols)``.
     shards : tuple of int or None
         Shard extent, a multiple of ``chunks``; each shard is then written by one task.
+    alpha : bool
+        The last channel is the source's alpha, passed around the model.
     """
 
     shape: tuple[int, int]
@@ -57,6 +59,7 @@ class OutputLayout:
     layout: str
     chunks: tuple[int, int]
     shards: tuple[int, int] | None = None
+    alpha: bool = False
 
     def full_dims(self, rows: int, cols: int) -> tuple[int, ...]:
         """Array dimensions of a ``rows`` x ``cols`` region in this layout."""
@@ -119,6 +122,8 @@ class Sink(ABC):
     name: ClassVar[str] = ""
     #: Destination suffixes this sink writes (lower case, with the dot).
     suffixes: ClassVar[tuple[str, ...]] = ()
+    #: The sink writes tables (:meth:`write_table`: rows such as detections), not arrays.
+    holds_tables: ClassVar[bool] = False
 
     def __init__(self, destination: str, options: ExportOptions | None = None) -> None:
         self.destination = destination
@@ -145,6 +150,15 @@ class Sink(ABC):
     ) -> ChunkWriter:
         """Create the (empty, incomplete) output and return its writer."""
 
+    def derived(self, writer: ChunkWriter) -> tuple[tuple[str, ChunkWriter], ...]:
+        """Arrays computed from the output once it is written (pyramid levels), each from the previous one.
+
+        Each entry is ``(pass name, target writer)``: the engine runs that registered
+        :class:`~tilegraph.passes.abc.Pass` chunk-wise from the previous array (the output first) into
+        the target, before :meth:`finish`. Default: none.
+        """
+        return ()
+
     @abstractmethod
     def finish(self, writer: ChunkWriter, final: dict) -> FinishTask | None:
         """Mark the output complete with the ``final`` attributes; an export step if one follows."""
@@ -152,6 +166,16 @@ class Sink(ABC):
     @abstractmethod
     def open_result(self, path: str) -> Any:
         """What the run returns as its output (a read-only array or the file's path)."""
+
+    def write_table(self, table: np.ndarray, *, attrs: dict, overwrite: bool) -> str | None:
+        """Write a structured array as the destination (sinks with :attr:`holds_tables`); its path."""
+        from tilegraph.errors import DestinationError
+
+        raise DestinationError(
+            "this destination holds an image, the run's output is a table",
+            path=self.destination,
+            hint="use a .csv or .parquet destination, or None (rows in the run's result only)",
+        )
 
     @property
     def exports(self) -> bool:

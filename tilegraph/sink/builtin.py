@@ -205,10 +205,37 @@ class TiffSink(ExportSink):
 
 
 class RasterSink(ExportSink):
-    """PNG (8 or 16 bit) or JPEG (8 bit)."""
+    """PNG (8 or 16 bit) or JPEG (8 bit).
+
+    A PNG holds 1 (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA) channels: a 2- or 4-channel output is
+    written only when its last channel is alpha (the source's alpha passed around the model, or
+    ``alpha=True`` said so); any other channel count is refused rather than written as something else.
+    """
 
     name: ClassVar[str] = "raster"
     suffixes: ClassVar[tuple[str, ...]] = (".png", ".jpg", ".jpeg")
+
+    def validate(self, out: OutputLayout, metadata: SourceMetadata) -> None:
+        c, alpha = out.channels, self.options.alpha
+        if self.destination.lower().endswith(".png") and c not in (1, 3):
+            said = alpha if alpha is not None else out.alpha
+            if c > 4 or not said:
+                meaning = {2: "gray + alpha", 4: "RGBA"}.get(c)
+                what = f"it would become {meaning}" if meaning else "a PNG holds 1 to 4 channels"
+                raise DestinationError(
+                    f"the output has {c} channels and a PNG cannot hold them as data: {what}",
+                    path=self.destination,
+                    hint=(
+                        "write .tif or .zarr to keep every channel"
+                        + (
+                            "; if the last channel is alpha, say so with export_options={'alpha': True} "
+                            "(--alpha)"
+                            if meaning
+                            else ""
+                        )
+                    ),
+                )
+        super().validate(out, metadata)
 
 
 def scratch_writer(path: str, layout: OutputLayout) -> ZarrWriter:

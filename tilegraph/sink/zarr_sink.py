@@ -87,6 +87,7 @@ def create_output(
     source_path: str | None = None,
     overwrite: bool = False,
     compressors="auto",
+    dimension_names: tuple[str, ...] | None = None,
 ):
     """Create the output array (refusing the source itself and, without ``overwrite``, anything existing).
 
@@ -135,6 +136,7 @@ def create_output(
             dtype=np.dtype(dtype),
             fill_value=0,
             compressors=compressors,
+            dimension_names=dimension_names,
             attributes={**(extra_attrs or {}), "tilegraph": {**attrs, "complete": False, "layout": layout}},
         )
     except OSError as exc:

@@ -7,7 +7,7 @@ cached, and concurrent readers of one chunk wait for a single decode.
 
 Entries are keyed by a caller's token (one per run), so a file changed between two runs in one
 long-lived worker is never served from an old run's entries. The budget is
-``TILEGRAPH_SOURCE_CACHE_MB`` (default 256) per process.
+``TILEGRAPH_SOURCE_CACHE_MB`` (default 128) per process.
 """
 
 from __future__ import annotations
@@ -81,6 +81,6 @@ def chunk_cache() -> ChunkCache:
     global _CACHE
     with _CACHE_LOCK:
         if _CACHE is None:
-            mb = float(os.environ.get("TILEGRAPH_SOURCE_CACHE_MB", "256"))
+            mb = float(os.environ.get("TILEGRAPH_SOURCE_CACHE_MB", "128"))
             _CACHE = ChunkCache(int(mb * 2**20))
         return _CACHE

@@ -525,7 +525,7 @@ def make_corpus(directory: str | os.PathLike) -> list[Case]:
             f"{target} on a valid input",
             model=f"{models}:{target}",
             destination=P(f"out_{name}.tif"),
-            names=("good_input.tif", "window", f"out_{name}.tif"),
+            names=(target, "window"),  # model errors name the model (and window), not the image
         )
     add(
         "destination_is_source",

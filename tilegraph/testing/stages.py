@@ -64,12 +64,15 @@ class Stages:
         return self.run
 
     def infer(self) -> Any:
-        """Submit the model tasks (in process: they run now) and gather their report."""
+        """Sync normalisation statistics (``norm_sync``), submit the model tasks (in process: they run now)
+        and gather their report."""
         import time
 
         from tilegraph.engine.infer import gather_inference, submit_inference
+        from tilegraph.engine.normsync import synchronise
 
         self._started = time.perf_counter()
+        self.run = synchronise(self.run, self.executor, None)
         self.inference = submit_inference(self.run, self.executor)
         self.report = gather_inference(self.inference, self.executor, None)
         if self.options.reconcile.mode:
