@@ -124,11 +124,13 @@ def thumbnail_task(
         boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, th)
         return ThumbnailResult(boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])], small)
     if norm is None or not runner.is_torch:
-        y = runner(x)[0]
+        xm, m = _with_margin(x, th, tw, align, margin=max(8, int(spec.halo or 0) // factor))
+        y = runner(xm)[0]
         if spec.confidence:  # a confidence channel is not an output
             y = y[:-1]
-        s = y.shape[1] / x.shape[2]
-        out = np.moveaxis(y, 0, -1)[: int(round(th * s)), : int(round(tw * s))]
+        s = y.shape[1] / xm.shape[2]
+        o = int(round(m * s))
+        out = np.moveaxis(y, 0, -1)[o : o + int(round(th * s)), o : o + int(round(tw * s))]
         return ThumbnailResult(np.ascontiguousarray(out), small)
     seen = np.ascontiguousarray(np.moveaxis(x[0], 0, -1)[:th, :tw])  # what the model sees (coarse prior too)
     out, stats, info = _norm_thumbnail(runner.module, x, seen, align=align, **norm)
@@ -152,6 +154,18 @@ def thumbnail_task(
             "compared": [list(half.shape[:2]), [th, tw]],
         }
     return ThumbnailResult(out, small, stats, info)
+
+
+def _with_margin(x: np.ndarray, th: int, tw: int, align: int, *, margin: int) -> tuple[np.ndarray, int]:
+    """The thumbnail batch with ``margin`` (rounded up to ``align``, at most the thumbnail's extent) mirrored
+    pixels of context on every side, so the model's own border handling (zero padding) falls outside the
+    thumbnail as it falls outside the whole image; returns the batch and the margin used."""
+    m = min(-(-margin // align) * align, max(0, min(th, tw) - 1) // align * align)
+    if m == 0:
+        return x, 0
+    ah, aw = -(-(th + 2 * m) // align) * align, -(-(tw + 2 * m) // align) * align
+    widths = ((0, 0), (0, 0), (m, ah - th - m), (m, aw - tw - m))
+    return np.ascontiguousarray(np.pad(x[:, :, :th, :tw], widths, mode="reflect")), m
 
 
 def _aligned(small: np.ndarray, align: int) -> np.ndarray:
