@@ -25,6 +25,7 @@ from tilegraph.sink.manifest import (
     destination_status,
     find_leftovers,
     resume_work,
+    sweep_partials,
 )
 from tilegraph.sink.publish import staging_path
 from tilegraph.sink.safety import make_scratch, sidecar_path
@@ -408,3 +409,14 @@ def test_kill_worker_when_sigkills_the_computing_process_at_the_count(tmp_path):
     (threshold, seen, pid) = trigger.fired[0]
     assert threshold == 10 and pid == worker.pid and seen >= 10
     assert 10 <= total_calls(calls) <= seen + 10 and set(calls_by_pid(calls)) == {worker.pid}
+
+
+def test_sweep_partials_removes_only_orphans_of_atomic_writes(tmp_path):
+    stage = tmp_path / "staging-r1"
+    (stage / "c" / "0").mkdir(parents=True)
+    (stage / "c" / "0" / "1").write_bytes(b"chunk")
+    orphan = stage / "c" / "0" / f"1.{'a' * 32}.partial"
+    orphan.write_bytes(b"half a chunk")
+    (stage / "zarr.json").write_text("{}")
+    assert sweep_partials(str(stage)) == [str(orphan)]
+    assert sorted(os.listdir(stage / "c" / "0")) == ["1"] and (stage / "zarr.json").exists()

@@ -67,6 +67,7 @@ __all__ = [
     "remove_leftover",
     "clean",
     "destination_status",
+    "sweep_partials",
     "DEFAULT_IGNORED_OPTIONS",
     "MANIFEST_FORMAT",
 ]
@@ -799,6 +800,21 @@ def _partials_in(destination: str, live: bool) -> list[Leftover]:
                 p = os.path.join(root, n)
                 out.append(Leftover(p, "partial", destination, None, live, _age(p), os.path.getsize(p)))
     return out
+
+
+def sweep_partials(folder: str | os.PathLike, *, older_than: float = 0.0) -> list[str]:
+    """Delete ``*.<uuid>.partial`` orphans of zarr's atomic writes under ``folder``; returns them.
+
+    Call it on a staging output or tile store the resuming run has just taken over (claim held, the
+    folder renamed to this run's name), so no other writer can be mid-write there.
+    """
+    removed = []
+    for item in _partials_in(os.fspath(folder), False):
+        if (item.age_s or 0.0) >= older_than:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(item.path)
+            removed.append(item.path)
+    return removed
 
 
 def find_leftovers(
