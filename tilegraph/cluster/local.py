@@ -172,11 +172,20 @@ def _local_cluster(n_workers, threads_per_worker, memory_limit):
     )
 
 
-def connect(client):
+def connect(client, *, security=None, allowed_failures: int | None = None):
     """Resolve the ``client=`` argument of :func:`tilegraph.run` to an executor.
 
     ``None``: an embedded cluster (closed after the run); ``"inprocess"``: no cluster at all; a
-    scheduler address ``"tcp://host:8786"``; or a ``distributed.Client``.
+    scheduler address ``"tcp://host:8786"`` or ``"tls://host:8786"``; or a ``distributed.Client``.
+
+    ``security`` (a ``distributed.security.Security``) is used to connect to an address; without it,
+    dask's TLS configuration (``distributed.comm.tls.*``) applies. ``allowed_failures`` sets the
+    scheduler's worker deaths per task before ``KilledWorker`` (default: the scheduler's own, 3).
+
+    Raises
+    ------
+    tilegraph.errors.ClusterConnectionError
+        The scheduler refused the connection, did not answer in time, or TLS failed.
     """
     from tilegraph.engine.dask_executor import DaskExecutor
     from tilegraph.engine.executor import InProcessExecutor
@@ -191,25 +200,31 @@ def connect(client):
         cluster = embedded_cluster()
         executor = DaskExecutor(Client(cluster), own_cluster=True)
     elif isinstance(client, str):
+        from tilegraph.engine.faults import connection_error
+
+        timeout = dask.config.get("distributed.comm.timeouts.connect", "30s")
         try:
             # own_cluster=True: close() closes this Client we opened (it has no cluster object to close).
-            executor = DaskExecutor(Client(client, timeout="30s"), own_cluster=True)
-        except OSError as exc:
-            raise ClusterError(
-                f"cannot reach the scheduler at {client}: {exc}", hint="start it with `dask scheduler`"
-            ) from exc
+            kwargs = {"security": security} if security is not None else {}
+            executor = DaskExecutor(Client(client, timeout=timeout, **kwargs), own_cluster=True)
+        except (OSError, TimeoutError, TypeError, ValueError) as exc:
+            raise connection_error(exc, client) from exc
     elif isinstance(client, Client):
         executor = DaskExecutor(client, own_cluster=False)
     else:
         raise ClusterError(
             f"client must be None, 'inprocess', an address or a distributed.Client, got {client!r}"
         )
-    if executor.model_resources == {"GPU": 1}:  # start-up self-check: GPU restrictions reach the scheduler
-        from tilegraph.cluster.checks import check_gpu_restrictions
+    try:
+        if allowed_failures is not None:
+            executor.set_allowed_failures(allowed_failures)
+        if executor.model_resources == {
+            "GPU": 1
+        }:  # start-up self-check: GPU restrictions reach the scheduler
+            from tilegraph.cluster.checks import check_gpu_restrictions
 
-        try:
             check_gpu_restrictions(executor.client)
-        except BaseException:
-            executor.close()
-            raise
+    except BaseException:
+        executor.close()
+        raise
     return executor

@@ -65,6 +65,7 @@ class RunContext:
     writer: ChunkWriter | None
     reconcile: ReconcileContext | None = None
     split_halo: int = 0  # source pixels of context when a window alone is split after running out of memory
+    window_timeout: float | None = None  # seconds a forward pass may hold the model (the watchdog)
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,10 @@ class PreparedRun:
         The run's one cached thumbnail inference (:class:`tilegraph.engine.thumbnail.Thumbnails`).
     timings : Mapping
         Seconds spent preparing (``probe_s``, ``stage_s``, ``prepare_s``).
+    guard : DestinationGuard or None
+        The run's claim, scratch, staging and manifest (:mod:`tilegraph.engine.destination`).
+    work : Work or None
+        What a resumed run still computes (:mod:`tilegraph.engine.resume`); ``None``: everything.
     """
 
     token: str
@@ -121,3 +126,5 @@ class PreparedRun:
     autotile: Any
     thumbnails: Any
     timings: Mapping[str, float] = field(default_factory=dict)
+    guard: Any = None
+    work: Any = None

@@ -9,6 +9,13 @@ result to the dependent task's worker, one peer-to-peer transfer per dependency 
 measured about half of the workers' CPU per window on 2 cores. So :class:`DaskExecutor` keeps such
 tasks on the client (:class:`Deferred`) and submits each as soon as the tasks it waits for have
 finished, from :meth:`DaskExecutor.wait`.
+
+Worker deaths: a task counts as finished once it was *seen* finished. Its result is fetched then and
+its future released, so a result lost with a worker is not recomputed (the pixels it wrote are in
+storage already), and the tasks deferred after it are released even though its future is gone. A
+task that keeps killing workers fails with distributed's ``KilledWorker`` once it was on more than
+``allowed-failures`` dying workers (the scheduler's setting, 3 by default;
+:meth:`DaskExecutor.set_allowed_failures`); the engine reports it by window.
 """
 
 from __future__ import annotations
@@ -16,8 +23,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
+from tilegraph.engine.executor import raise_failure
 from tilegraph.engine.progress import Progress, tally
-from tilegraph.errors import ResourceRestrictionError
+from tilegraph.errors import ClusterError, ResourceRestrictionError
 
 __all__ = ["DaskExecutor", "Deferred", "model_resources"]
 
@@ -47,12 +55,15 @@ class Deferred:
     def result(self):
         if self.cancelled:
             raise RuntimeError(f"task {self.key} was cancelled before it was submitted")
+        if self.key in self.executor._results:
+            return raise_failure(self.executor._results[self.key])
         if self.future is None:
             for h in self.after:
-                h.result()  # raises a predecessor's error
+                if not self.executor._finished(h):
+                    h.result()  # raises a predecessor's error
             self.executor._release([self])
         assert self.future is not None
-        return self.future.result()
+        return raise_failure(self.future.result())
 
 
 class DaskExecutor:
@@ -92,6 +103,23 @@ class DaskExecutor:
             else None
         )
         self.dashboard_link = getattr(client, "dashboard_link", None)
+        self._results: dict = {}  # key -> result of every task seen finished (their futures are released)
+
+    def _finished(self, handle) -> bool:
+        """Was ``handle`` seen finished (its result kept), or is it finished now?"""
+        return handle.key in self._results or handle.status == "finished"
+
+    def set_allowed_failures(self, n: int) -> None:
+        """Worker deaths a task may cause before the scheduler gives up on it (``KilledWorker``).
+
+        Sets the scheduler's ``allowed_failures`` (distributed's default: 3); on a shared scheduler
+        this applies to every client's tasks.
+        """
+
+        def apply(dask_scheduler, n):
+            dask_scheduler.allowed_failures = int(n)
+
+        self.client.run_on_scheduler(apply, n=int(n))
 
     def share(self, obj, *, model_only: bool = False):
         """Send ``obj`` to every worker once (directly, not through the scheduler); returns a future.
@@ -164,7 +192,7 @@ class DaskExecutor:
         ready = [
             d
             for d in deferred
-            if d.future is None and not d.cancelled and all(h.status == "finished" for h in d.after)
+            if d.future is None and not d.cancelled and all(self._finished(h) for h in d.after)
         ]
         groups: dict = {}
         for d in ready:  # one Client.map per function and restriction
@@ -224,7 +252,8 @@ class DaskExecutor:
 
         ``units`` counts each handle's work for the progress display (windows per model task);
         default one per handle. The first task to fail cancels the others and raises its own
-        exception.
+        exception. Each result is fetched as its task finishes and the task's future released (see
+        the module notes); a handle without a result raises, never returns ``None``.
         """
         from distributed import as_completed
 
@@ -233,41 +262,75 @@ class DaskExecutor:
         for d in deferred:
             for h in d.after:
                 waiting.setdefault(h.key, []).append(d)
-        watched = {h.key: h for h in handles if not isinstance(h, Deferred)}
+        watched: dict = {}
+        for h in handles:
+            if not isinstance(h, Deferred) and h.key not in self._results:
+                watched[h.key] = h
         for d in deferred:
             for h in d.after:
-                watched.setdefault(h.key, h)
-            if d.future is not None:
-                watched[d.key] = d.future
+                if h.key not in self._results:
+                    watched.setdefault(h.key, h)
         labels = [label] * len(handles) if isinstance(label, str) else list(label)
         weight = {
             h.key: (lab, 1 if units is None else int(u))
             for h, lab, u in zip(handles, labels, units or [1] * len(handles), strict=True)
         }
         counts = {name: [0, total] for name, (_, total) in tally(handles, label, units).items()}
+        counted: set = set()
+
+        def count(key) -> None:
+            if key in weight and key not in counted:
+                counted.add(key)
+                name, w = weight[key]
+                counts[name][0] += w
+                if progress is not None:
+                    progress.update(name, counts[name][0], counts[name][1])
+
         if progress is not None:
-            for name, (count, of) in counts.items():
-                progress.update(name, count, of)
+            for name, (done, of) in counts.items():
+                progress.update(name, done, of)
         try:
+            for h in handles:
+                if h.key in self._results:
+                    raise_failure(self._results[h.key])
+                    count(h.key)
             self._release(deferred)
             for d in deferred:
-                if d.future is not None:
+                if d.future is not None and d.key not in self._results:
                     watched.setdefault(d.key, d.future)
-            pending = as_completed(list(watched.values()), loop=self.client.loop)  # no default client needed
-            for fut in pending:
-                if fut.status in ("error", "cancelled"):
-                    fut.result()  # raises the task's own exception (or CancelledError)
+            pending = as_completed(
+                list(watched.values()), loop=self.client.loop, with_results=True, raise_errors=False
+            )
+            for fut, result in pending:
+                self._take(fut, result)
                 for f in self._release(waiting.pop(fut.key, ())):
                     pending.add(f)
-                if fut.key in weight:
-                    name, w = weight[fut.key]
-                    counts[name][0] += w
-                    if progress is not None:
-                        progress.update(name, counts[name][0], counts[name][1])
+                count(fut.key)
         except BaseException:
             self.cancel(handles)
             raise
-        return self.client.gather([h.future if isinstance(h, Deferred) else h for h in handles])
+        out = []
+        for h in handles:
+            if h.key not in self._results:
+                raise ClusterError(
+                    f"task {h.key} finished without a result",
+                    hint="report this as a tilegraph bug; resume=True continues the run",
+                )
+            out.append(self._results[h.key])
+        return out
+
+    def _take(self, fut, result) -> None:
+        """Keep a finished task's result and release its future; raise a failed task's error."""
+        from concurrent.futures import CancelledError
+
+        if fut.status == "error" and isinstance(result, tuple) and len(result) == 3:
+            _, exc, tb = result
+            raise exc.with_traceback(tb)
+        if isinstance(result, CancelledError) or fut.status == "cancelled":
+            raise result if isinstance(result, BaseException) else CancelledError(fut.key)
+        self._results[fut.key] = result
+        fut.release()
+        raise_failure(result)
 
     def cancel(self, handles) -> None:
         futures = []
@@ -278,6 +341,8 @@ class DaskExecutor:
                     futures.append(h.future)
             else:
                 futures.append(h)
+        if getattr(self.client, "status", "running") != "running":
+            return  # no scheduler to tell (lost connection, closing): never block on it
         try:
             self.client.cancel(futures, force=True)
         except Exception:  # cancelling during shutdown must not hide the original error

@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 
 from tilegraph.engine.context import RunContext
-from tilegraph.errors import CorruptSourceError, ModelError, ModelOutputError
+from tilegraph.engine.executor import TaskFailure
+from tilegraph.engine.watchdog import guarded
+from tilegraph.errors import CorruptSourceError, ModelError, ModelOutputError, WindowTimeoutError
 from tilegraph.infer.oom import run_splitting, run_window_split
 from tilegraph.infer.runner import BadOutput, BatchRunner, get_runner
 from tilegraph.plan.plan import Plan
@@ -167,12 +169,21 @@ def _run_model(
     return y, clipped
 
 
-def infer_windows(ctx: RunContext, indices: list[int], model_payload: Any = None) -> TaskReport:
+def infer_windows(ctx: RunContext, indices: list[int], model_payload: Any = None) -> TaskReport | TaskFailure:
     """Task: run the model over a group of windows, batch by batch; the output kind takes each batch.
 
     Reading the next batches (up to two ahead) and handing finished ones to the kind (which writes
-    them to the per-window store) run on thread pools living only for this task.
+    them to the per-window store) run on thread pools living only for this task. With
+    ``window_timeout`` a forward pass held past it ends the task with a :class:`TaskFailure` (a
+    retry would hang again) carrying :class:`~tilegraph.errors.WindowTimeoutError`.
     """
+    try:
+        return _infer_windows(ctx, indices, model_payload)
+    except WindowTimeoutError as exc:
+        return TaskFailure(exc)
+
+
+def _infer_windows(ctx: RunContext, indices: list[int], model_payload: Any) -> TaskReport:
     plan = ctx.plan
     runner = get_runner(ctx.spec, model_payload)
     store = ctx.tile_store
@@ -213,9 +224,19 @@ def infer_windows(ctx: RunContext, indices: list[int], model_payload: Any = None
             raw = reads[k].result()
             if k + ahead < len(batches):
                 reads.append(pool.submit(read, batches[k + ahead]))
-            runner.take_times()
-            y, clipped = _run_model(ctx, runner, raw, batch, dtype, state)
-            held, waited = runner.take_times()  # the model's own time, and the other task's turn
+
+            def forward(raw=raw, batch=batch):
+                runner.take_times()
+                out = _run_model(ctx, runner, raw, batch, dtype, state)
+                return out, runner.take_times()  # the model's own time, and the other task's turn
+
+            if ctx.window_timeout is None:
+                (y, clipped), (held, waited) = forward()
+            else:
+                windows = [_rc(plan, i) for i in batch]
+                (y, clipped), (held, waited) = guarded(
+                    forward, timeout=ctx.window_timeout, runner=runner, windows=windows
+                )
             report.model_s += held
             report.model_wait_s += waited
             report.clipped += clipped

@@ -2,7 +2,8 @@
 
 Blending writes float32 into scratch space when passes follow; each pass reads its input box plus
 halo and writes its output box once; the last pass writes the destination (rounding and clipping
-there, once).
+there, once). Each finished pass but the last is recorded in the resume manifest: a resumed run
+continues at the pass it stopped in.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import numpy as np
 from tilegraph.engine.context import PreparedRun
 from tilegraph.engine.executor import Executor
 from tilegraph.engine.progress import Progress
+from tilegraph.engine.resume import zarr_matches
 from tilegraph.passes.abc import Pass
 from tilegraph.plan.plan import Plan
 from tilegraph.sink.abc import ChunkWriter
-from tilegraph.sink.builtin import scratch_writer
+from tilegraph.sink.builtin import ZarrWriter, scratch_writer
 
 __all__ = ["run_passes", "pass_box"]
 
@@ -70,11 +72,17 @@ def run_passes(run: PreparedRun, executor: Executor, progress: Progress | None) 
     for k, p in enumerate(run.passes):
         last = k == len(run.passes) - 1
         shape = p.out_shape(source.layout.shape)
+        name = f"pass-{k}-{p.name or 'unnamed'}"
         if last:
             target = run.final_writer
         else:
             layout = replace(source.layout, shape=shape, dtype="float32")
-            target = scratch_writer(f"{run.scratch}/pass-{k}.zarr", layout)
+            path = f"{run.scratch}/pass-{k}.zarr"
+            done = run.guard is not None and run.guard.pass_result(name)[0]
+            if done and zarr_matches(path, layout.full_dims(*layout.shape), layout.dtype):
+                source = ZarrWriter(path, layout)  # finished by an interrupted run
+                continue
+            target = scratch_writer(path, layout)
         state = p.prepare(ctx)
         chunks = target.layout.shards or target.layout.chunks
         boxes = _boxes(shape, chunks)
@@ -89,5 +97,7 @@ def run_passes(run: PreparedRun, executor: Executor, progress: Progress | None) 
         seconds += sum(r["seconds"] for r in results)
         if last:
             clipped = int(sum(r["clipped"] for r in results))
+        elif run.guard is not None:
+            run.guard.pass_done(name)
         source = target
     return clipped, seconds

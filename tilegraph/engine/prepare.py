@@ -1,7 +1,10 @@
 """The prepare stage: check the destination, probe the model, build the plan, stage the source, create stores.
 
 Everything that can refuse a run does so here, before any inference: an unknown blend mode, a
-destination that is the source, a 16-bit JPEG, a model whose declarations contradict its output.
+destination that is the source, a 16-bit JPEG, a model whose declarations contradict its output, a
+destination another run holds, a disk too small for the plan. The destination's claim is taken first
+and held until :mod:`~tilegraph.engine.finish` (:mod:`tilegraph.engine.destination`); a resumed run
+reopens the interrupted run's stores and computes only what they lack (:mod:`tilegraph.engine.resume`).
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ import numpy as np
 
 from tilegraph.blend import get_blender
 from tilegraph.engine.context import PreparedRun, RunContext
+from tilegraph.engine.destination import DestinationGuard, check_free_space, space_needs
 from tilegraph.engine.executor import Executor, InProcessExecutor
 from tilegraph.engine.probe import autotile, checked_scale, probe
 from tilegraph.engine.progress import Progress
+from tilegraph.engine.resume import plan_work, reopen_writer, tile_store
 from tilegraph.engine.thumbnail import Thumbnails
 from tilegraph.errors import InputError, ModelOutputError
 from tilegraph.infer.spec import ModelSpec
@@ -26,8 +31,7 @@ from tilegraph.outputs.image import ReconcileContext
 from tilegraph.passes import get_pass
 from tilegraph.plan import make_plan
 from tilegraph.sink import OutputLayout, output_layout, sink_for
-from tilegraph.sink.builtin import scratch_writer
-from tilegraph.sink.tile_store import TileStore
+from tilegraph.sink.abc import Sink
 from tilegraph.source.abc import Source
 
 __all__ = ["prepare", "stage_source"]
@@ -70,19 +74,56 @@ def prepare(
     executor: Executor,
     progress: Progress | None,
 ) -> PreparedRun:
-    """Build the :class:`~tilegraph.engine.context.PreparedRun` every later stage takes."""
-    from tilegraph._version import __version__
+    """Build the :class:`~tilegraph.engine.context.PreparedRun` every later stage takes.
 
+    The destination is checked and claimed before anything else; on any error the claim is released
+    and whatever a resume can use is kept.
+    """
     t0 = time.perf_counter()
     token = uuid.uuid4().hex[:8]
     destination = destination.removeprefix("file://")
-    out_opts = options.output
     sink = sink_for(destination, options.export)
-    sink.check(source_path=source.path, overwrite=out_opts.overwrite)
+    guard = DestinationGuard.open(destination, source_path=source.path, output=options.output, run_id=token)
+    try:
+        sink.check(source_path=source.path, overwrite=options.output.overwrite or guard.will_resume)
+        return _prepare(
+            source,
+            destination,
+            spec=spec,
+            model=model,
+            options=options,
+            executor=executor,
+            progress=progress,
+            sink=sink,
+            guard=guard,
+            token=token,
+            t0=t0,
+        )
+    except BaseException:
+        guard.abort()
+        raise
+
+
+def _prepare(
+    source: Source,
+    destination: str,
+    *,
+    spec: ModelSpec,
+    model: object,
+    options: RunOptions,
+    executor: Executor,
+    progress: Progress | None,
+    sink: Sink,
+    guard: DestinationGuard,
+    token: str,
+    t0: float,
+) -> PreparedRun:
+    from tilegraph._version import __version__
+
+    out_opts = options.output
     blender = get_blender(options.blend)
     kind = get_kind(options.task)
     passes = tuple(get_pass(name) for name in options.passes)
-    scratch = out_opts.scratch or f"{destination.rstrip('/')}.tilegraph-tmp-{token}"
 
     # the model: sent to its workers once, then probed where it runs
     payload = executor.share(model, model_only=True) if spec.kind != "path" else None
@@ -151,19 +192,46 @@ def prepare(
         )
         sink.validate(layout, source.metadata)
 
+    # the destination's own stores: checked for space, then made (or adopted on resume)
+    inprocess = isinstance(executor, InProcessExecutor)
+    staged_bytes = 0 if (source.shareable or inprocess) and source.region_reads else _nbytes(source)
+
+    def needs(fraction: tuple[float, float] = (1.0, 1.0)) -> list:
+        return space_needs(
+            plan=plan,
+            layout=layout,
+            tile_store=kind.uses_tile_store,
+            staged_source=staged_bytes,
+            exports=sink.exports,
+            passes=len(passes),
+            scratch_parent=guard.scratch_parent,
+            destination=destination,
+            fraction=fraction,
+        )
+
+    if out_opts.check_space and not guard.will_resume:
+        check_free_space(needs())
+    guard.begin(
+        plan=plan,
+        model={"name": spec.name, "token": spec.token, "weights_sha256": spec.weights_sha256},
+        options=options,
+        exports=sink.exports,
+        n_chunks=plan.chunk_grid[0] * plan.chunk_grid[1],
+    )
+    scratch = guard.scratch
+    if not sink.exports:
+        sink.staging = guard.staging
     t1 = time.perf_counter()
     staged = stage_source(source, scratch, executor, progress, token)
     stage_s = time.perf_counter() - t1
     tiles = None
     if kind.uses_tile_store:
         oy, ox = plan.out_window_shape
-        tiles = TileStore.create(
-            f"{scratch}/tiles.zarr",
-            (plan.n_windows, int(plan.out_channels or 0), oy, ox),
-            plan.tile_store_dtype,
-        )
+        shape = (plan.n_windows, int(plan.out_channels or 0), oy, ox)
+        tiles = tile_store(guard, f"{scratch}/tiles.zarr", shape, plan.tile_store_dtype)
     provenance = {
         "version": __version__,
+        "run_id": token,
         "model": {
             "name": spec.name,
             "kind": spec.kind,
@@ -184,17 +252,32 @@ def prepare(
     }
     final_writer = writer = None
     if layout is not None:
-        final_writer = sink.create(
-            layout,
-            attrs=provenance,
-            metadata=source.metadata,
-            scratch=scratch,
-            source_path=source.path,
-            overwrite=out_opts.overwrite,
-        )
+        if guard.resumed:
+            final_writer = sink.reopen(layout, attrs=provenance, metadata=source.metadata, scratch=scratch)
+        if final_writer is None:
+            if not passes:
+                guard.forget("chunks")
+            final_writer = sink.create(
+                layout,
+                attrs=provenance,
+                metadata=source.metadata,
+                scratch=scratch,
+                source_path=source.path,
+                overwrite=out_opts.overwrite,
+            )
         writer = final_writer
         if passes:  # blending writes floats to scratch; the last pass writes the destination
-            writer = scratch_writer(f"{scratch}/blend.zarr", replace(layout, dtype="float32"))
+            writer = reopen_writer(guard, f"{scratch}/blend.zarr", replace(layout, dtype="float32"), "chunks")
+    solved = guard.pass_result("reconcile")[0]
+    work = plan_work(
+        guard, plan, blender, every_window=bool(rec.mode and not solved) or kind.needs_all_results
+    )
+    if work is not None:
+        if out_opts.check_space:
+            n_chunks = plan.chunk_grid[0] * plan.chunk_grid[1]
+            check_free_space(needs((len(work.windows) / plan.n_windows, len(work.chunks) / max(1, n_chunks))))
+        if progress is not None:
+            progress.note(work.describe())
     thumbnails = Thumbnails(
         executor,
         staged,
@@ -222,6 +305,7 @@ def prepare(
         writer=writer,
         reconcile=reconcile,
         split_halo=int(spec.halo if spec.halo is not None else min(plan.overlap) // 2),
+        window_timeout=options.execution.window_timeout,
     )
     return PreparedRun(
         token=token,
@@ -242,4 +326,12 @@ def prepare(
         autotile=auto,
         thumbnails=thumbnails,
         timings={"probe_s": probe_s, "stage_s": stage_s, "prepare_s": time.perf_counter() - t0},
+        guard=guard,
+        work=work,
     )
+
+
+def _nbytes(source: Source) -> int:
+    """Bytes of the source's pixels (what staging writes)."""
+    rows, cols = source.shape[:2]
+    return int(rows) * int(cols) * int(source.channels) * np.dtype(source.dtype).itemsize

@@ -46,7 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tilegraph.errors import DestinationError, SinkError
+from tilegraph.errors import ClaimLostError, DestinationClaimedError
 from tilegraph.sink.safety import (
     atomic_write_json,
     host_identity,
@@ -80,16 +80,6 @@ HEARTBEAT_INTERVAL = 5.0
 STALE_AFTER = 60.0
 _CLAIM_NAME = "claim.json"
 _UNREADABLE_GRACE = 5.0  # a claim file still empty after this long (O_EXCL writer died) is stale
-
-
-class DestinationClaimedError(DestinationError):
-    """Another run holds the destination's claim (its holder is in :attr:`holder`)."""
-
-    holder: ClaimInfo | None = None
-
-
-class ClaimLostError(SinkError):
-    """This run no longer holds its destination's claim (taken over after its heartbeat stopped)."""
 
 
 def claim_path(destination: str | os.PathLike) -> str:

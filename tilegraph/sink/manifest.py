@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from tilegraph.errors import InputError
+from tilegraph.errors import InputError, ResumeMismatchError
 from tilegraph.sink.claim import STALE_AFTER, break_stale_claim, read_claim
 from tilegraph.sink.safety import (
     SCRATCH_PREFIX,
@@ -84,11 +84,8 @@ DEFAULT_IGNORED_OPTIONS: tuple[str, ...] = (
     "output.resume",
     "output.keep_tile_store",
     "output.scratch",
+    "output.check_space",
 )
-
-
-class ResumeMismatchError(InputError):
-    """``resume=True`` on a destination whose interrupted run had another plan, model or options."""
 
 
 # --------------------------------------------------------------------------------------------------
