@@ -214,7 +214,7 @@ def test_two_runs_started_together_one_is_refused_naming_the_other(tmp_path):
     errors = {n: o for n, o in outcome.items() if isinstance(o, Exception)}
     winners = {n: o for n, o in outcome.items() if not isinstance(o, Exception)}
     assert len(errors) == 1 and len(winners) == 1, outcome
-    (loser, err), (winner, res) = next(iter(errors.items())), next(iter(winners.items()))
+    (_, err), (winner, res) = next(iter(errors.items())), next(iter(winners.items()))
     run_id = res.output.attrs["tilegraph"]["run_id"]
     assert f"run {run_id}" in str(err) and "another run is writing this destination" in str(err)
     out = zarr.open_array(str(dest), mode="r")
