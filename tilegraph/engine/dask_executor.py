@@ -23,6 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
+from tilegraph.engine.dask_resources import _restrictions_on_scheduler, _workers_with, model_resources
 from tilegraph.engine.executor import raise_failure
 from tilegraph.engine.progress import Progress, tally
 from tilegraph.errors import ClusterError, ResourceRestrictionError
@@ -122,15 +123,16 @@ class DaskExecutor:
         self.client.run_on_scheduler(apply, n=int(n))
 
     def share(self, obj, *, model_only: bool = False):
-        """Send ``obj`` to every worker once (directly, not through the scheduler); returns a future.
+        """Make ``obj`` available to tasks; returns a future that tasks take in its place.
 
-        With ``model_only`` (the model itself), only workers that can run model tasks receive it.
+        ``obj`` travels inside a task (held by the scheduler), not scattered: scattered data is lost
+        for good with the last worker holding it (distributed's memory manager keeps one replica of
+        broadcast data), while a task's result is recomputed. Each worker fetches it once for the
+        tasks it runs. ``model_only`` is accepted for the protocol (only model workers fetch it).
         """
-        workers = None
-        if model_only and self.model_resources:
-            (name,) = self.model_resources
-            workers = _workers_with(self.client, name) or None
-        return self.client.scatter(obj, broadcast=True, hash=False, workers=workers)
+        import uuid
+
+        return self.client.submit(_shared, obj, key=f"tg-shared-{uuid.uuid4().hex}", pure=False)
 
     def submit(self, fn: Callable, *args, key: str, resources: dict | None = None):
         return self.client.submit(fn, *args, key=key, resources=resources, pure=False, retries=1)
@@ -356,45 +358,6 @@ class DaskExecutor:
                 cluster.close()
 
 
-def _restrictions_on_scheduler(dask_scheduler, keys):
-    out = {}
-    for k in keys:
-        ts = dask_scheduler.tasks.get(k)
-        if ts is not None:
-            out[k] = dict(ts.resource_restrictions or {})
-    return out
-
-
-def model_resources(client) -> dict | None:
-    """Resource restriction for model tasks: ``{"GPU": 1}`` if any worker declares GPUs.
-
-    Workers of tilegraph's embedded CPU cluster declare ``MODEL=1`` so that one model task runs per
-    worker while reading, blending and writing use the other threads.
-    """
-    workers = (
-        client.scheduler_info(n_workers=-1).get("workers", {})
-        if _accepts_n_workers(client)
-        else (client.scheduler_info().get("workers", {}))
-    )
-    names: set[str] = set()
-    for info in workers.values():
-        names.update((info.get("resources") or {}).keys())
-    for name in ("GPU", "MODEL"):
-        if name in names:
-            return {name: 1}
-    return None
-
-
-def _workers_with(client, resource: str) -> list[str]:
-    """Addresses of the workers declaring ``resource``."""
-    info = client.scheduler_info(n_workers=-1) if _accepts_n_workers(client) else client.scheduler_info()
-    return [a for a, w in info.get("workers", {}).items() if resource in (w.get("resources") or {})]
-
-
-def _accepts_n_workers(client) -> bool:
-    import inspect
-
-    try:
-        return "n_workers" in inspect.signature(client.scheduler_info).parameters
-    except (TypeError, ValueError):
-        return False
+def _shared(obj):
+    """Task: ``obj`` itself (see :meth:`DaskExecutor.share`)."""
+    return obj

@@ -17,11 +17,12 @@ import numpy as np
 
 from tilegraph.blend import get_blender
 from tilegraph.engine.context import PreparedRun, RunContext
-from tilegraph.engine.destination import DestinationGuard, check_free_space, space_needs
+from tilegraph.engine.destination import DestinationGuard
 from tilegraph.engine.executor import Executor, InProcessExecutor
 from tilegraph.engine.probe import autotile, checked_scale, probe
 from tilegraph.engine.progress import Progress
 from tilegraph.engine.resume import plan_work, reopen_writer, tile_store
+from tilegraph.engine.space import check_free_space, space_needs
 from tilegraph.engine.thumbnail import Thumbnails
 from tilegraph.errors import InputError, ModelOutputError
 from tilegraph.infer.spec import ModelSpec
@@ -217,6 +218,7 @@ def _prepare(
         options=options,
         exports=sink.exports,
         n_chunks=plan.chunk_grid[0] * plan.chunk_grid[1],
+        source={"path": source.path, "shape": list(source.shape), "dtype": str(source.dtype)},
     )
     scratch = guard.scratch
     if not sink.exports:
