@@ -27,13 +27,11 @@ Killers:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import os
 import signal
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -41,11 +39,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from tilegraph.testing.counting import CALL_SUFFIX as _SUFFIX
+from tilegraph.testing.counting import CountingCallable, record_call, window_key
 from tilegraph.testing.images import decode_coordinates
 from tilegraph.testing.models import _Declared, _finish
 
 __all__ = [
     "CountingModel",
+    "CountingCallable",
     "HangModel",
     "window_key",
     "coordinate_origin",
@@ -61,18 +62,9 @@ __all__ = [
     "sigkill",
 ]
 
-_SUFFIX = ".call"
-
 
 # --------------------------------------------------------------------------------------------------
 # naming windows
-
-
-def window_key(tile: torch.Tensor | np.ndarray) -> str:
-    """16 hex digits naming one window ``(C, H, W)`` by its content (same bytes, same key)."""
-    arr = tile.detach().to("cpu").float().numpy() if isinstance(tile, torch.Tensor) else np.asarray(tile)
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
-    return hashlib.blake2b(arr.tobytes() + str(arr.shape).encode(), digest_size=8).hexdigest()
 
 
 def coordinate_origin(tile: torch.Tensor | np.ndarray, *, source_dtype: Any) -> tuple[int, int]:
@@ -150,11 +142,7 @@ class CountingModel(_Declared):
         time.sleep(self.seconds_per_window * x.shape[0])
         os.makedirs(self.folder, exist_ok=True)
         for i in range(x.shape[0]):
-            name = (
-                f"{_key(x[i], self.key, self.source_dtype)}__{os.getpid()}__{uuid.uuid4().hex[:8]}{_SUFFIX}"
-            )
-            with open(os.path.join(self.folder, name), "wb"):
-                pass
+            record_call(self.folder, _key(x[i], self.key, self.source_dtype))
         return x.clone()
 
 
