@@ -66,6 +66,9 @@ class RunContext:
     reconcile: ReconcileContext | None = None
     split_halo: int = 0  # source pixels of context when a window alone is split after running out of memory
     window_timeout: float | None = None  # seconds a forward pass may hold the model (the watchdog)
+    inflight: str | None = (
+        None  # folder of the markers of forward passes under way (which windows kill workers)
+    )
 
 
 @dataclass(frozen=True)

@@ -193,6 +193,8 @@ class DestinationGuard:
             self.scratch = adopt_scratch(scratch, run_id=self.run_id, destination=self.destination)
             with contextlib.suppress(OSError):
                 sweep_partials(self.scratch)
+            if local_path(self.scratch) is not None:  # markers of passes the interruption cut short
+                shutil.rmtree(os.path.join(self.scratch, "inflight"), ignore_errors=True)
         else:
             self.scratch = make_scratch(
                 self.scratch_parent,

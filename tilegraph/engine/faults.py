@@ -62,8 +62,13 @@ def cluster_error(exc: BaseException, *, run: Any, inference: Any, executor: Any
     path = getattr(run, "destination", None)
     name = type(exc).__name__
     if name == "KilledWorker":
+        from tilegraph.engine.watchdog import killers
+
         key = getattr(exc, "task", exc.args[0] if exc.args else "?")
-        window, listed = _describe(run, windows_of_key(key, run, inference))
+        ctx = getattr(run, "context", None)
+        # the windows in the model when workers died, else the task distributed blamed
+        culprits = killers(getattr(ctx, "inflight", None)) or windows_of_key(key, run, inference)
+        window, listed = _describe(run, culprits)
         allowed = getattr(exc, "allowed_failures", None)
         return WorkerLostError(
             f"a task{listed} was running on {'more than ' + str(allowed) if allowed is not None else 'several'} "

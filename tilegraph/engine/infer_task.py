@@ -18,7 +18,7 @@ import numpy as np
 
 from tilegraph.engine.context import RunContext
 from tilegraph.engine.executor import TaskFailure
-from tilegraph.engine.watchdog import guarded
+from tilegraph.engine.watchdog import guarded, in_forward
 from tilegraph.errors import CorruptSourceError, ModelError, ModelOutputError, WindowTimeoutError
 from tilegraph.infer.oom import run_splitting, run_window_split
 from tilegraph.infer.runner import BadOutput, BatchRunner, get_runner
@@ -227,7 +227,8 @@ def _infer_windows(ctx: RunContext, indices: list[int], model_payload: Any) -> T
 
             def forward(raw=raw, batch=batch):
                 runner.take_times()
-                out = _run_model(ctx, runner, raw, batch, dtype, state)
+                with in_forward(ctx.inflight, batch):
+                    out = _run_model(ctx, runner, raw, batch, dtype, state)
                 return out, runner.take_times()  # the model's own time, and the other task's turn
 
             if ctx.window_timeout is None:

@@ -308,6 +308,7 @@ def _prepare(
         reconcile=reconcile,
         split_halo=int(spec.halo if spec.halo is not None else min(plan.overlap) // 2),
         window_timeout=options.execution.window_timeout,
+        inflight=f"{scratch}/inflight" if "://" not in scratch else None,
     )
     return PreparedRun(
         token=token,

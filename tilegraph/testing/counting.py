@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import time
 import uuid
 from typing import Any
 
 import numpy as np
 
-__all__ = ["CountingCallable", "window_key", "record_call", "CALL_SUFFIX"]
+__all__ = ["CountingCallable", "Gain", "window_key", "record_call", "CALL_SUFFIX"]
 
 CALL_SUFFIX = ".call"
 
@@ -46,18 +47,50 @@ class CountingCallable:
         Where call files go (created if missing), shared by every worker.
     seconds_per_window
         Simulated model time per window (sleep), so kills land mid-run.
+    die_on
+        The content key (:func:`window_key`) of a window on which the model SIGKILLs its own process
+        (a model that crashes its worker every time), or ``None``.
+    die_after
+        Die on that window only once at least this many calls were recorded (every other window
+        done, so that no innocent task shares the blame of the worker deaths).
     """
 
     halo = 0
 
-    def __init__(self, folder: str | os.PathLike, *, seconds_per_window: float = 0.0) -> None:
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        *,
+        seconds_per_window: float = 0.0,
+        die_on: str | None = None,
+        die_after: int = 0,
+    ) -> None:
         self.folder = os.fspath(folder)
         self.seconds_per_window = float(seconds_per_window)
+        self.die_on = die_on
+        self.die_after = int(die_after)
         os.makedirs(self.folder, exist_ok=True)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         time.sleep(self.seconds_per_window * batch.shape[0])
         os.makedirs(self.folder, exist_ok=True)
         for i in range(batch.shape[0]):
-            record_call(self.folder, window_key(batch[i]))
+            key = window_key(batch[i])
+            if key == self.die_on:
+                while len(os.listdir(self.folder)) < self.die_after:
+                    time.sleep(0.01)
+                os.kill(os.getpid(), signal.SIGKILL)
+            record_call(self.folder, key)
         return np.array(batch, dtype=np.float32, copy=True)
+
+
+class Gain:
+    """``y = gain * x`` (numpy), with ``gain`` an attribute one may change in place between runs."""
+
+    halo = 0
+
+    def __init__(self, gain: float = 1.0) -> None:
+        self.gain = np.float32(gain)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return (batch * self.gain).astype(np.float32)
