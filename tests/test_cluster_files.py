@@ -119,7 +119,9 @@ def test_sbatch_script_starts_lean_workers():
 def test_tls_variants_pass_the_certificates_everywhere():
     """Kubernetes: scheduler and GPU workers take the same three files, the scheduler listens on tls only;
     SLURM: the same flags reach the scheduler, every worker and `tilegraph run`."""
-    (cluster,) = [d for d in yaml.safe_load_all((ROOT / "kubernetes" / "daskcluster-tls.yaml").read_text()) if d]
+    (cluster,) = [
+        d for d in yaml.safe_load_all((ROOT / "kubernetes" / "daskcluster-tls.yaml").read_text()) if d
+    ]
     (scheduler,) = _containers(cluster["spec"]["scheduler"])
     (worker,) = _containers(cluster["spec"]["worker"])
     for cmd in (_command(scheduler), _command(worker)):

@@ -124,7 +124,10 @@ def test_scratch_folder_files_survive_success_and_failure(tmp_path):
     img = _image()
     res = tilegraph.run(img, tmp_path / "ok.zarr", model=numpy_identity, scratch=str(scratch), **JOB)
     np.testing.assert_array_equal(res.output[:], img)
-    assert _tree(scratch) == before and sorted(os.listdir(scratch)) == ["other-job.bin", "tilegraph-old-notes"]
+    assert _tree(scratch) == before and sorted(os.listdir(scratch)) == [
+        "other-job.bin",
+        "tilegraph-old-notes",
+    ]
 
     def broken(batch):
         if not np.all(batch == batch.flat[0]):
@@ -333,7 +336,9 @@ def test_free_space_is_checked_before_any_work(tmp_path, monkeypatch):
         calls.append(1)
         return batch
 
-    with pytest.raises(InsufficientSpaceError, match=r"needs about 0\.00 GiB .*tile store .* but only") as info:
+    with pytest.raises(
+        InsufficientSpaceError, match=r"needs about 0\.00 GiB .*tile store .* but only"
+    ) as info:
         tilegraph.run(_image(), tmp_path / "out.zarr", model=model, **JOB)
     assert "check_space=False" in str(info.value)
     assert len(calls) == 1  # the probe only
@@ -348,11 +353,15 @@ def test_model_changed_in_place_gives_the_new_output(tmp_path):
     torch.manual_seed(0)
     model = torch.nn.Conv2d(3, 3, 1)
     img = _image()
-    first = np.asarray(tilegraph.run(img, tmp_path / "a.zarr", model=model, output_dtype="float32", **JOB).output[:])
+    first = np.asarray(
+        tilegraph.run(img, tmp_path / "a.zarr", model=model, output_dtype="float32", **JOB).output[:]
+    )
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(0.5)
-    second = np.asarray(tilegraph.run(img, tmp_path / "b.zarr", model=model, output_dtype="float32", **JOB).output[:])
+    second = np.asarray(
+        tilegraph.run(img, tmp_path / "b.zarr", model=model, output_dtype="float32", **JOB).output[:]
+    )
     assert not np.allclose(first, second)
 
 

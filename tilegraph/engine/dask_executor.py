@@ -32,11 +32,8 @@ __all__ = ["DaskExecutor", "Deferred", "model_resources"]
 
 
 class Deferred:
-    """A task held on the client until the tasks it comes ``after`` have finished.
-
-    :meth:`DaskExecutor.wait` submits it (``future`` is then set); :meth:`result` waits for it,
-    submitting it first if nothing did.
-    """
+    """A task held on the client until the tasks it comes ``after`` have finished (:meth:`DaskExecutor.wait`
+    submits it; :meth:`result` waits for it, submitting it first if nothing did)."""
 
     __slots__ = ("fn", "args", "key", "resources", "after", "future", "cancelled", "executor")
 
@@ -105,6 +102,8 @@ class DaskExecutor:
         )
         self.dashboard_link = getattr(client, "dashboard_link", None)
         self._results: dict = {}  # key -> result of every task seen finished (their futures are released)
+        self._workers_checked = 0.0
+        self._no_workers_since: float | None = None
 
     def _finished(self, handle) -> bool:
         """Was ``handle`` seen finished (its result kept), or is it finished now?"""
@@ -303,7 +302,13 @@ class DaskExecutor:
             pending = as_completed(
                 list(watched.values()), loop=self.client.loop, with_results=True, raise_errors=False
             )
-            for fut, result in pending:
+            ready = iter(pending)
+            while not pending.is_empty():
+                if not pending.has_ready():
+                    self._check_workers()
+                    time.sleep(0.02)
+                    continue
+                fut, result = next(ready)
                 self._take(fut, result)
                 for f in self._release(waiting.pop(fut.key, ())):
                     pending.add(f)
@@ -320,6 +325,29 @@ class DaskExecutor:
                 )
             out.append(self._results[h.key])
         return out
+
+    def _check_workers(self) -> None:
+        """Raise :class:`NoWorkersError` when the cluster has had no worker for too long.
+
+        A worker process killed before its nanny saw it start is never restarted (distributed
+        2026.8), so a model that crashes every worker it reaches can leave no worker at all, and a
+        run would wait for ever. The limit is dask's ``tilegraph.lost-workers-timeout`` (seconds,
+        default 60).
+        """
+        import dask
+
+        now = time.monotonic()
+        if now - self._workers_checked < 1.0:
+            return
+        self._workers_checked = now
+        if self.client.scheduler_info().get("workers"):
+            self._no_workers_since = None
+            return
+        if self._no_workers_since is None:
+            self._no_workers_since = now
+        limit = float(dask.config.get("tilegraph.lost-workers-timeout", 60))
+        if now - self._no_workers_since > limit:
+            raise NoWorkersError(now - self._no_workers_since)
 
     def _take(self, fut, result) -> None:
         """Keep a finished task's result and release its future; raise a failed task's error."""
@@ -356,6 +384,14 @@ class DaskExecutor:
             self.client.close()
             if cluster is not None:
                 cluster.close()
+
+
+class NoWorkersError(RuntimeError):
+    """The cluster lost every worker and none came back (the engine reports it by window)."""
+
+    def __init__(self, seconds: float):
+        super().__init__(f"no worker for {seconds:.0f} s")
+        self.seconds = seconds
 
 
 def _shared(obj):

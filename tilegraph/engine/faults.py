@@ -77,6 +77,21 @@ def cluster_error(exc: BaseException, *, run: Any, inference: Any, executor: Any
             window=window,
             hint=f"check the workers' logs and memory limits, then {RESUME_HINT}; allowed_failures= raises the limit",
         )
+    if name == "NoWorkersError":
+        from tilegraph.engine.watchdog import killers
+
+        window, listed = _describe(run, killers(getattr(getattr(run, "context", None), "inflight", None)))
+        return WorkerLostError(
+            f"every worker died and none came back for {getattr(exc, 'seconds', 0):.0f} s"
+            + (
+                f"; the model was running windows{listed[len(' (windows') - 1 :].rstrip(')')} at the deaths"
+                if listed
+                else ""
+            ),
+            path=path,
+            window=window,
+            hint=f"check the workers' logs and memory limits, then restart the cluster and {RESUME_HINT}",
+        )
     lost = not _client_running(executor)
     reason = getattr(exc, "reason", "")
     if isinstance(exc, CancelledError) and (lost or reason == "scheduler-connection-lost"):
