@@ -102,6 +102,7 @@ class DaskExecutor:
         )
         self.dashboard_link = getattr(client, "dashboard_link", None)
         self._results: dict = {}  # key -> result of every task seen finished (their futures are released)
+        self._shared: list = []  # futures of shared objects (cancelled with the run)
         self._workers_checked = 0.0
         self._no_workers_since: float | None = None
 
@@ -110,11 +111,7 @@ class DaskExecutor:
         return handle.key in self._results or handle.status == "finished"
 
     def set_allowed_failures(self, n: int) -> None:
-        """Worker deaths a task may cause before the scheduler gives up on it (``KilledWorker``).
-
-        Sets the scheduler's ``allowed_failures`` (distributed's default: 3); on a shared scheduler
-        this applies to every client's tasks.
-        """
+        """Set the scheduler's ``allowed_failures`` (worker deaths per task before ``KilledWorker``; all clients')."""
 
         def apply(dask_scheduler, n):
             dask_scheduler.allowed_failures = int(n)
@@ -131,7 +128,9 @@ class DaskExecutor:
         """
         import uuid
 
-        return self.client.submit(_shared, obj, key=f"tg-shared-{uuid.uuid4().hex}", pure=False)
+        fut = self.client.submit(_shared, obj, key=f"tg-shared-{uuid.uuid4().hex}", pure=False)
+        self._shared.append(fut)
+        return fut
 
     def submit(self, fn: Callable, *args, key: str, resources: dict | None = None):
         return self.client.submit(fn, *args, key=key, resources=resources, pure=False, retries=1)
@@ -363,7 +362,7 @@ class DaskExecutor:
         raise_failure(result)
 
     def cancel(self, handles) -> None:
-        futures = []
+        futures = list(self._shared)
         for h in handles:
             if isinstance(h, Deferred):
                 h.cancelled = True
