@@ -114,3 +114,23 @@ def test_sbatch_script_starts_lean_workers():
 
     exported = dict(re.findall(r"\b(DASK_DISTRIBUTED__\w+|MALLOC_[A-Z_]+)=(\S+)", SBATCH.read_text()))
     assert exported == lean_environ()
+
+
+def test_tls_variants_pass_the_certificates_everywhere():
+    """Kubernetes: scheduler and GPU workers take the same three files, the scheduler listens on tls only;
+    SLURM: the same flags reach the scheduler, every worker and `tilegraph run`."""
+    (cluster,) = [
+        d for d in yaml.safe_load_all((ROOT / "kubernetes" / "daskcluster-tls.yaml").read_text()) if d
+    ]
+    (scheduler,) = _containers(cluster["spec"]["scheduler"])
+    (worker,) = _containers(cluster["spec"]["worker"])
+    for cmd in (_command(scheduler), _command(worker)):
+        assert cmd[0] == "dask" and not set(cmd) & set(REMOVED)
+        for flag in ("--tls-ca-file", "--tls-cert", "--tls-key"):
+            assert cmd[cmd.index(flag) + 1].startswith("/etc/tilegraph-tls/")
+    sched = _command(scheduler)
+    assert sched[sched.index("--protocol") + 1] == "tls"
+    assert _command(worker)[_command(worker).index("--resources") + 1] == "GPU=1"
+    code = "\n".join(line for line in SBATCH.read_text().splitlines() if not line.lstrip().startswith("#"))
+    assert code.count('${TLS_ARGS[@]+"${TLS_ARGS[@]}"}') == 2  # the scheduler and `tilegraph run`
+    assert '${tls[@]+"${tls[@]}"}' in code and "--protocol tls" in code

@@ -21,6 +21,7 @@ def test_run_keywords_and_the_options_are_one_list():
         "model",
         "client",
         "options",
+        "security",  # a connection setting (like client), not a recorded option
     }
     fields_in_run = {f.flat for f in flat_fields() if f.run}
     assert params == fields_in_run | set(GROUP_KEYWORDS)

@@ -213,6 +213,7 @@ def run_many(
     model: Any,
     options: RunOptions | None = None,
     client: Any = None,
+    security: Any = None,
     concurrency: int = 2,
     stream: TextIO | None = None,
 ) -> BatchResult:
@@ -225,7 +226,7 @@ def run_many(
     destination
         A folder (created; each output named after its source) or a template such as
         ``"out/{stem}.png"``.
-    model, client
+    model, client, security
         As for :func:`tilegraph.run`.
     options
         The options of every run (progress is shown per image, as one line when each finishes).
@@ -258,7 +259,7 @@ def run_many(
             hint="give a destination template with {index}, e.g. 'out/{stem}-{index}.tif'",
         )
     started = time.perf_counter()
-    executor = connect(client)
+    executor = connect(client, security=security, allowed_failures=opts_allowed(options))
     shared = _SharedOnce(executor)
     done = [0]
     lock = threading.Lock()
@@ -288,3 +289,8 @@ def run_many(
         executor.close()
     batch.seconds = time.perf_counter() - started
     return batch
+
+
+def opts_allowed(options: RunOptions | None) -> int | None:
+    """The run's ``allowed_failures`` (worker deaths per task), if any."""
+    return options.execution.allowed_failures if options is not None else None

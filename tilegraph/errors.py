@@ -14,16 +14,24 @@ context a person needs to act: the file (``path``), the window (``window``) and 
     │   │   ├── UnsupportedSourceError   dtype, layout, colour space, compression
     │   │   ├── ImageTooLargeError       header claims more pixels than allowed
     │   │   └── IncompleteOutputError    a tilegraph output whose run never finished
-    │   └── DestinationError       the destination is refused (exists, equals the source, ...)
+    │   ├── DestinationError       the destination is refused (exists, equals the source, ...)
+    │   │   └── DestinationClaimedError  another run holds the destination (names it)
+    │   └── ResumeMismatchError    resume=True, but the plan, model or options changed
     ├── ModelError                 the model cannot be loaded or broke its contract
     │   ├── ModelLoadError
     │   ├── ModelOutputError       wrong shape / dtype / NaN / Inf, or the model raised
-    │   └── OutOfMemoryError       one window alone does not fit in the device's memory
+    │   ├── OutOfMemoryError       one window alone does not fit in the device's memory
+    │   └── WindowTimeoutError     a forward pass ran longer than window_timeout (names the window)
     ├── TileStoreError             a window missing or unreadable in the tile store
     │   └── MissingWindowError
     ├── SinkError                  writing the output failed (disk full, permission, ...)
+    │   ├── ClaimLostError         this run no longer holds its destination's claim
+    │   └── InsufficientSpaceError the plan needs more disk space than is free (says how much)
     └── ClusterError               the cluster cannot run the job as asked
-        └── ResourceRestrictionError   GPU restrictions did not reach the scheduler
+        ├── ResourceRestrictionError   GPU restrictions did not reach the scheduler
+        ├── ClusterConnectionError     the scheduler refused the connection, or TLS failed
+        ├── SchedulerLostError         the connection to the scheduler was lost mid-run
+        └── WorkerLostError            a task kept killing its workers (names its windows)
 
 What a run does that will likely show in its output (per-window normalisation) is a
 :class:`TilegraphWarning` (a ``UserWarning``), not an error.
@@ -42,17 +50,29 @@ __all__ = [
     "ImageTooLargeError",
     "IncompleteOutputError",
     "DestinationError",
+    "DestinationClaimedError",
+    "ResumeMismatchError",
     "ModelError",
     "ModelLoadError",
     "ModelOutputError",
     "OutOfMemoryError",
+    "WindowTimeoutError",
     "TileStoreError",
     "MissingWindowError",
     "SinkError",
+    "ClaimLostError",
+    "InsufficientSpaceError",
     "ClusterError",
     "ResourceRestrictionError",
     "TilegraphWarning",
+    "ClusterConnectionError",
+    "SchedulerLostError",
+    "WorkerLostError",
+    "RESUME_HINT",
 ]
+
+#: What every error that stops a run part way says: the work done so far is kept.
+RESUME_HINT = "run again with resume=True (CLI --resume) to continue where it stopped"
 
 
 class TilegraphError(Exception):
@@ -157,6 +177,20 @@ class DestinationError(InputError):
     """The destination is refused: it exists, equals the source, or cannot be written."""
 
 
+class DestinationClaimedError(DestinationError):
+    """Another run holds the destination's claim; the message names it (run id, host, pid, heartbeat).
+
+    ``holder`` (a :class:`tilegraph.sink.claim.ClaimInfo`) is set where the claim was read; it is not
+    carried across processes.
+    """
+
+    holder: object = None
+
+
+class ResumeMismatchError(InputError):
+    """``resume=True`` on a destination whose interrupted run had another plan, model or options."""
+
+
 class ModelError(TilegraphError):
     """The model cannot be loaded, or it broke the model contract."""
 
@@ -178,6 +212,10 @@ class OutOfMemoryError(ModelError):
     """
 
 
+class WindowTimeoutError(ModelError):
+    """A forward pass ran longer than ``window_timeout`` seconds; ``window`` names (the first of) its windows."""
+
+
 class TileStoreError(TilegraphError):
     """The tile store is missing a window or cannot be read."""
 
@@ -190,6 +228,14 @@ class SinkError(TilegraphError):
     """Writing the output failed (disk full, permission denied, ...)."""
 
 
+class ClaimLostError(SinkError):
+    """This run no longer holds its destination's claim (taken over after its heartbeat stopped)."""
+
+
+class InsufficientSpaceError(SinkError):
+    """The file systems a run writes to lack the space the plan estimates (the message says how much)."""
+
+
 class ClusterError(TilegraphError):
     """The cluster cannot run the job as asked."""
 
@@ -200,3 +246,15 @@ class ResourceRestrictionError(ClusterError):
 
 class TilegraphWarning(UserWarning):
     """Something a run does that will likely show in its output (normalisation that seams, ...)."""
+
+
+class ClusterConnectionError(ClusterError):
+    """The scheduler cannot be reached: connection refused, timed out, or a TLS failure."""
+
+
+class SchedulerLostError(ClusterError):
+    """The connection to the scheduler was lost during the run (the scheduler died or the network failed)."""
+
+
+class WorkerLostError(ClusterError):
+    """A task's workers died too often (distributed's ``KilledWorker``); ``window`` names its first window."""

@@ -316,9 +316,17 @@ class OutputOptions:
     dtype: str | None = _opt(
         None, "output dtype (default: the source's; float32 for latents)", flat="output_dtype"
     )
-    overwrite: bool = _opt(False, "replace an existing destination (never the source)")
+    overwrite: bool = _opt(
+        False, "replace a previous tilegraph output or an empty folder (never the source, nothing else)"
+    )
     keep_tile_store: bool = _opt(False, "keep the per-window store after success (debugging)")
-    scratch: str | None = _opt(None, "folder for intermediate data (default: beside the destination)")
+    scratch: str | None = _opt(
+        None, "folder in which a fresh scratch subfolder is made (default: beside the destination)"
+    )
+    resume: bool = _opt(
+        False, "continue an interrupted run on this destination, recomputing only what is missing"
+    )
+    check_space: bool = _opt(True, "refuse a run when the disks lack the space the plan estimates")
 
     def __post_init__(self) -> None:
         for name in ("chunks", "shards"):
@@ -388,9 +396,22 @@ class ExecutionOptions:
         "pip install tilegraph[fast]), 'zarrs' or 'zarr-python'",
         run=False,
     )
+    window_timeout: float | None = _opt(
+        None, "seconds a forward pass may take before the run stops with an error naming its window"
+    )
+    allowed_failures: int | None = _opt(
+        None, "worker deaths a task may cause before it is reported (default: the scheduler's, 3)"
+    )
 
     def __post_init__(self) -> None:
         _choice(self.codec_pipeline, get_args(CodecPipeline), "codec_pipeline")
+        if self.window_timeout is not None:
+            if isinstance(self.window_timeout, bool) or not isinstance(self.window_timeout, int | float):
+                raise InputError(f"window_timeout must be a number of seconds, got {self.window_timeout!r}")
+            if not self.window_timeout > 0:
+                raise InputError(f"window_timeout must be positive, got {self.window_timeout!r}")
+            object.__setattr__(self, "window_timeout", float(self.window_timeout))
+        _int(self.allowed_failures, "allowed_failures", minimum=0, none=True)
 
 
 def _fraction(value: Any, name: str) -> None:

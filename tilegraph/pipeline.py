@@ -56,7 +56,11 @@ def run(
     source_options: Any = None,
     export_options: Any = None,
     scratch: str | None = None,
+    resume: bool = False,
+    check_space: bool = True,
     progress: bool | None = None,
+    window_timeout: float | None = None,
+    allowed_failures: int | None = None,
     keep_tile_store: bool = False,
     reconcile: str | None = None,
     reconcile_options: Any = None,
@@ -76,6 +80,7 @@ def run(
     grid: str = "regular",
     passes: Any = (),
     options: RunOptions | str | os.PathLike | None = None,
+    security: Any = None,
 ) -> Any:
     """Run ``model`` over ``source`` tile by tile and write a seam-free output to ``destination``.
 
@@ -121,7 +126,7 @@ def run(
         into bands along the seams.
     client
         ``None`` starts an embedded local cluster; ``"inprocess"`` runs here without a cluster; a
-        scheduler address or a ``distributed.Client`` uses that cluster.
+        scheduler address (``tcp://`` or ``tls://``) or a ``distributed.Client`` uses that cluster.
     scale, in_channels, out_channels, model_stride, halo
         Override what the model declares (``scale`` is also measured with a probe and checked).
     norm_sync
@@ -141,7 +146,8 @@ def run(
     output_dtype
         Defaults to the source dtype; pass ``"float32"`` for latents.
     overwrite
-        Replace an existing destination (never the source itself).
+        Replace a previous tilegraph output or an empty folder at the destination. Anything else
+        (the source, a folder holding it or inside it, unrelated files) is refused, nothing deleted.
     pad_mode, precision, channels_last, compile, device, weights, factory_kwargs
         See :class:`~tilegraph.options.TilingOptions` and :class:`~tilegraph.options.ModelOptions`.
     source_options, export_options, reconcile_options, quality_options, execution_options
@@ -152,10 +158,25 @@ def run(
         :class:`~tilegraph.options.ExecutionOptions` (``codec_pipeline``); objects or dicts (an
         unknown key is an error naming it).
     scratch, keep_tile_store
-        Folder for intermediate data (default: beside the destination), and keeping the per-window
-        store after success (debugging).
+        Folder in which the run makes a fresh subfolder for intermediate data (default: the
+        destination's sidecar ``<destination>.tilegraph/``); only that subfolder is ever removed.
+        ``keep_tile_store`` keeps it after success (debugging).
+    resume
+        Continue a run on this destination that stopped (crash, lost cluster, watchdog): only what
+        its manifest does not record as durable is recomputed. Refused, saying what differs, if the
+        plan, model or options changed.
+    check_space
+        Refuse the run before any work if the disks lack the space the plan estimates (tile store,
+        output counted uncompressed, staged source).
     progress
-        Show progress (default: on when stderr is a terminal or in Jupyter).
+        Show progress (default: on when stderr is a terminal or in Jupyter); it also says when no
+        window has finished for several times the usual time between windows.
+    window_timeout
+        Seconds a forward pass may take: past it the run stops with
+        :class:`~tilegraph.errors.WindowTimeoutError` naming the window (resumable).
+    allowed_failures
+        Worker deaths a task may cause before it is reported by window (the scheduler's setting,
+        distributed's default 3).
     reconcile
         Colour reconciliation across windows: ``None`` (default), ``"offset"`` or ``"gain-offset"``. Its
         reference defaults to ``"auto"``: the model run on the thumbnail when it changes colours by more
@@ -198,6 +219,9 @@ def run(
     options
         A :class:`~tilegraph.options.RunOptions`, or a TOML/YAML file of options; the keywords above
         that differ from their defaults apply on top of it.
+    security
+        A ``distributed.security.Security`` to connect to a ``tls://`` scheduler address (without it,
+        dask's ``distributed.comm.tls`` configuration applies).
 
     Returns
     -------
@@ -218,10 +242,14 @@ def run(
     Raises
     ------
     tilegraph.errors.TilegraphError
-        A typed error naming the file or window at fault; the output is then left marked incomplete.
+        A typed error naming the file or window at fault. Nothing is at the destination then (on a
+        file system the output is written under a temporary name and renamed when complete), and
+        ``resume=True`` continues the run.
     """
     given = {
-        k: v for k, v in locals().items() if k not in ("source", "destination", "model", "client", "options")
+        k: v
+        for k, v in locals().items()
+        if k not in ("source", "destination", "model", "client", "options", "security")
     }
     opts = _options(options, given)
     from tilegraph.batch import is_batch, run_many
@@ -233,9 +261,9 @@ def run(
             raise InputError(
                 "several sources need a destination", hint="give a folder, or a template with {stem}"
             )
-        return run_many(source, destination, model=model, options=opts, client=client)
+        return run_many(source, destination, model=model, options=opts, client=client, security=security)
     dest = "" if destination is None else os.fspath(destination)
-    return execute(source, dest, model=model, options=opts, client=client)
+    return execute(source, dest, model=model, options=opts, client=client, security=security)
 
 
 def _options(options: RunOptions | str | os.PathLike | None, given: dict) -> RunOptions:
@@ -265,6 +293,7 @@ def execute(
     options: RunOptions,
     client: Any = None,
     executor: Any = None,
+    security: Any = None,
 ) -> RunResult:
     """Run with options already normalised (the CLI and :func:`run` end here): the stages in order.
 
@@ -272,13 +301,14 @@ def execute(
     """
     from tilegraph.cluster.local import connect
     from tilegraph.engine.assemble import assemble
+    from tilegraph.engine.faults import cluster_error
     from tilegraph.engine.finish import abort, finish
-    from tilegraph.engine.infer import gather_inference, submit_inference
+    from tilegraph.engine.infer import submit_inference
     from tilegraph.engine.normsync import synchronise
     from tilegraph.engine.passes import run_passes
     from tilegraph.engine.prepare import prepare
     from tilegraph.engine.progress import Progress
-    from tilegraph.engine.reconcile import solve_corrections
+    from tilegraph.engine.reconcile import reconcile
     from tilegraph.infer.spec import spec_for
     from tilegraph.source import open_source
 
@@ -289,13 +319,15 @@ def execute(
         show = _interactive()
     own = executor is None
     if own:
-        executor = connect(client)
-    run_ = None
+        ex = options.execution
+        executor = connect(client, security=security, allowed_failures=ex.allowed_failures)
+    run_ = inference = None
+    progress = None
     handles: list = []
     try:
         if show and executor.dashboard_link:
             print(f"tilegraph: dashboard at {executor.dashboard_link}", flush=True)
-        progress = Progress(enabled=show)
+        progress = Progress(enabled=show, watch_stalls=True)
         run_ = prepare(
             src,
             destination,
@@ -312,11 +344,7 @@ def execute(
         run_ = synchronise(run_, executor, progress)  # norm_sync: global normalisation statistics
         inference = submit_inference(run_, executor)
         handles = list(inference.handles)
-        report = reconciliation = None
-        if run_.options.reconcile.mode or run_.context.kind.needs_all_results:
-            report = gather_inference(inference, executor, progress)
-            if run_.options.reconcile.mode:
-                reconciliation = solve_corrections(run_, report)
+        report, reconciliation = reconcile(run_, executor, inference, progress)
         assembled, report = assemble(
             run_,
             executor,
@@ -341,10 +369,15 @@ def execute(
             started=started,
             progress=progress,
         )
-    except BaseException:
+    except BaseException as exc:
         abort(run_, executor, handles)
+        ours = cluster_error(exc, run=run_, inference=inference, executor=executor)
+        if ours is not None:
+            raise ours from exc
         raise
     finally:
+        if progress is not None:
+            progress.close()
         if own:
             executor.close()
 

@@ -1,4 +1,4 @@
-"""Command line: ``tilegraph run | plan | info | qa | demo``.
+"""Command line: ``tilegraph run | plan | info | clean | qa | demo``.
 
 Heavy imports (torch, distributed) happen inside the commands that need them.
 """
@@ -135,6 +135,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="TOML or YAML file of options (flags given here win)")
     p.add_argument("--scheduler", default=None, help="scheduler address (default: embedded local cluster)")
     p.add_argument("--inprocess", action="store_true", help="run without any cluster")
+    p.add_argument("--tls-ca-file", default=None, help="CA certificate of a TLS cluster (tls:// scheduler)")
+    p.add_argument("--tls-cert", default=None, help="client certificate for a TLS cluster")
+    p.add_argument("--tls-key", default=None, help="client private key (if not inside --tls-cert)")
     _add_option_flags(p)
 
     p = sub.add_parser("plan", help="print the plan of a run without running anything")
@@ -164,8 +167,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--thumbnail", type=int, default=None, help="thumbnail size for --norm-sync thumbnail")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("info", help="describe an image source")
+    p = sub.add_parser(
+        "info", help="describe an image source, and what interrupted runs left at a destination"
+    )
     p.add_argument("source")
+
+    p = sub.add_parser(
+        "clean", help="remove what interrupted runs left (claims, manifests, staging, scratch)"
+    )
+    p.add_argument("path", help="a destination, or a folder holding destinations or scratch= folders")
+    p.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
 
     p = sub.add_parser("qa", help="measure the seams of a finished output and write a report")
     p.add_argument("output")
@@ -209,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     if here not in sys.path:  # modules of the current folder import, as with `python -m`
         sys.path.insert(0, here)
     try:
-        return {"run": _run, "plan": _plan, "info": _info, "demo": _demo, "qa": _qa}[args.command](args)
+        commands = {"run": _run, "plan": _plan, "info": _info, "clean": _clean, "demo": _demo, "qa": _qa}
+        return commands[args.command](args)
     except TilegraphError as exc:
         from tilegraph.engine.progress import end_line
 
@@ -282,18 +294,37 @@ def _run(args) -> int:
         given["progress"] = True
     base = load_config(args.config) if args.config else None
     options = RunOptions.from_kwargs(base, **given)
+    security = _security(args)
     sources = [_source(s) for s in args.source]
     source = sources if len(sources) > 1 else sources[0]
     if is_batch(source):
-        batch = run_many(source, args.destination, model=args.model, options=options, client=client)
+        batch = run_many(
+            source, args.destination, model=args.model, options=options, client=client, security=security
+        )
         print(batch.table())
         failed = len(batch.failed)
         for item in batch.failed:
             print(f"tilegraph: error: {item.label}: {as_flags(str(item.error))}", file=sys.stderr)
         return min(failed, 100)
-    result = execute(source, args.destination, model=args.model, options=options, client=client)
+    result = execute(
+        source, args.destination, model=args.model, options=options, client=client, security=security
+    )
     print(json.dumps(result.summary(), indent=2))
     return 0
+
+
+def _security(args):
+    """A ``distributed.security.Security`` from ``--tls-*`` files, or ``None`` (dask's TLS configuration)."""
+    if not (args.tls_ca_file or args.tls_cert or args.tls_key):
+        return None
+    from distributed.security import Security
+
+    return Security(
+        tls_ca_file=args.tls_ca_file,
+        tls_client_cert=args.tls_cert,
+        tls_client_key=args.tls_key,
+        require_encryption=True,
+    )
 
 
 def _flat_cli_fields():
@@ -474,14 +505,45 @@ def _thumbnail_variation(args, src, plan, channels: int) -> str:
 
 
 def _info(args) -> int:
+    from tilegraph.sink.manifest import destination_status
     from tilegraph.source import open_source
 
-    src = open_source(args.source)
-    info = src.describe()
-    meta = src.metadata
-    info["icc_profile_bytes"] = len(meta.icc_profile) if meta.icc_profile else 0
-    info["exif"] = bool(meta.exif)
-    print(json.dumps(info, indent=2))
+    state = destination_status(args.source)
+    left = bool(state["claim"] or state["manifest"] or state["leftovers"])
+    try:
+        src = open_source(args.source)
+    except TilegraphError:
+        if not left:
+            raise
+        info: dict = {}
+    else:
+        info = src.describe()
+        meta = src.metadata
+        info["icc_profile_bytes"] = len(meta.icc_profile) if meta.icc_profile else 0
+        info["exif"] = bool(meta.exif)
+    if (
+        left
+    ):  # an interrupted or running job: its claim, manifest and leftovers (`tilegraph clean` removes them)
+        info["destination_state"] = state
+    print(json.dumps(info, indent=2, default=str))
+    return 0
+
+
+def _clean(args) -> int:
+    from tilegraph.sink.manifest import clean
+
+    removed = clean(args.path, dry_run=args.dry_run)
+    print(
+        json.dumps(
+            {
+                "dry_run": bool(args.dry_run),
+                "removed" if not args.dry_run else "would_remove": [
+                    {"path": i.path, "kind": i.kind, "bytes": i.nbytes} for i in removed
+                ],
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

@@ -81,6 +81,11 @@ def embedded_cluster(
 
     check_main_guard()  # before any worker process exists: a clear error, not a spawn traceback
     dask.config.set(DASK_CONFIG)
+    if dask.config.get("distributed.deploy.lost-worker-timeout", "15s") == "15s":
+        # LocalCluster closes a worker slot for good when its worker has not come back 15 s after any
+        # earlier loss, so a worker killed twice within 15 s (OOM, a crashing model) was gone for the
+        # rest of the run (measured: 3 kills in 8 s left no worker at all); keep restarting them
+        dask.config.set({"distributed.deploy.lost-worker-timeout": "1 hour"})
     gpus = visible_gpus()
     if gpus and n_workers is None:
         from tilegraph.cluster.gpu import gpu_cluster
@@ -204,11 +209,20 @@ def _embedded_executor():
     return executor
 
 
-def connect(client):
+def connect(client, *, security=None, allowed_failures: int | None = None):
     """Resolve the ``client=`` argument of :func:`tilegraph.run` to an executor.
 
     ``None``: an embedded cluster (closed after the run); ``"inprocess"``: no cluster at all; a
-    scheduler address ``"tcp://host:8786"``; or a ``distributed.Client``.
+    scheduler address ``"tcp://host:8786"`` or ``"tls://host:8786"``; or a ``distributed.Client``.
+
+    ``security`` (a ``distributed.security.Security``) is used to connect to an address; without it,
+    dask's TLS configuration (``distributed.comm.tls.*``) applies. ``allowed_failures`` sets the
+    scheduler's worker deaths per task before ``KilledWorker`` (default: the scheduler's own, 3).
+
+    Raises
+    ------
+    tilegraph.errors.ClusterConnectionError
+        The scheduler refused the connection, did not answer in time, or TLS failed.
     """
     from tilegraph.engine.dask_executor import DaskExecutor
     from tilegraph.engine.executor import InProcessExecutor
@@ -222,25 +236,31 @@ def connect(client):
     if client is None:
         executor = _embedded_executor()
     elif isinstance(client, str):
+        from tilegraph.engine.faults import connection_error
+
+        timeout = dask.config.get("distributed.comm.timeouts.connect", "30s")
         try:
             # own_cluster=True: close() closes this Client we opened (it has no cluster object to close).
-            executor = DaskExecutor(Client(client, timeout="30s"), own_cluster=True)
-        except OSError as exc:
-            raise ClusterError(
-                f"cannot reach the scheduler at {client}: {exc}", hint="start it with `dask scheduler`"
-            ) from exc
+            kwargs = {"security": security} if security is not None else {}
+            executor = DaskExecutor(Client(client, timeout=timeout, **kwargs), own_cluster=True)
+        except (OSError, TimeoutError, TypeError, ValueError) as exc:
+            raise connection_error(exc, client) from exc
     elif isinstance(client, Client):
         executor = DaskExecutor(client, own_cluster=False)
     else:
         raise ClusterError(
             f"client must be None, 'inprocess', an address or a distributed.Client, got {client!r}"
         )
-    if executor.model_resources == {"GPU": 1}:  # start-up self-check: GPU restrictions reach the scheduler
-        from tilegraph.cluster.checks import check_gpu_restrictions
+    try:
+        if allowed_failures is not None:
+            executor.set_allowed_failures(allowed_failures)
+        if executor.model_resources == {
+            "GPU": 1
+        }:  # start-up self-check: GPU restrictions reach the scheduler
+            from tilegraph.cluster.checks import check_gpu_restrictions
 
-        try:
             check_gpu_restrictions(executor.client)
-        except BaseException:
-            executor.close()
-            raise
+    except BaseException:
+        executor.close()
+        raise
     return executor

@@ -4,6 +4,10 @@ The kind yields :class:`~tilegraph.outputs.abc.Step` values; each becomes one ta
 tuple, submitted once the windows it names are done when inference is still running (ordering only,
 no result transfer), and the step's results are sent back into the kind. While inference runs, the
 wait covers the model tasks too, so their errors surface at once and the progress counts windows.
+
+A step that names what each task makes durable (:attr:`Step.record` and :attr:`Step.ids`, e.g. an
+image's output chunks) has each task record its id in the resume manifest once written, and a
+resumed run skips the ids already recorded (the kind receives ``None`` as their result).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from tilegraph.engine.context import PreparedRun
 from tilegraph.engine.executor import Executor
 from tilegraph.engine.infer import Inference, InferenceReport, gather_inference, summarise
 from tilegraph.engine.progress import Progress
+from tilegraph.engine.resume import with_records
 from tilegraph.outputs.abc import Assembly, KindResult, Step
 
 __all__ = ["assemble"]
@@ -50,17 +55,22 @@ def assemble(
         except StopIteration as stop:
             result: KindResult = stop.value
             break
-        n = len(step.args)
+        todo = _todo(run, step)
+        n = len(todo)
         shared = executor.share(step.shared)
         after = None
         if report is None and step.after is not None:
-            after = [inference.handles_for(ws) for ws in step.after]
-        columns = list(zip(*step.args, strict=True)) if n and step.args[0] else []
+            after = [inference.handles_for(step.after[i]) for i in todo]
+        args = [step.args[i] for i in todo]
+        columns: list = [[shared] * n, *(list(zip(*args, strict=True)) if n and args[0] else [])]
+        fn = step.fn
+        if step.record and step.ids is not None and run.guard is not None:
+            ids = [[step.ids[i]] for i in todo]
+            fn, columns = with_records(run.guard.writer(), fn, step.record, ids, columns)
         handles = executor.map(
-            step.fn,
-            [shared] * n,
+            fn,
             *columns,
-            keys=[f"tg-{step.label}-{run.token}-{i}" for i in range(n)],
+            keys=[f"tg-{step.label}-{run.token}-{i}" for i in todo],
             after=after,
         )
         if report is None:  # wait for the model tasks too: their errors first, windows counted
@@ -72,9 +82,21 @@ def assemble(
                 units=inference.units + [1] * n,
             )
             report = summarise(out[:m])
-            sent = out[m:]
+            done = out[m:]
         else:
-            sent = executor.wait(handles, progress=progress, label=step.label)
+            done = executor.wait(handles, progress=progress, label=step.label)
+        sent = [None] * len(step.args)
+        for i, r in zip(todo, done, strict=True):
+            sent[i] = r
     if report is None:
         report = gather_inference(inference, executor, progress)
     return result, report
+
+
+def _todo(run: PreparedRun, step: Step) -> list[int]:
+    """Indices of the step's tasks to run: all, less those a resumed run finds recorded durable."""
+    n = len(step.args)
+    if not (step.record and step.ids is not None and run.guard is not None and run.guard.resumed):
+        return list(range(n))
+    durable = run.guard.durable(step.record)
+    return [i for i in range(n) if int(step.ids[i]) not in durable]

@@ -79,6 +79,10 @@ class RunContext:
     coarse: CoarseContext | None = None  # coarse-to-fine: the thumbnail output every window is given
     mask: MaskContext | None = None  # what matters: windows skipped, the output filled outside
     norm_stats: Mapping[str, Any] | None = None  # global normalisation statistics per layer (norm_sync)
+    window_timeout: float | None = None  # seconds a forward pass may hold the model (the watchdog)
+    inflight: str | None = (
+        None  # folder of the markers of forward passes under way (which windows kill workers)
+    )
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,10 @@ class PreparedRun:
     norm : object
         What the run knows of the model's normalisation layers and how it syncs them
         (:class:`tilegraph.engine.normsync.NormPlan`), ``None`` before the norm probe.
+    guard : DestinationGuard or None
+        The run's claim, scratch, staging and manifest (:mod:`tilegraph.engine.destination`).
+    work : Work or None
+        What a resumed run still computes (:mod:`tilegraph.engine.resume`); ``None``: everything.
     """
 
     token: str
@@ -140,3 +148,5 @@ class PreparedRun:
     timings: Mapping[str, float] = field(default_factory=dict)
     mask_report: dict | None = None  # windows run and skipped, the grid chosen for a mask
     norm: Any = None
+    guard: Any = None
+    work: Any = None

@@ -9,6 +9,13 @@ result to the dependent task's worker, one peer-to-peer transfer per dependency 
 measured about half of the workers' CPU per window on 2 cores. So :class:`DaskExecutor` keeps such
 tasks on the client (:class:`Deferred`) and submits each as soon as the tasks it waits for have
 finished, from :meth:`DaskExecutor.wait`.
+
+Worker deaths: a task counts as finished once it was *seen* finished. Its result is fetched then and
+its future released, so a result lost with a worker is not recomputed (the pixels it wrote are in
+storage already), and the tasks deferred after it are released even though its future is gone. A
+task that keeps killing workers fails with distributed's ``KilledWorker`` once it was on more than
+``allowed-failures`` dying workers (the scheduler's setting, 3 by default;
+:meth:`DaskExecutor.set_allowed_failures`); the engine reports it by window.
 """
 
 from __future__ import annotations
@@ -16,18 +23,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
+from tilegraph.engine.dask_resources import _restrictions_on_scheduler, _workers_with, model_resources
+from tilegraph.engine.executor import raise_failure
 from tilegraph.engine.progress import Progress, tally
-from tilegraph.errors import ResourceRestrictionError
+from tilegraph.errors import ClusterError, ResourceRestrictionError
 
 __all__ = ["DaskExecutor", "Deferred", "model_resources"]
 
 
 class Deferred:
-    """A task held on the client until the tasks it comes ``after`` have finished.
-
-    :meth:`DaskExecutor.wait` submits it (``future`` is then set); :meth:`result` waits for it,
-    submitting it first if nothing did.
-    """
+    """A task held on the client until the tasks it comes ``after`` have finished (:meth:`DaskExecutor.wait`
+    submits it; :meth:`result` waits for it, submitting it first if nothing did)."""
 
     __slots__ = ("fn", "args", "key", "resources", "after", "future", "cancelled", "executor")
 
@@ -47,12 +53,15 @@ class Deferred:
     def result(self):
         if self.cancelled:
             raise RuntimeError(f"task {self.key} was cancelled before it was submitted")
+        if self.key in self.executor._results:
+            return raise_failure(self.executor._results[self.key])
         if self.future is None:
             for h in self.after:
-                h.result()  # raises a predecessor's error
+                if not self.executor._finished(h):
+                    h.result()  # raises a predecessor's error
             self.executor._release([self])
         assert self.future is not None
-        return self.future.result()
+        return raise_failure(self.future.result())
 
 
 class DaskExecutor:
@@ -96,17 +105,36 @@ class DaskExecutor:
         self.on_close: list[Callable[[], None]] = []
         #: Debug log of the embedded cluster's distributed records, if it has one.
         self.log_path: str | None = None
+        self._results: dict = {}  # key -> result of every task seen finished (their futures are released)
+        self._shared: list = []  # futures of shared objects (cancelled with the run)
+        self._workers_checked = 0.0
+        self._no_workers_since: float | None = None
+
+    def _finished(self, handle) -> bool:
+        """Was ``handle`` seen finished (its result kept), or is it finished now?"""
+        return handle.key in self._results or handle.status == "finished"
+
+    def set_allowed_failures(self, n: int) -> None:
+        """Set the scheduler's ``allowed_failures`` (worker deaths per task before ``KilledWorker``; all clients')."""
+
+        def apply(dask_scheduler, n):
+            dask_scheduler.allowed_failures = int(n)
+
+        self.client.run_on_scheduler(apply, n=int(n))
 
     def share(self, obj, *, model_only: bool = False):
-        """Send ``obj`` to every worker once (directly, not through the scheduler); returns a future.
+        """Make ``obj`` available to tasks; returns a future that tasks take in its place.
 
-        With ``model_only`` (the model itself), only workers that can run model tasks receive it.
+        ``obj`` travels inside a task (held by the scheduler), not scattered: scattered data is lost
+        for good with the last worker holding it (distributed's memory manager keeps one replica of
+        broadcast data), while a task's result is recomputed. Each worker fetches it once for the
+        tasks it runs. ``model_only`` is accepted for the protocol (only model workers fetch it).
         """
-        workers = None
-        if model_only and self.model_resources:
-            (name,) = self.model_resources
-            workers = _workers_with(self.client, name) or None
-        return self.client.scatter(obj, broadcast=True, hash=False, workers=workers)
+        import uuid
+
+        fut = self.client.submit(_shared, obj, key=f"tg-shared-{uuid.uuid4().hex}", pure=False)
+        self._shared.append(fut)
+        return fut
 
     def submit(self, fn: Callable, *args, key: str, resources: dict | None = None):
         return self.client.submit(fn, *args, key=key, resources=resources, pure=False, retries=1)
@@ -168,7 +196,7 @@ class DaskExecutor:
         ready = [
             d
             for d in deferred
-            if d.future is None and not d.cancelled and all(h.status == "finished" for h in d.after)
+            if d.future is None and not d.cancelled and all(self._finished(h) for h in d.after)
         ]
         groups: dict = {}
         for d in ready:  # one Client.map per function and restriction
@@ -228,7 +256,8 @@ class DaskExecutor:
 
         ``units`` counts each handle's work for the progress display (windows per model task);
         default one per handle. The first task to fail cancels the others and raises its own
-        exception.
+        exception. Each result is fetched as its task finishes and the task's future released (see
+        the module notes); a handle without a result raises, never returns ``None``.
         """
         from distributed import as_completed
 
@@ -237,44 +266,107 @@ class DaskExecutor:
         for d in deferred:
             for h in d.after:
                 waiting.setdefault(h.key, []).append(d)
-        watched = {h.key: h for h in handles if not isinstance(h, Deferred)}
+        watched: dict = {}
+        for h in handles:
+            if not isinstance(h, Deferred) and h.key not in self._results:
+                watched[h.key] = h
         for d in deferred:
             for h in d.after:
-                watched.setdefault(h.key, h)
-            if d.future is not None:
-                watched[d.key] = d.future
+                if h.key not in self._results:
+                    watched.setdefault(h.key, h)
         labels = [label] * len(handles) if isinstance(label, str) else list(label)
         weight = {
             h.key: (lab, 1 if units is None else int(u))
             for h, lab, u in zip(handles, labels, units or [1] * len(handles), strict=True)
         }
         counts = {name: [0, total] for name, (_, total) in tally(handles, label, units).items()}
+        counted: set = set()
+
+        def count(key) -> None:
+            if key in weight and key not in counted:
+                counted.add(key)
+                name, w = weight[key]
+                counts[name][0] += w
+                if progress is not None:
+                    progress.update(name, counts[name][0], counts[name][1])
+
         if progress is not None:
-            for name, (count, of) in counts.items():
-                progress.update(name, count, of)
+            for name, (done, of) in counts.items():
+                progress.update(name, done, of)
         try:
+            for h in handles:
+                if h.key in self._results:
+                    raise_failure(self._results[h.key])
+                    count(h.key)
             self._release(deferred)
             for d in deferred:
-                if d.future is not None:
+                if d.future is not None and d.key not in self._results:
                     watched.setdefault(d.key, d.future)
-            pending = as_completed(list(watched.values()), loop=self.client.loop)  # no default client needed
-            for fut in pending:
-                if fut.status in ("error", "cancelled"):
-                    fut.result()  # raises the task's own exception (or CancelledError)
+            pending = as_completed(
+                list(watched.values()), loop=self.client.loop, with_results=True, raise_errors=False
+            )
+            ready = iter(pending)
+            while not pending.is_empty():
+                if not pending.has_ready():
+                    self._check_workers()
+                    time.sleep(0.02)
+                    continue
+                fut, result = next(ready)
+                self._take(fut, result)
                 for f in self._release(waiting.pop(fut.key, ())):
                     pending.add(f)
-                if fut.key in weight:
-                    name, w = weight[fut.key]
-                    counts[name][0] += w
-                    if progress is not None:
-                        progress.update(name, counts[name][0], counts[name][1])
+                count(fut.key)
         except BaseException:
             self.cancel(handles)
             raise
-        return self.client.gather([h.future if isinstance(h, Deferred) else h for h in handles])
+        out = []
+        for h in handles:
+            if h.key not in self._results:
+                raise ClusterError(
+                    f"task {h.key} finished without a result",
+                    hint="report this as a tilegraph bug; resume=True continues the run",
+                )
+            out.append(self._results[h.key])
+        return out
+
+    def _check_workers(self) -> None:
+        """Raise :class:`NoWorkersError` when the cluster has had no worker for too long.
+
+        A worker process killed before its nanny saw it start is never restarted (distributed
+        2026.8), so a model that crashes every worker it reaches can leave no worker at all, and a
+        run would wait for ever. The limit is dask's ``tilegraph.lost-workers-timeout`` (seconds,
+        default 60).
+        """
+        import dask
+
+        now = time.monotonic()
+        if now - self._workers_checked < 1.0:
+            return
+        self._workers_checked = now
+        if self.client.scheduler_info().get("workers"):
+            self._no_workers_since = None
+            return
+        if self._no_workers_since is None:
+            self._no_workers_since = now
+        limit = float(dask.config.get("tilegraph.lost-workers-timeout", 60))
+        if now - self._no_workers_since > limit:
+            raise NoWorkersError(now - self._no_workers_since)
+
+    def _take(self, fut, result) -> None:
+        """Keep a finished task's result and release its future; raise a failed task's error."""
+        from concurrent.futures import CancelledError
+
+        if fut.status == "error" and isinstance(result, tuple) and len(result) == 3:
+            _, exc, tb = result
+            raise exc.with_traceback(tb)
+        if isinstance(result, CancelledError) or fut.status == "cancelled":
+            raise result if isinstance(result, BaseException) else CancelledError(fut.key)
+        self._results[fut.key] = result
+        fut.release()
+        raise_failure(result)
 
     def cancel(self, handles) -> None:
-        futures = []
+        futures = list(self._shared)
         for h in handles:
             if isinstance(h, Deferred):
                 h.cancelled = True
@@ -282,6 +374,8 @@ class DaskExecutor:
                     futures.append(h.future)
             else:
                 futures.append(h)
+        if getattr(self.client, "status", "running") != "running":
+            return  # no scheduler to tell (lost connection, closing): never block on it
         try:
             self.client.cancel(futures, force=True)
         except Exception:  # cancelling during shutdown must not hide the original error
@@ -300,45 +394,14 @@ class DaskExecutor:
             self.on_close.clear()
 
 
-def _restrictions_on_scheduler(dask_scheduler, keys):
-    out = {}
-    for k in keys:
-        ts = dask_scheduler.tasks.get(k)
-        if ts is not None:
-            out[k] = dict(ts.resource_restrictions or {})
-    return out
+class NoWorkersError(RuntimeError):
+    """The cluster lost every worker and none came back (the engine reports it by window)."""
+
+    def __init__(self, seconds: float):
+        super().__init__(f"no worker for {seconds:.0f} s")
+        self.seconds = seconds
 
 
-def model_resources(client) -> dict | None:
-    """Resource restriction for model tasks: ``{"GPU": 1}`` if any worker declares GPUs.
-
-    Workers of tilegraph's embedded CPU cluster declare ``MODEL=1`` so that one model task runs per
-    worker while reading, blending and writing use the other threads.
-    """
-    workers = (
-        client.scheduler_info(n_workers=-1).get("workers", {})
-        if _accepts_n_workers(client)
-        else (client.scheduler_info().get("workers", {}))
-    )
-    names: set[str] = set()
-    for info in workers.values():
-        names.update((info.get("resources") or {}).keys())
-    for name in ("GPU", "MODEL"):
-        if name in names:
-            return {name: 1}
-    return None
-
-
-def _workers_with(client, resource: str) -> list[str]:
-    """Addresses of the workers declaring ``resource``."""
-    info = client.scheduler_info(n_workers=-1) if _accepts_n_workers(client) else client.scheduler_info()
-    return [a for a, w in info.get("workers", {}).items() if resource in (w.get("resources") or {})]
-
-
-def _accepts_n_workers(client) -> bool:
-    import inspect
-
-    try:
-        return "n_workers" in inspect.signature(client.scheduler_info).parameters
-    except (TypeError, ValueError):
-        return False
+def _shared(obj):
+    """Task: ``obj`` itself (see :meth:`DaskExecutor.share`)."""
+    return obj

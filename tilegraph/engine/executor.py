@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from tilegraph.engine.progress import Progress, tally
 
-__all__ = ["Executor", "InProcessExecutor", "Done"]
+__all__ = ["Executor", "InProcessExecutor", "Done", "TaskFailure", "raise_failure"]
 
 
 class Executor(Protocol):
@@ -78,6 +78,29 @@ class Executor(Protocol):
         ...
 
 
+class TaskFailure:
+    """A task's error returned as its result, so that the scheduler does not retry the task.
+
+    Used for errors that a retry would only repeat (a forward pass past ``window_timeout``); the
+    executors raise :attr:`error` on the client when they see one.
+    """
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+    def __reduce__(self):
+        return (TaskFailure, (self.error,))
+
+
+def raise_failure(value: Any) -> Any:
+    """``value``, or raise the error it carries if it is a :class:`TaskFailure`."""
+    if isinstance(value, TaskFailure):
+        raise value.error
+    return value
+
+
 class Done:
     """Result holder of the in-process executor (mimics a future)."""
 
@@ -103,7 +126,7 @@ class InProcessExecutor:
 
     def submit(self, fn: Callable, *args, key: str, resources: dict | None = None):
         args = tuple(a.value if isinstance(a, Done) else a for a in args)
-        return Done(fn(*args), key)
+        return Done(raise_failure(fn(*args)), key)
 
     def map(
         self,
@@ -127,7 +150,7 @@ class InProcessExecutor:
         if progress is not None:
             for name, (_, total) in tally(handles, label, units).items():
                 progress.update(name, total, total)
-        return [h.result() for h in handles]
+        return [raise_failure(h.result()) for h in handles]
 
     def check_restrictions(self, handles: Sequence, want: dict | None = None) -> None:
         """Nothing is restricted here."""

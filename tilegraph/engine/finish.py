@@ -1,4 +1,10 @@
-"""The finish stage: mark the output complete through its sink, export if asked, measure, clean up."""
+"""The finish stage: mark the output complete through its sink, export if asked, measure, publish, clean up.
+
+On a file system the marked output is renamed from its staging name to the destination only now
+(:meth:`~tilegraph.engine.destination.DestinationGuard.publish`), so no reader ever sees it partial;
+then scratch space and the manifest go and the claim is released. :func:`abort` keeps everything a
+``resume=True`` run can use and releases the claim.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,6 @@ from tilegraph.engine.progress import Progress
 from tilegraph.engine.reconcile import Reconciliation
 from tilegraph.engine.result import RunResult
 from tilegraph.outputs.abc import KindResult
-from tilegraph.sink.zarr_sink import exists, remove_path
 
 __all__ = ["finish", "abort"]
 
@@ -70,6 +75,8 @@ def finish(
         )
         path = written or ""
     if run.final_writer is not None:
+        if run.guard is not None:
+            run.guard.claim.check()  # only the claim's holder marks the output complete
         step = run.sink.finish(run.final_writer, final)
         if run.options.quality.enabled:
             from tilegraph.engine.quality import quality_report
@@ -80,11 +87,11 @@ def finish(
         if step is not None:
             h = executor.submit(step.fn, *step.args, key=f"tg-{step.label}-{run.token}")
             path = executor.wait([h], progress=progress, label=step.label)[0]
+        if run.guard is not None and run.guard.staging is not None and path == run.guard.staging:
+            path = run.guard.publish()
         output = run.sink.open_result(path)
-    if not run.options.output.keep_tile_store and exists(
-        run.scratch
-    ):  # tile store, staged source, export copy
-        remove_path(run.scratch)
+    if run.guard is not None:  # scratch (tile store, staged source, export copy), manifest, claim
+        run.guard.close()
     return RunResult(
         output=output,
         path=path,
@@ -151,12 +158,14 @@ def _notes(norm: dict | None, reconcile: dict | None) -> list[str]:
 
 
 def abort(run: PreparedRun | None, executor: Executor, handles: list) -> None:
-    """Cancel what still runs and remove the scratch space (the output stays marked incomplete)."""
+    """Cancel what still runs; keep what ``resume=True`` can use (scratch, staging, manifest); release the claim.
+
+    The staged output is never renamed into place, so the destination holds nothing partial.
+    """
     executor.cancel(handles)
-    if run is None:
+    if run is None or run.guard is None:
         return
     try:
-        if exists(run.scratch):
-            remove_path(run.scratch)
-    except OSError:  # best effort: never hide the error that caused the abort
+        run.guard.abort()
+    except Exception:  # best effort: never hide the error that caused the abort
         pass

@@ -9,6 +9,7 @@ from tilegraph.engine.context import PreparedRun
 from tilegraph.engine.executor import Executor
 from tilegraph.engine.infer_task import TaskReport, infer_windows
 from tilegraph.engine.progress import Progress
+from tilegraph.engine.resume import task_groups, with_records
 
 __all__ = ["Inference", "InferenceReport", "submit_inference", "gather_inference", "summarise"]
 
@@ -22,12 +23,14 @@ class Inference:
     started: float
 
     def handles_for(self, windows) -> list:
-        """Handles of the model tasks holding ``windows`` (for ordering later tasks after them)."""
+        """Handles of the model tasks holding ``windows`` (for ordering later tasks after them).
+
+        Windows no task of this run computes (durable from an interrupted run) need no waiting.
+        """
         task_of = {}
         for g, group in enumerate(self.groups):
             for i in group:
                 task_of[i] = g
-        # windows a mask skipped have no task
         return [self.handles[g] for g in sorted({task_of[int(i)] for i in windows if int(i) in task_of})]
 
     @property
@@ -52,19 +55,26 @@ class InferenceReport:
 
 
 def submit_inference(run: PreparedRun, executor: Executor) -> Inference:
-    """Submit one model task per group of windows (resource-restricted on GPU/model workers)."""
+    """Submit one model task per group of windows (resource-restricted on GPU/model workers).
+
+    A resumed run computes only the windows its work names; each task records its windows as durable
+    in the manifest once they are in the tile store.
+    """
     started = time.perf_counter()
     ctx_h = executor.share(run.context)
-    groups = run.context.kind.task_groups(run.plan)
+    groups = task_groups(run.context.kind.task_groups(run.plan), run.work)  # a resumed run: what is left
     mask = run.context.mask
     if mask is not None:  # only the windows touching the mask run
         groups = [kept for g in groups if (kept := [i for i in g if i in mask.windows])]
+    writer = run.guard.writer() if run.guard is not None else None
+    n = len(groups)
+    fn, columns = with_records(
+        writer, infer_windows, "windows", groups, [[ctx_h] * n, groups, [run.payload] * n]
+    )
     handles = executor.map(
-        infer_windows,
-        [ctx_h] * len(groups),
-        groups,
-        [run.payload] * len(groups),
-        keys=[f"tg-infer-{run.token}-{g}" for g in range(len(groups))],
+        fn,
+        *columns,
+        keys=[f"tg-infer-{run.token}-{g}" for g in range(n)],
         resources=executor.infer_resources,
     )
     executor.check_restrictions(handles)

@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 
 from tilegraph.engine.context import RunContext
-from tilegraph.errors import CorruptSourceError, ModelError, ModelOutputError
+from tilegraph.engine.executor import TaskFailure
+from tilegraph.engine.watchdog import guarded, in_forward
+from tilegraph.errors import CorruptSourceError, ModelError, ModelOutputError, WindowTimeoutError
 from tilegraph.infer.oom import run_splitting, run_window_split
 from tilegraph.infer.runner import BadOutput, BatchRunner, get_runner
 from tilegraph.outputs.probabilities import window_priors
@@ -219,14 +221,23 @@ _DTYPE_HINTS = {
 }
 
 
-def infer_windows(ctx: RunContext, indices: list[int], model_payload: Any = None) -> TaskReport:
+def infer_windows(ctx: RunContext, indices: list[int], model_payload: Any = None) -> TaskReport | TaskFailure:
     """Task: run the model over a group of windows, batch by batch; the output kind takes each batch.
 
     Reading the next batches (up to two ahead) and handing finished ones to the kind (which writes
     them to the per-window store) run on thread pools living only for this task. With global
     normalisation statistics in the context (``norm_sync``), the model runs as a shadow whose
     GroupNorm/InstanceNorm layers use them (built for this task; the shared runner is unchanged).
+    With ``window_timeout`` a forward pass held past it ends the task with a :class:`TaskFailure` (a
+    retry would hang again) carrying :class:`~tilegraph.errors.WindowTimeoutError`.
     """
+    try:
+        return _infer_windows(ctx, indices, model_payload)
+    except WindowTimeoutError as exc:
+        return TaskFailure(exc)
+
+
+def _infer_windows(ctx: RunContext, indices: list[int], model_payload: Any) -> TaskReport:
     plan = ctx.plan
     runner = get_runner(ctx.spec, model_payload)
     module = None
@@ -274,9 +285,20 @@ def infer_windows(ctx: RunContext, indices: list[int], model_payload: Any = None
             if k + ahead < len(batches):
                 reads.append(pool.submit(read, batches[k + ahead]))
             prior = window_priors(plan, batch, ctx.coarse) if ctx.coarse is not None else None
-            runner.take_times()
-            y, clipped = _run_model(ctx, runner, raw, batch, dtype, state, prior, module)
-            held, waited = runner.take_times()  # the model's own time, and the other task's turn
+
+            def forward(raw=raw, batch=batch, prior=prior):
+                runner.take_times()
+                with in_forward(ctx.inflight, batch):
+                    out = _run_model(ctx, runner, raw, batch, dtype, state, prior, module)
+                return out, runner.take_times()  # the model's own time, and the other task's turn
+
+            if ctx.window_timeout is None:
+                (y, clipped), (held, waited) = forward()
+            else:
+                windows = [_rc(plan, i) for i in batch]
+                (y, clipped), (held, waited) = guarded(
+                    forward, timeout=ctx.window_timeout, runner=runner, windows=windows
+                )
             report.model_s += held
             report.model_wait_s += waited
             report.clipped += clipped

@@ -4,6 +4,8 @@ Blending writes float32 into scratch space when passes follow; each pass reads i
 halo and writes its output box once; the last pass writes the destination (rounding and clipping
 there, once). Then the arrays the sink derives from the finished output (an OME-Zarr pyramid:
 :meth:`tilegraph.sink.abc.Sink.derived`) are made the same way, each by its pass from the previous one.
+Each finished pass but the last is recorded in the resume manifest: a resumed run continues at the
+pass it stopped in.
 
 A pass prepares on the client with the engine's :class:`~tilegraph.passes.abc.PassContext`: the
 run's thumbnail inference, the source at the output's scale, a reader of the run's window outputs, and
@@ -25,12 +27,13 @@ from tilegraph.engine.context import PreparedRun
 from tilegraph.engine.executor import Executor
 from tilegraph.engine.infer_task import infer_windows
 from tilegraph.engine.progress import Progress
+from tilegraph.engine.resume import zarr_matches
 from tilegraph.outputs.image import ImageKind, TileStoreReader
 from tilegraph.passes import get_pass
 from tilegraph.passes.abc import Pass
 from tilegraph.plan.plan import Plan
 from tilegraph.sink.abc import ChunkWriter
-from tilegraph.sink.builtin import scratch_writer
+from tilegraph.sink.builtin import ZarrWriter, scratch_writer
 from tilegraph.sink.tile_store import TileStore
 from tilegraph.source.abc import Source
 
@@ -217,15 +220,23 @@ def run_passes(
         assert source is not None and run.final_writer is not None
         last = k == len(run.passes) - 1
         shape = p.out_shape(source.layout.shape)
+        name = f"pass-{k}-{p.name or 'unnamed'}"
         if last:
             target = run.final_writer
         else:
             layout = replace(source.layout, shape=shape, dtype="float32")
-            target = scratch_writer(f"{run.scratch}/pass-{k}.zarr", layout)
+            path = f"{run.scratch}/pass-{k}.zarr"
+            done = run.guard is not None and run.guard.pass_result(name)[0]
+            if done and zarr_matches(path, layout.full_dims(*layout.shape), layout.dtype):
+                source = ZarrWriter(path, layout)  # finished by an interrupted run
+                continue
+            target = scratch_writer(path, layout)
         results = _run_pass(run, executor, progress, p, source, target, f"pass{k}", corrections)
         seconds += sum(r["seconds"] for r in results)
         if last:
             clipped = int(sum(r["clipped"] for r in results))
+        elif run.guard is not None:
+            run.guard.pass_done(name)
         source = target
     if run.final_writer is not None:  # levels of a pyramid: each from the previous, once the output is whole
         previous = run.final_writer

@@ -1,28 +1,40 @@
 """The prepare stage: check the destination, probe the model, build the plan, stage the source, create stores.
 
 Everything that can refuse a run does so here, before any inference: an unknown blend mode, a
-destination that is the source, a 16-bit JPEG, a model whose declarations contradict its output.
+destination that is the source, a 16-bit JPEG, a model whose declarations contradict its output, a
+destination another run holds, a disk too small for the plan. The destination's claim is taken first
+and held until :mod:`~tilegraph.engine.finish` (:mod:`tilegraph.engine.destination`); a resumed run
+reopens the interrupted run's stores and computes only what they lack (:mod:`tilegraph.engine.resume`).
 """
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 import uuid
 from dataclasses import replace
 
 from tilegraph.blend import get_blender
+from tilegraph.engine.choices import (
+    blend_passes,
+    check_kind_options,
+    choose_sink,
+    refuse_weighted_without_overlap,
+)
 from tilegraph.engine.codecs import configure_codecs
 from tilegraph.engine.context import PreparedRun, RunContext
+from tilegraph.engine.destination import DestinationGuard
 from tilegraph.engine.executor import Executor, InProcessExecutor
 from tilegraph.engine.mask import resolve_mask
 from tilegraph.engine.normsync import plan_norm
 from tilegraph.engine.probe import autotile, checked_scale, probe
 from tilegraph.engine.progress import Progress
 from tilegraph.engine.reconcile import reconcile_context
+from tilegraph.engine.resume import plan_work, reopen_writer, tile_store
+from tilegraph.engine.space import check_free_space, space_needs
+from tilegraph.engine.stage import source_bytes, stage_source
 from tilegraph.engine.thumbnail import Thumbnails
-from tilegraph.errors import DestinationError, InputError, ModelOutputError, PlanError
+from tilegraph.errors import InputError, ModelOutputError
 from tilegraph.infer.formats import to_payload
 from tilegraph.infer.spec import ModelSpec
 from tilegraph.options import RunOptions
@@ -30,73 +42,10 @@ from tilegraph.outputs import OutputKind, get_kind
 from tilegraph.outputs.probabilities import CoarseContext
 from tilegraph.passes import get_pass
 from tilegraph.plan import make_plan
-from tilegraph.sink import OutputLayout, Sink, sink_for
-from tilegraph.sink.builtin import scratch_writer
-from tilegraph.sink.table_sink import TableSink
-from tilegraph.sink.tile_store import TileStore
+from tilegraph.sink import OutputLayout, Sink
 from tilegraph.source.abc import Source
 
-__all__ = ["blend_passes", "prepare", "stage_source"]
-
-
-def blend_passes(options: RunOptions) -> tuple:
-    """The passes the blend options ask for, in order: ``refine="seams"``, then ``lowfreq``."""
-    out = []
-    if options.blend.refine == "seams":
-        out.append(get_pass("refine-seams"))
-    if options.blend.lowfreq == "thumbnail":
-        out.append(get_pass("lowfreq", split=options.blend.lowfreq_split))
-    return tuple(out)
-
-
-def _pair(v) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-
-def stage_source(
-    source: Source, scratch: str, executor: Executor, progress: Progress | None, token: str
-) -> Source:
-    """The source as tasks can read it: as it is when shareable with cheap region reads, else staged.
-
-    In-memory arrays are written from this process (their pixels live here); striped TIFFs and
-    decoded-once PNG/JPEG files are staged by worker tasks into a chunked Zarr in scratch space.
-    """
-    inprocess = isinstance(executor, InProcessExecutor)
-    if (source.shareable or inprocess) and source.region_reads:
-        return source
-    tasks, staged = source.stage_tasks(f"{scratch}/source.zarr")
-    if not source.shareable:  # pixels live in this process: write them from here
-        for i, task in enumerate(tasks):
-            task()
-            if progress is not None:
-                progress.update("stage", i + 1, len(tasks))
-        return staged
-    handles = [executor.submit(t, key=f"tg-stage-{token}-{i}") for i, t in enumerate(tasks)]
-    executor.wait(handles, progress=progress, label="stage")
-    return staged
-
-
-def _refuse_weighted_without_overlap(plan, blender, spec: ModelSpec) -> None:
-    """A weighted blend needs an overlap to blend across: without one it is ``crop`` with seams, silently."""
-    from tilegraph.blend.builtin import WeightedBlender
-
-    if not isinstance(blender, WeightedBlender):
-        return
-    axes = [name for name, g in (("rows", plan.y), ("columns", plan.x)) if g.count > 1 and g.overlap == 0]
-    if not axes:
-        return
-    if spec.halo:
-        overlap = f"overlap={2 * int(spec.halo)} (twice the model's declared halo {spec.halo})"
-    else:
-        overlap = (
-            "an overlap of twice the model's receptive-field radius (`tilegraph plan IMAGE --model MODEL` "
-            "measures it and proposes one)"
-        )
-    raise PlanError(
-        f"overlap 0 along {' and '.join(axes)} with blend={blender.name!r}: there is nothing to blend across, "
-        "so every window edge would be a visible seam",
-        hint=f"use blend='crop' to place windows side by side, or {overlap}",
-    )
+__all__ = ["prepare"]
 
 
 def prepare(
@@ -109,29 +58,66 @@ def prepare(
     executor: Executor,
     progress: Progress | None,
 ) -> PreparedRun:
-    """Build the :class:`~tilegraph.engine.context.PreparedRun` every later stage takes."""
-    from tilegraph._version import __version__
+    """Build the :class:`~tilegraph.engine.context.PreparedRun` every later stage takes.
 
+    The destination is checked and claimed before anything else; on any error the claim is released
+    and whatever a resume can use is kept.
+    """
     t0 = time.perf_counter()
     token = uuid.uuid4().hex[:8]
     destination = destination.removeprefix("file://")
-    out_opts = options.output
     kind = get_kind(options.task).configure(options)
-    sink = _sink(destination, options, kind)
-    sink.check(source_path=source.path, overwrite=out_opts.overwrite)
+    sink = choose_sink(destination, options, kind)
+    # a run without a destination file (a table kept in memory) claims a folder of its own
+    claimed = destination or tempfile.mkdtemp(prefix="tilegraph-run-")
+    guard = DestinationGuard.open(claimed, source_path=source.path, output=options.output, run_id=token)
+    try:
+        sink.check(source_path=source.path, overwrite=options.output.overwrite or guard.will_resume)
+        return _prepare(
+            source,
+            destination,
+            spec=spec,
+            model=model,
+            options=options,
+            executor=executor,
+            progress=progress,
+            sink=sink,
+            kind=kind,
+            guard=guard,
+            token=token,
+            t0=t0,
+        )
+    except BaseException:
+        guard.abort()
+        raise
+
+
+def _prepare(
+    source: Source,
+    destination: str,
+    *,
+    spec: ModelSpec,
+    model: object,
+    options: RunOptions,
+    executor: Executor,
+    progress: Progress | None,
+    sink: Sink,
+    kind: OutputKind,
+    guard: DestinationGuard,
+    token: str,
+    t0: float,
+) -> PreparedRun:
+    from tilegraph._version import __version__
+
+    out_opts = options.output
     blender = get_blender(options.blend)
     passes = blend_passes(options) + tuple(get_pass(name) for name in options.passes)
     if options.diff_merge.enabled:  # last, so that nothing changes the pixels it keeps
         from tilegraph.outputs.diffmerge import DiffMergePass  # scipy: only when asked
 
         passes += (DiffMergePass(options.diff_merge),)
-    scratch = out_opts.scratch or (
-        f"{destination.rstrip('/')}.tilegraph-tmp-{token}"
-        if destination
-        else os.path.join(tempfile.gettempdir(), f"tilegraph-tmp-{token}")
-    )
     coarse = options.probabilities.coarse
-    _check_kind_options(options, kind, passes)
+    check_kind_options(options, kind, passes)
 
     pipelines = configure_codecs(executor, options.execution.codec_pipeline)
     # the model: sent to its workers once (as bytes when cloudpickle cannot send it), then probed where it runs
@@ -192,7 +178,7 @@ def prepare(
         # edges as whole-image inference does (a crop grid would start in the padding)
         origin=0 if options.model.norm_sync == "exact" else "auto",
     )
-    _refuse_weighted_without_overlap(plan, blender, spec)
+    refuse_weighted_without_overlap(plan, blender, spec)
     for p in passes:
         p.check(plan)
     masked = options.mask.mask is not None
@@ -230,6 +216,36 @@ def prepare(
         )
         sink.validate(layout, source.metadata)
 
+    # the destination's own stores: checked for space, then made (or adopted on resume)
+    inprocess = isinstance(executor, InProcessExecutor)
+    staged_bytes = 0 if (source.shareable or inprocess) and source.region_reads else source_bytes(source)
+
+    def needs(fraction: tuple[float, float] = (1.0, 1.0)) -> list:
+        return space_needs(
+            plan=plan,
+            layout=layout,
+            tile_store=kind.uses_tile_store,
+            staged_source=staged_bytes,
+            exports=sink.exports,
+            passes=len(passes),
+            scratch_parent=guard.scratch_parent,
+            destination=destination,
+            fraction=fraction,
+        )
+
+    if out_opts.check_space and not guard.will_resume:
+        check_free_space(needs())
+    guard.begin(
+        plan=plan,
+        model={"name": spec.name, "token": spec.token, "weights_sha256": spec.weights_sha256},
+        options=options,
+        exports=sink.exports,
+        n_chunks=plan.chunk_grid[0] * plan.chunk_grid[1],
+        source={"path": source.path, "shape": list(source.shape), "dtype": str(source.dtype)},
+    )
+    scratch = guard.scratch
+    if not sink.exports:
+        sink.staging = guard.staging
     t1 = time.perf_counter()
     staged = stage_source(source, scratch, executor, progress, token).cached(token)
     stage_s = time.perf_counter() - t1
@@ -248,13 +264,11 @@ def prepare(
     tiles = None
     if kind.uses_tile_store:
         oy, ox = plan.out_window_shape
-        tiles = TileStore.create(
-            f"{scratch}/tiles.zarr",
-            (plan.n_windows, int(plan.out_channels or 0) + int(found.confidence), oy, ox),
-            plan.tile_store_dtype,
-        )
+        shape = (plan.n_windows, int(plan.out_channels or 0) + int(found.confidence), oy, ox)
+        tiles = tile_store(guard, f"{scratch}/tiles.zarr", shape, plan.tile_store_dtype)
     provenance = {
         "version": __version__,
+        "run_id": token,
         "model": {
             "name": spec.name,
             "kind": spec.kind,
@@ -278,17 +292,32 @@ def prepare(
     }
     final_writer = writer = None
     if layout is not None:
-        final_writer = sink.create(
-            layout,
-            attrs=provenance,
-            metadata=source.metadata,
-            scratch=scratch,
-            source_path=source.path,
-            overwrite=out_opts.overwrite,
-        )
+        if guard.resumed:
+            final_writer = sink.reopen(layout, attrs=provenance, metadata=source.metadata, scratch=scratch)
+        if final_writer is None:
+            if not passes:
+                guard.forget("chunks")
+            final_writer = sink.create(
+                layout,
+                attrs=provenance,
+                metadata=source.metadata,
+                scratch=scratch,
+                source_path=source.path,
+                overwrite=out_opts.overwrite,
+            )
         writer = final_writer
         if passes:  # blending writes floats to scratch; the last pass writes the destination
-            writer = scratch_writer(f"{scratch}/blend.zarr", replace(layout, dtype="float32"))
+            writer = reopen_writer(guard, f"{scratch}/blend.zarr", replace(layout, dtype="float32"), "chunks")
+    solved = guard.pass_result("reconcile")[0]
+    work = plan_work(
+        guard, plan, blender, every_window=bool(rec.mode and not solved) or kind.needs_all_results
+    )
+    if work is not None:
+        if out_opts.check_space:
+            n_chunks = plan.chunk_grid[0] * plan.chunk_grid[1]
+            check_free_space(needs((len(work.windows) / plan.n_windows, len(work.chunks) / max(1, n_chunks))))
+        if progress is not None:
+            progress.note(work.describe())
     thumbnails = Thumbnails(
         executor,
         staged,
@@ -326,6 +355,8 @@ def prepare(
         confidence=found.confidence,
         coarse=coarse_ctx,
         mask=mask,
+        window_timeout=options.execution.window_timeout,
+        inflight=f"{scratch}/inflight" if "://" not in scratch else None,
     )
     return PreparedRun(
         token=token,
@@ -348,40 +379,6 @@ def prepare(
         timings={"probe_s": probe_s, "stage_s": stage_s, "prepare_s": time.perf_counter() - t0},
         mask_report=mask_report,
         norm=norm,
+        guard=guard,
+        work=work,
     )
-
-
-def _check_kind_options(options: RunOptions, kind: OutputKind, passes: tuple) -> None:
-    """Refuse options that need float maps for a kind whose model returns labels or boxes."""
-    if kind.model_output == "array":
-        if options.probabilities.coarse is not None and options.tiling.tile == "auto":
-            raise InputError("tile='auto' probes the model without its coarse input", hint="give tile=")
-        return
-    given = {
-        "coarse=": options.probabilities.coarse is not None,
-        "reconcile=": options.reconcile.mode is not None,
-        "passes (or diff_merge=True)": bool(passes),
-        "tile='auto'": options.tiling.tile == "auto",
-    }
-    for name, on in given.items():
-        if on:
-            raise InputError(
-                f"{name} works on float maps; task {options.task!r} gets {kind.model_output} from the model",
-                hint=f"leave {name} out for task {options.task!r}",
-            )
-
-
-def _sink(destination: str, options: RunOptions, kind: OutputKind) -> Sink:
-    """The destination's sink; no destination (``None``) only for kinds without an array (detections)."""
-    if not destination:
-        if kind.writes_array:
-            raise InputError(f"task {options.task!r} writes an image: give a destination")
-        return TableSink("")
-    sink = sink_for(destination, options.export)
-    if not kind.writes_array and not sink.holds_tables:
-        raise DestinationError(
-            f"task {options.task!r} gives a table, not an image",
-            path=destination,
-            hint="write it to a .csv or .parquet destination, or pass None (rows in the run's result only)",
-        )
-    return sink

@@ -3,11 +3,17 @@
 The executors report ``(label, done, total)`` per kind of task; the main bar counts windows (the
 model tasks' windows) and shows the throughput in megapixels per second and an ETA; other labels
 (``blend``, ``strips``...) are shown beside it.
+
+With ``watch_stalls``, a background check says when no window has finished for several times the
+median time between finished windows (a model stuck on one window, a lost worker): without
+``window_timeout=`` nothing else would tell.
 """
 
 from __future__ import annotations
 
+import statistics
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -38,14 +44,33 @@ class Progress:
         Where the terminal bar goes (default ``sys.stderr``).
     megapixels_per_window
         Source megapixels one window stands for (the image's area over the windows), for MP/s.
+    watch_stalls
+        Check every second whether windows stopped finishing (see the module notes).
+    stall_factor, min_stall
+        A stall is ``max(stall_factor x median seconds per window, min_stall)`` without a window.
     """
 
     def __init__(
-        self, enabled: bool = True, stream: TextIO | None = None, *, megapixels_per_window: float = 0.0
+        self,
+        enabled: bool = True,
+        stream: TextIO | None = None,
+        *,
+        megapixels_per_window: float = 0.0,
+        watch_stalls: bool = False,
+        stall_factor: float = 5.0,
+        min_stall: float = 10.0,
     ):
         self.enabled = enabled
         self.stream = stream or sys.stderr
         self.megapixels_per_window = megapixels_per_window
+        self.watch_stalls = watch_stalls
+        self.stall_factor = float(stall_factor)
+        self.min_stall = float(min_stall)
+        self._per_window: list[float] = []  # seconds per window between successive window updates
+        self._last_windows: tuple[float, int] | None = None  # (time, windows done) of the last increase
+        self._warned_at: float | None = None
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
         self._counts: dict[str, tuple[int, int]] = {}
         self._t0 = time.perf_counter()
         self._last = 0.0
@@ -84,6 +109,8 @@ class Progress:
         """Record ``done`` of ``total`` for ``label`` and redraw (at most twice a second on a terminal)."""
         if not self.enabled:
             return
+        if label == "windows":
+            self._windows_progress(done, total)
         self._counts[label] = (done, total)
         if self._widget is not None:
             main = self._counts.get("windows", (done, total))
@@ -105,6 +132,55 @@ class Progress:
             self.stream.write("\n")
             _OPEN_LINES.discard(id(self.stream))
         self.stream.flush()
+
+    # ----------------------------------------------------------------- stalls
+    def note(self, text: str) -> None:
+        """Print one line of information (below the bar)."""
+        if self.enabled:
+            self.stream.write(f"\ntilegraph: {text}\n")
+            self.stream.flush()
+
+    def _windows_progress(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        last = self._last_windows
+        if last is None or done > last[1]:
+            if last is not None:
+                self._per_window.append((now - last[0]) / (done - last[1]))
+                del self._per_window[:-64]
+            self._last_windows = (now, done)
+            self._warned_at = None
+        if self.watch_stalls and self._watcher is None and done < total:
+            self._watcher = threading.Thread(target=self._watch, name="tilegraph-stalls", daemon=True)
+            self._watcher.start()
+        if done >= total:
+            self._stop.set()
+
+    def check_stall(self, now: float | None = None) -> str | None:
+        """The stall message if no window finished for too long (once per stall), else ``None``."""
+        if self._last_windows is None or len(self._per_window) < 2 or self._warned_at is not None:
+            return None
+        now = time.perf_counter() if now is None else now
+        median = statistics.median(self._per_window)
+        idle = now - self._last_windows[0]
+        limit = max(self.stall_factor * median, self.min_stall)
+        if idle < limit:
+            return None
+        self._warned_at = now
+        return (
+            f"no window has finished for {idle:.0f} s ({idle / max(median, 1e-9):.0f}x the median "
+            f"{median:.1f} s per window): a model may be stuck on a window or a worker lost; "
+            "window_timeout= stops such a run with an error naming the window"
+        )
+
+    def _watch(self) -> None:
+        while not self._stop.wait(1.0):
+            message = self.check_stall()
+            if message is not None:
+                self.note(message)
+
+    def close(self) -> None:
+        """Stop the stall check."""
+        self._stop.set()
 
 
 def in_notebook() -> bool:

@@ -4,7 +4,9 @@ Statistics are a few hundred bytes per window, returned by the model tasks; the 
 the settings measured best against whole-image inference (``anchor_fit="regression"``, ``anchor=3``,
 :data:`tilegraph.reconcile.RECOMMENDED`), and returns exactly no correction when the windows agree in
 their overlaps. :func:`reconcile_context` resolves ``reference="auto"`` before inference by measurement
-on the run's one thumbnail inference (:func:`tilegraph.quality.reference.choose_reference`).
+on the run's one thumbnail inference (:func:`tilegraph.quality.reference.choose_reference`). The
+solved correction is recorded in the resume manifest (pass ``"reconcile"``), so a resumed run reuses
+it instead of recomputing every window for its statistics.
 """
 
 from __future__ import annotations
@@ -16,11 +18,15 @@ from typing import Any
 import numpy as np
 
 from tilegraph.engine.context import PreparedRun
-from tilegraph.engine.infer import InferenceReport
+from tilegraph.engine.executor import Executor
+from tilegraph.engine.infer import Inference, InferenceReport, gather_inference
+from tilegraph.engine.progress import Progress
 from tilegraph.options import ReconcileOptions
 from tilegraph.outputs.image import ReconcileContext
 
-__all__ = ["Reconciliation", "solve_corrections", "reconcile_context"]
+__all__ = ["Reconciliation", "solve_corrections", "reconcile", "reconcile_context"]
+
+_PASS = "reconcile"
 
 
 def reconcile_context(opts: ReconcileOptions, thumbnails) -> ReconcileContext | None:
@@ -57,6 +63,46 @@ class Reconciliation:
     corrections: Any
     summary: dict
     seconds: float
+    base: Any = None  # the per-window tables (``Corrections``) the corrections derive from
+
+
+def reconcile(
+    run: PreparedRun, executor: Executor, inference: Inference, progress: Progress | None
+) -> tuple[InferenceReport | None, Reconciliation | None]:
+    """Gather every model task when the run needs their results, and solve (or reuse) the correction.
+
+    Returns the gathered report (``None`` if not gathered) and the reconciliation (``None`` without
+    ``reconcile=``).
+    """
+    mode, kind = run.options.reconcile.mode, run.context.kind
+    if not (mode or kind.needs_all_results):
+        return None, None
+    if mode and not kind.needs_all_results:
+        saved = _load(run)
+        if saved is not None:
+            return None, saved
+    report = gather_inference(inference, executor, progress)
+    if not mode:
+        return report, None
+    rec = solve_corrections(run, report)
+    if run.guard is not None:
+        base = rec.base
+        run.guard.pass_done(
+            _PASS, {"gain": base.gain.tolist(), "offset": base.offset.tolist(), "summary": rec.summary}
+        )
+    return report, rec
+
+
+def _load(run: PreparedRun) -> Reconciliation | None:
+    """The correction an interrupted run solved and recorded, or ``None``."""
+    from tilegraph.reconcile.apply import Corrections
+
+    done, saved = run.guard.pass_result(_PASS) if run.guard is not None else (False, None)
+    if not done or not isinstance(saved, dict):
+        return None
+    base = Corrections(np.asarray(saved["gain"], np.float64), np.asarray(saved["offset"], np.float64))
+    corrections: Any = base.as_field(run.plan) if run.options.reconcile.field else base
+    return Reconciliation(corrections, dict(saved.get("summary") or {}), 0.0, base)
 
 
 def solve_corrections(run: PreparedRun, report: InferenceReport) -> Reconciliation:
@@ -104,7 +150,7 @@ def solve_corrections(run: PreparedRun, report: InferenceReport) -> Reconciliati
         "identity": bool(gain_dev == 0.0 and offset == 0.0),
         "solve": _plain(base.info or {}),
     }
-    return Reconciliation(corrections, summary, time.perf_counter() - t0)
+    return Reconciliation(corrections, summary, time.perf_counter() - t0, base)
 
 
 def _plain(d: dict) -> dict:

@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 
 from tilegraph._cast import astype_float
-from tilegraph.errors import ModelLoadError
+from tilegraph.errors import ModelError, ModelLoadError
 from tilegraph.infer.spec import ModelSpec
 
-__all__ = ["BatchRunner", "OUTPUTS", "convert_output", "get_runner", "clear_cache"]
+__all__ = ["BatchRunner", "OUTPUTS", "convert_output", "get_runner", "clear_cache", "evict"]
 
 _CACHE: dict[str, BatchRunner] = {}
 _LOCK = threading.Lock()
@@ -55,6 +55,11 @@ class BatchRunner:
         self.is_torch = torch_mod is not None and isinstance(fn, torch_mod.nn.Module)
         self._pinned: dict = {}
         self._device_lock = threading.Lock()
+        #: When the thread holding the model (:attr:`holder`) took it (``time.monotonic()``), for the watchdog.
+        self.holding_since: float | None = None
+        self.holder: int | None = None
+        #: Set when a forward pass never returned: threads waiting for the model give up, naming it.
+        self.stuck: str | None = None
         self._times = threading.local()  # per thread: seconds holding the model and waiting for it
         #: Largest batch that fitted after an out-of-memory error, per window shape ``(h, w, C)``;
         #: shared by the model tasks of this process, so later batches start at a size that fits.
@@ -188,14 +193,21 @@ class BatchRunner:
     def _turn(self):
         """Hold the model for one batch; the time waited and held accrue to this thread."""
         t0 = time.perf_counter()
-        with self._device_lock:
+        while not self._device_lock.acquire(timeout=1.0):
+            if self.stuck is not None:
+                raise ModelError(f"the model is stuck on {self.stuck}; this process cannot use it any more")
+        try:
             t1 = time.perf_counter()
+            self.holding_since, self.holder = time.monotonic(), threading.get_ident()
             try:
                 yield
             finally:
+                self.holding_since = self.holder = None
                 times = self._times
                 times.wait = getattr(times, "wait", 0.0) + (t1 - t0)
                 times.held = getattr(times, "held", 0.0) + (time.perf_counter() - t1)
+        finally:
+            self._device_lock.release()
 
     def take_times(self) -> tuple[float, float]:
         """Seconds this thread held the model and waited for it since the last call; resets them."""
@@ -535,6 +547,13 @@ def get_runner(spec: ModelSpec, payload=None) -> BatchRunner:
             runner = BatchRunner(fn, spec)
             _CACHE[spec.token] = runner
     return runner
+
+
+def evict(runner: BatchRunner) -> None:
+    """Forget ``runner`` in this process's cache (it is stuck): the next task builds a fresh one."""
+    with _LOCK:
+        for key in [k for k, r in _CACHE.items() if r is runner]:
+            del _CACHE[key]
 
 
 def clear_cache() -> None:

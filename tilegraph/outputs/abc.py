@@ -77,6 +77,12 @@ class Step:
     after : sequence of sequence of int, optional
         Per task, the windows that must be done before it starts (ordering only: their results are
         not passed); ``None`` when every model task has finished anyway.
+    record : str, optional
+        What the tasks make durable, by name (``"chunks"``): each task's id (:attr:`ids`) is
+        recorded in the resume manifest once it returns, and a resumed run skips the recorded ones
+        (their results are sent back as ``None``).
+    ids : sequence of int, optional
+        Per task, the id it records under :attr:`record`.
     """
 
     label: str
@@ -84,6 +90,8 @@ class Step:
     args: Sequence[tuple]
     shared: Any = None
     after: Sequence[Sequence[int]] | None = None
+    record: str | None = None
+    ids: Sequence[int] | None = None
 
 
 @dataclass(frozen=True)

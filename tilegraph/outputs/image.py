@@ -167,6 +167,7 @@ class ImageKind(OutputKind):
                 plan, {(s.a, s.b): r for s, r in zip(strips, results, strict=True)}
             )
         chunks = chunk_boxes(plan)
+        nx = plan.chunk_grid[1]
         results = yield Step(
             "blend",
             self.chunk_task(),
@@ -176,9 +177,12 @@ class ImageKind(OutputKind):
             ],
             shared=(job.context, job.corrections, None),  # each task carries its own strips
             after=[blender.windows_for_box(plan, box) for _, box in chunks],
+            record="chunks",
+            ids=[cy * nx + cx for (cy, cx), _ in chunks],
         )
-        t += sum(r["seconds"] for r in results)
-        return KindResult(clipped=int(sum(r["clipped"] for r in results)), seconds=t)
+        done = [r for r in results if r is not None]  # None: written by an interrupted run (resume)
+        t += sum(r["seconds"] for r in done)
+        return KindResult(clipped=int(sum(r["clipped"] for r in done)), seconds=t)
 
 
 class DirectCropKind(ImageKind):

@@ -15,6 +15,11 @@ The engine calls, in order:
 4. :meth:`Sink.finish` after every box is written, which marks the output complete and returns an
    optional :class:`FinishTask` (an export) that the engine runs as one task;
 5. :meth:`Sink.open_result` for what :attr:`tilegraph.RunResult.output` holds.
+
+Before :meth:`Sink.create` the engine may set :attr:`Sink.staging`: the temporary name beside the
+destination where the output is written, to be renamed into place once complete (file systems), so
+that no reader ever sees a partial output. A resumed run asks :meth:`Sink.reopen` for the output
+an interrupted run created, instead of creating it again.
 """
 
 from __future__ import annotations
@@ -124,6 +129,8 @@ class Sink(ABC):
     suffixes: ClassVar[tuple[str, ...]] = ()
     #: The sink writes tables (:meth:`write_table`: rows such as detections), not arrays.
     holds_tables: ClassVar[bool] = False
+    #: Where the output is written before it is published (set by the engine), ``None``: in place.
+    staging: str | None = None
 
     def __init__(self, destination: str, options: ExportOptions | None = None) -> None:
         self.destination = destination
@@ -158,6 +165,16 @@ class Sink(ABC):
         the target, before :meth:`finish`. Default: none.
         """
         return ()
+
+    def reopen(
+        self, out: OutputLayout, *, attrs: dict, metadata: SourceMetadata, scratch: str
+    ) -> ChunkWriter | None:
+        """The writer of the output an interrupted run created (``resume=True``), or ``None`` if unusable.
+
+        The default cannot reopen anything: the engine then creates the output again and rewrites
+        every box.
+        """
+        return None
 
     @abstractmethod
     def finish(self, writer: ChunkWriter, final: dict) -> FinishTask | None:

@@ -13,7 +13,8 @@ from tilegraph.errors import DestinationError, SinkError
 from tilegraph.metadata import SourceMetadata
 from tilegraph.metadata.attrs import metadata_to_attrs
 from tilegraph.sink.abc import Box, ChunkWriter, FinishTask, OutputLayout, Sink
-from tilegraph.sink.zarr_sink import create_output, exists, mark_complete, same_location, write_every_chunk
+from tilegraph.sink.safety import check_replaceable
+from tilegraph.sink.zarr_sink import create_output, mark_complete, write_every_chunk
 
 __all__ = ["ZarrWriter", "ZarrSink", "ExportSink", "TiffSink", "RasterSink", "scratch_writer"]
 
@@ -81,19 +82,34 @@ class ZarrSink(Sink):
     suffixes: ClassVar[tuple[str, ...]] = (".zarr",)
 
     def check(self, *, source_path: str | None, overwrite: bool) -> None:
-        if same_location(self.destination, source_path):
-            raise DestinationError(
-                "destination is the source itself",
-                path=self.destination,
-                hint="write to a new path; sources are never overwritten",
-            )
-        if exists(self.destination) and not overwrite:
-            raise DestinationError(
-                "destination exists", path=self.destination, hint="pass overwrite=True or choose a new path"
-            )
+        """Refuse the source (or a folder holding it, or inside it) and anything ``overwrite`` may not replace.
+
+        ``overwrite=True`` replaces only a previous tilegraph output or an empty folder
+        (:func:`tilegraph.sink.safety.check_replaceable`); nothing is deleted here.
+        """
+        check_replaceable(self.destination, source_path=source_path, overwrite=overwrite)
 
     def _target(self, scratch: str) -> str:
-        return self.destination
+        return self.staging or self.destination
+
+    def reopen(
+        self, out: OutputLayout, *, attrs: dict, metadata: SourceMetadata, scratch: str
+    ) -> ChunkWriter | None:
+        """The interrupted run's output if it is a tilegraph Zarr of the same geometry (attributes renewed)."""
+        import zarr
+
+        path = self._target(scratch)
+        try:
+            arr = zarr.open_array(path, mode="r+")
+        except Exception:  # missing or unreadable: create it again
+            return None
+        recorded = arr.attrs.get("tilegraph")
+        if not isinstance(recorded, dict) or tuple(arr.shape) != out.full_dims(*out.shape):
+            return None
+        if str(arr.dtype) != str(np.dtype(out.dtype)):
+            return None
+        arr.attrs["tilegraph"] = {**attrs, "complete": False, "layout": out.layout}
+        return ZarrWriter(path, out)
 
     def create(
         self,
@@ -176,6 +192,13 @@ class ExportSink(ZarrSink):
         return super().create(
             out, attrs=attrs, metadata=metadata, scratch=scratch, source_path=source_path, overwrite=overwrite
         )
+
+    def reopen(
+        self, out: OutputLayout, *, attrs: dict, metadata: SourceMetadata, scratch: str
+    ) -> ChunkWriter | None:
+        self._metadata = metadata
+        self._attrs = attrs
+        return super().reopen(out, attrs=attrs, metadata=metadata, scratch=scratch)
 
     def finish(self, writer: ChunkWriter, final: dict) -> FinishTask | None:
         super().finish(writer, final)

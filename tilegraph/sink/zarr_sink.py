@@ -91,12 +91,18 @@ def create_output(
 ):
     """Create the output array (refusing the source itself and, without ``overwrite``, anything existing).
 
+    With ``overwrite``, only a previous tilegraph output or an empty folder is removed
+    (:func:`tilegraph.sink.safety.remove_previous_output`); anything else is refused.
+
     Raises
     ------
     DestinationError
-        The destination is the source, or exists and ``overwrite`` is False.
+        The destination is, holds or lies inside the source; or exists and ``overwrite`` is False;
+        or holds something tilegraph did not write.
     """
     import zarr
+
+    from tilegraph.sink.safety import remove_previous_output
 
     if same_location(path, source_path):
         raise DestinationError(
@@ -109,7 +115,7 @@ def create_output(
             raise DestinationError(
                 "destination exists", path=path, hint="pass overwrite=True or choose a new path"
             )
-        remove_path(path)
+        remove_previous_output(path, source_path=source_path)
     h, w = shape
     if shards is not None and (shards[0] % chunks[0] or shards[1] % chunks[1]):
         raise DestinationError(
