@@ -9,6 +9,7 @@ reopens the interrupted run's stores and computes only what they lack (:mod:`til
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 import uuid
@@ -69,7 +70,7 @@ def prepare(
     kind = get_kind(options.task).configure(options)
     sink = choose_sink(destination, options, kind)
     # a run without a destination file (a table kept in memory) claims a folder of its own
-    claimed = destination or tempfile.mkdtemp(prefix="tilegraph-run-")
+    claimed = destination or os.path.join(tempfile.gettempdir(), f"tilegraph-run-{token}")
     guard = DestinationGuard.open(claimed, source_path=source.path, output=options.output, run_id=token)
     try:
         sink.check(source_path=source.path, overwrite=options.output.overwrite or guard.will_resume)
