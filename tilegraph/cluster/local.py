@@ -102,8 +102,34 @@ def embedded_cluster(
             lean=lean,
         )
     # the scheduler (here) and the workers (the nannies pass this config on) read it when they start
+    before = {name: os.environ.get(name) for name in _allocator_environ()}
     with lean_settings(lean):
-        return _local_cluster(n_workers, threads_per_worker, memory_limit)
+        cluster = _local_cluster(n_workers, threads_per_worker, memory_limit)
+    if lean:
+        _restore_on_close(cluster, before)
+    return cluster
+
+
+def _restore_on_close(cluster, before: dict[str, str | None]) -> None:
+    """Leave this process's environment as it was once ``cluster`` closes.
+
+    A nanny that restarts a lost worker copies its ``pre-spawn-environ`` into this process's
+    ``os.environ`` again (long after :func:`lean_settings` restored it), so the allocator variables
+    are restored once more when the cluster closes.
+    """
+    close = cluster.close
+
+    def close_and_restore(*args, **kwargs):
+        try:
+            return close(*args, **kwargs)
+        finally:
+            for name, value in before.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+    cluster.close = close_and_restore
 
 
 def lean_environ() -> dict[str, str]:
