@@ -83,6 +83,7 @@ class RunContext:
     inflight: str | None = (
         None  # folder of the markers of forward passes under way (which windows kill workers)
     )
+    token: str = ""  # the run's unique id (keys what a worker reads ahead for its next task)
 
 
 @dataclass(frozen=True)

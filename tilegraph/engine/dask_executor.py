@@ -23,45 +23,18 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from tilegraph.engine.dask_resources import _restrictions_on_scheduler, _workers_with, model_resources
+from tilegraph.engine.dask_resources import (
+    _accepts_n_workers,
+    _restrictions_on_scheduler,
+    _workers_with,
+    model_resources,
+)
+from tilegraph.engine.dispatch import Deferred, Dispatcher, Queued
 from tilegraph.engine.executor import raise_failure
 from tilegraph.engine.progress import Progress, tally
 from tilegraph.errors import ClusterError, ResourceRestrictionError
 
-__all__ = ["DaskExecutor", "Deferred", "model_resources"]
-
-
-class Deferred:
-    """A task held on the client until the tasks it comes ``after`` have finished (:meth:`DaskExecutor.wait`
-    submits it; :meth:`result` waits for it, submitting it first if nothing did)."""
-
-    __slots__ = ("fn", "args", "key", "resources", "after", "future", "cancelled", "executor")
-
-    def __init__(self, fn: Callable, args: tuple, key: str, resources: dict | None, after: list, executor):
-        self.fn, self.args, self.key, self.resources = fn, args, key, resources
-        self.after = list(after)
-        self.future = None
-        self.cancelled = False
-        self.executor = executor
-
-    @property
-    def status(self) -> str:
-        if self.cancelled:
-            return "cancelled"
-        return "pending" if self.future is None else self.future.status
-
-    def result(self):
-        if self.cancelled:
-            raise RuntimeError(f"task {self.key} was cancelled before it was submitted")
-        if self.key in self.executor._results:
-            return raise_failure(self.executor._results[self.key])
-        if self.future is None:
-            for h in self.after:
-                if not self.executor._finished(h):
-                    h.result()  # raises a predecessor's error
-            self.executor._release([self])
-        assert self.future is not None
-        return raise_failure(self.future.result())
+__all__ = ["DaskExecutor", "Deferred", "Queued", "model_resources"]
 
 
 class DaskExecutor:
@@ -109,6 +82,12 @@ class DaskExecutor:
         self._shared: list = []  # futures of shared objects (cancelled with the run)
         self._workers_checked = 0.0
         self._no_workers_since: float | None = None
+        self._dispatch = Dispatcher(int(model_tasks_per_worker))
+        self._dispatched = 0.0  # when the model workers were last topped up without a task finishing
+        self._model_workers_seen: dict = {}  # resource -> (when, {address: threads})
+        self._no_model_workers_since: float | None = None
+        self._helpers_seen: tuple[float, list[str]] | None = None
+        self._spread_next = 0
 
     def _finished(self, handle) -> bool:
         """Was ``handle`` seen finished (its result kept), or is it finished now?"""
@@ -146,12 +125,16 @@ class DaskExecutor:
         keys: Sequence[str],
         resources: dict | None = None,
         after: Sequence[Sequence] | None = None,
+        lanes: Sequence[Sequence[int]] | None = None,
     ) -> list:
         """Submit many tasks in one message (``Client.map``).
 
         With ``after`` (one list of handles per task), each task is a :class:`Deferred` submitted
         once its handles have finished (see the module notes): at once for those whose handles
-        are already done, the others from :meth:`wait`.
+        are already done, the others from :meth:`wait`. Resource-restricted (model) tasks are
+        :class:`~tilegraph.engine.dispatch.Queued`: lane ``i`` of ``lanes`` (task indices, in
+        order; :meth:`model_workers` lanes) dealt to the ``i``-th model worker, round-robin
+        without, and submitted as slots free.
         """
         if not keys:
             return []
@@ -163,60 +146,146 @@ class DaskExecutor:
             ]
             self._release(deferred)
             return deferred
-        spread = _workers_with(self.client, next(iter(resources))) if resources else []
-        if len(spread) < 2:
+        if not resources or not _workers_with(self.client, next(iter(resources))):
             return self.client.map(
                 fn, *iterables, key=keys, resources=resources, pure=False, retries=1, batch_size=None
             )
-        # model tasks: the scheduler does not queue resource-restricted tasks and may pile them on one
-        # worker before it knows their duration; deal them round-robin (a preference, not a restriction)
-        columns = [list(it) for it in iterables]
-        handles: list = [None] * len(keys)
-        for w, worker in enumerate(spread):
-            picks = list(range(w, len(keys), len(spread)))
-            if not picks:
-                continue
+        # model tasks: dealt to the model workers and submitted as slots free (see tilegraph.engine.dispatch)
+        tasks = [
+            Queued(fn, tuple(args), k, resources, [], self) for k, *args in zip(keys, *iterables, strict=True)
+        ]
+        self._model_workers_seen.clear()
+        self._dispatch.assign(tasks, sorted(self._model_workers(resources)), lanes)
+        self._top_up()
+        return tasks
+
+    def model_workers(self) -> int:
+        """How many workers run model tasks now (lanes for :meth:`map`)."""
+        if not self.infer_resources:
+            return 1
+        self._model_workers_seen.clear()
+        return max(1, len(self._model_workers(self.infer_resources)))
+
+    def _model_workers(self, resources: dict) -> dict[str, int]:
+        """Live workers declaring the model resource, with their thread counts (asked at most twice a second).
+
+        Raises :class:`NoWorkersError` when model tasks wait and no model worker was seen for
+        ``tilegraph.lost-workers-timeout`` seconds.
+        """
+        import dask
+
+        name = next(iter(resources))
+        now = time.monotonic()
+        cached = self._model_workers_seen.get(name)
+        if cached is not None and now - cached[0] < 0.5:
+            return cached[1]
+        client = self.client
+        info = client.scheduler_info(n_workers=-1) if _accepts_n_workers(client) else client.scheduler_info()
+        workers = {
+            a: int(w.get("nthreads", 1) or 1)
+            for a, w in info.get("workers", {}).items()
+            if name in (w.get("resources") or {})
+        }
+        self._model_workers_seen[name] = (now, workers)
+        if workers:
+            self._no_model_workers_since = None
+        elif self._no_model_workers_since is None:
+            self._no_model_workers_since = now
+        elif now - self._no_model_workers_since > float(
+            dask.config.get("tilegraph.lost-workers-timeout", 60)
+        ):
+            raise NoWorkersError(now - self._no_model_workers_since)
+        return workers
+
+    def _top_up(self) -> list:
+        """Submit queued model tasks to the model workers with a free slot; returns the new futures."""
+        if not self._dispatch:
+            return []
+        self._dispatched = time.monotonic()
+        resources = next(iter(t for q in self._dispatch.queues.values() for t in q)).resources
+        futures = []
+        for worker, tasks in self._dispatch.take(self._model_workers(resources)).items():
+            futures.extend(self._submit_queued(tasks, worker))
+        return futures
+
+    def _submit_queued(self, tasks: Sequence[Queued], worker: str | None) -> list:
+        groups: dict = {}
+        for t in tasks:
+            groups.setdefault(t.fn, []).append(t)
+        out = []
+        for fn, ts in groups.items():
+            columns = list(zip(*(t.args for t in ts), strict=True)) if ts[0].args else []
             futures = self.client.map(
                 fn,
-                *[[col[i] for i in picks] for col in columns],
-                key=[keys[i] for i in picks],
-                resources=resources,
-                workers=[worker],
+                *columns,
+                key=[t.key for t in ts],
+                resources=ts[0].resources,
+                workers=None if worker is None else [worker],
                 allow_other_workers=True,
                 pure=False,
                 retries=1,
                 batch_size=None,
             )
-            for i, f in zip(picks, futures, strict=True):
-                handles[i] = f
-        return handles
+            for t, f in zip(ts, futures, strict=True):
+                t.future = f
+            out.extend(futures)
+        return out
+
+    def _dispatch_now(self, tasks: Sequence[Queued]) -> list:
+        """Submit ``tasks`` at once, to any model worker (a handle's ``result()`` outside :meth:`wait`)."""
+        self._dispatch.drop(tasks)
+        return self._submit_queued([t for t in tasks if t.future is None and not t.cancelled], None)
 
     def _release(self, deferred: Sequence[Deferred]) -> list:
         """Submit the deferred tasks whose ``after`` handles have all finished; returns their futures."""
         ready = [
             d
             for d in deferred
-            if d.future is None and not d.cancelled and all(self._finished(h) for h in d.after)
+            if d.future is None
+            and not d.cancelled
+            and not isinstance(d, Queued)
+            and all(self._finished(h) for h in d.after)
         ]
         groups: dict = {}
-        for d in ready:  # one Client.map per function and restriction
-            groups.setdefault((d.fn, tuple(sorted((d.resources or {}).items()))), []).append(d)
+        spread = [] if any(d.resources for d in ready) else self._helpers()
+        for n, d in enumerate(ready):  # one Client.map per function, restriction and worker
+            worker = spread[(self._spread_next + n) % len(spread)] if spread else None
+            groups.setdefault((d.fn, tuple(sorted((d.resources or {}).items())), worker), []).append(d)
+        self._spread_next += len(ready)
         futures = []
-        for (fn, _), ds in groups.items():
+        for (fn, _, worker), ds in groups.items():
             columns = list(zip(*(d.args for d in ds), strict=True)) if ds[0].args else []
             out = self.client.map(
                 fn,
                 *columns,
                 key=[d.key for d in ds],
                 resources=ds[0].resources,
+                workers=None if worker is None else [worker],
+                allow_other_workers=worker is not None,
                 pure=False,
                 retries=1,
                 batch_size=None,
+                priority=1,  # before model tasks waiting on the same worker: outputs finish as they can
             )
             for d, f in zip(ds, out, strict=True):
                 d.future = f
             futures.extend(out)
         return futures
+
+    def _helpers(self) -> list[str]:
+        """Workers that deferred tasks (blends) are dealt to in turn: those without the model resource if
+        any, else all. Left to the scheduler, every one would go to the one worker holding the shared
+        object they take."""
+        if self._helpers_seen is None or time.monotonic() - self._helpers_seen[0] > 2.0:
+            client = self.client
+            info = (
+                client.scheduler_info(n_workers=-1) if _accepts_n_workers(client) else client.scheduler_info()
+            )
+            workers = info.get("workers", {})
+            names = set(self.model_resources or {})
+            cpu = [a for a, w in workers.items() if not names & set(w.get("resources") or {})]
+            self._helpers_seen = (time.monotonic(), sorted(cpu or workers))
+        return self._helpers_seen[1]
 
     def check_restrictions(self, handles: Sequence, want: dict | None = None) -> None:
         """Raise :class:`ResourceRestrictionError` if model tasks reached the scheduler unrestricted.
@@ -226,7 +295,7 @@ class DaskExecutor:
         want = self.infer_resources if want is None else want
         if not want or not handles:
             return
-        keys = [h.key for h in handles[:4]]
+        keys = [h.key for h in handles if not isinstance(h, Deferred) or h.future is not None][:4]
         seen: dict = {}
         deadline = time.monotonic() + 30
         while len(seen) < len(keys) and time.monotonic() < deadline:  # submissions arrive asynchronously
@@ -270,10 +339,16 @@ class DaskExecutor:
         for h in handles:
             if not isinstance(h, Deferred) and h.key not in self._results:
                 watched[h.key] = h
+            elif isinstance(h, Queued) and h.future is not None and h.key not in self._results:
+                watched[h.key] = h.future
         for d in deferred:
             for h in d.after:
                 if h.key not in self._results:
-                    watched.setdefault(h.key, h)
+                    if isinstance(h, Deferred):
+                        if h.future is not None:
+                            watched.setdefault(h.key, h.future)
+                    else:
+                        watched.setdefault(h.key, h)
         labels = [label] * len(handles) if isinstance(label, str) else list(label)
         weight = {
             h.key: (lab, 1 if units is None else int(u))
@@ -306,13 +381,21 @@ class DaskExecutor:
                 list(watched.values()), loop=self.client.loop, with_results=True, raise_errors=False
             )
             ready = iter(pending)
-            while not pending.is_empty():
+            for f in self._top_up():
+                pending.add(f)
+            while not pending.is_empty() or self._dispatch:
                 if not pending.has_ready():
                     self._check_workers()
+                    if time.monotonic() - self._dispatched > 0.5:  # workers that joined or came back
+                        for f in self._top_up():
+                            pending.add(f)
                     time.sleep(0.02)
                     continue
                 fut, result = next(ready)
                 self._take(fut, result)
+                if self._dispatch.finished(fut.key):
+                    for f in self._top_up():
+                        pending.add(f)
                 for f in self._release(waiting.pop(fut.key, ())):
                     pending.add(f)
                 count(fut.key)
@@ -367,6 +450,7 @@ class DaskExecutor:
 
     def cancel(self, handles) -> None:
         futures = list(self._shared)
+        self._dispatch.drop([h for h in handles if isinstance(h, Queued)])
         for h in handles:
             if isinstance(h, Deferred):
                 h.cancelled = True

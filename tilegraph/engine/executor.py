@@ -46,8 +46,14 @@ class Executor(Protocol):
         keys: Sequence[str],
         resources: dict | None = None,
         after: Sequence[Sequence] | None = None,
+        lanes: Sequence[Sequence[int]] | None = None,
     ) -> list:
-        """One task per key over zipped arguments; ``after``: handles each task must wait for."""
+        """One task per key over zipped arguments; ``after``: handles each task must wait for;
+        ``lanes``: task indices in order, one list per model worker (:meth:`model_workers`)."""
+        ...
+
+    def model_workers(self) -> int:
+        """How many workers run model tasks now (the lanes :meth:`map` deals)."""
         ...
 
     def wait(
@@ -135,9 +141,14 @@ class InProcessExecutor:
         keys: Sequence[str],
         resources: dict | None = None,
         after: Sequence[Sequence] | None = None,
+        lanes: Sequence[Sequence[int]] | None = None,
     ) -> list:
         """Submit ``fn`` over zipped arguments (one task per key); ``after`` already ran here."""
         return [self.submit(fn, *args, key=k) for k, *args in zip(keys, *iterables, strict=True)]
+
+    def model_workers(self) -> int:
+        """One: this process."""
+        return 1
 
     def wait(
         self,

@@ -6,12 +6,13 @@ import time
 from dataclasses import dataclass
 
 from tilegraph.engine.context import PreparedRun
+from tilegraph.engine.dispatch import bands
 from tilegraph.engine.executor import Executor
 from tilegraph.engine.infer_task import TaskReport, infer_windows
 from tilegraph.engine.progress import Progress
 from tilegraph.engine.resume import task_groups, with_records
 
-__all__ = ["Inference", "InferenceReport", "submit_inference", "gather_inference", "summarise"]
+__all__ = ["Inference", "InferenceReport", "submit_inference", "gather_inference", "place", "summarise"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,10 @@ class InferenceReport:
 def submit_inference(run: PreparedRun, executor: Executor) -> Inference:
     """Submit one model task per group of windows (resource-restricted on GPU/model workers).
 
+    Each model worker is dealt a band of the image (:func:`~tilegraph.engine.dispatch.bands`),
+    swept left to right, and each task is told the windows its worker runs next (read ahead while
+    its last batch is on the model).
+
     A resumed run computes only the windows its work names; each task records its windows as durable
     in the manifest once they are in the tile store.
     """
@@ -68,17 +73,31 @@ def submit_inference(run: PreparedRun, executor: Executor) -> Inference:
         groups = [kept for g in groups if (kept := [i for i in g if i in mask.windows])]
     writer = run.guard.writer() if run.guard is not None else None
     n = len(groups)
+    lanes = bands([place(run.plan, g) for g in groups], executor.model_workers())
+    ahead: list[tuple[int, ...]] = [()] * n  # the windows each task's worker runs next (read ahead)
+    for lane in lanes:
+        for this, following in zip(lane, lane[1:], strict=False):
+            ahead[this] = tuple(groups[following])
     fn, columns = with_records(
-        writer, infer_windows, "windows", groups, [[ctx_h] * n, groups, [run.payload] * n]
+        writer, infer_windows, "windows", groups, [[ctx_h] * n, groups, [run.payload] * n, ahead]
     )
     handles = executor.map(
         fn,
         *columns,
         keys=[f"tg-infer-{run.token}-{g}" for g in range(n)],
         resources=executor.infer_resources,
+        lanes=lanes,
     )
     executor.check_restrictions(handles)
     return Inference(tuple(handles), tuple(tuple(g) for g in groups), started)
+
+
+def place(plan, windows) -> tuple[float, float]:
+    """Where a group of windows lies: the mean of their top-left corners ``(y, x)`` in source pixels."""
+    cols = plan.grid[1]
+    ys = [plan.y.start(int(i) // cols) for i in windows]
+    xs = [plan.x.start(int(i) % cols) for i in windows]
+    return sum(ys) / len(ys), sum(xs) / len(xs)
 
 
 def summarise(reports: list[TaskReport]) -> InferenceReport:

@@ -8,6 +8,7 @@ a small :class:`TaskReport`.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +19,7 @@ import numpy as np
 
 from tilegraph.engine.context import RunContext
 from tilegraph.engine.executor import TaskFailure
+from tilegraph.engine.readahead import read_ahead
 from tilegraph.engine.watchdog import guarded, in_forward
 from tilegraph.errors import CorruptSourceError, ModelError, ModelOutputError, WindowTimeoutError
 from tilegraph.infer.oom import run_splitting, run_window_split
@@ -214,6 +216,16 @@ def _run_model(
     return y, clipped
 
 
+class _Serial:
+    """``map`` in the calling thread (the read-ahead thread reads its batch alone)."""
+
+    @staticmethod
+    def map(fn, items):
+        return [fn(x) for x in items]
+
+
+_serial = _Serial()
+
 _DTYPE_HINTS = {
     "array": "return float32 (or float16/bfloat16) tensors",
     "labels": "a labels model returns integer labels (N, 1, H, W), 0 for background",
@@ -221,7 +233,9 @@ _DTYPE_HINTS = {
 }
 
 
-def infer_windows(ctx: RunContext, indices: list[int], model_payload: Any = None) -> TaskReport | TaskFailure:
+def infer_windows(
+    ctx: RunContext, indices: list[int], model_payload: Any = None, ahead: tuple[int, ...] = ()
+) -> TaskReport | TaskFailure:
     """Task: run the model over a group of windows, batch by batch; the output kind takes each batch.
 
     Reading the next batches (up to two ahead) and handing finished ones to the kind (which writes
@@ -229,15 +243,19 @@ def infer_windows(ctx: RunContext, indices: list[int], model_payload: Any = None
     normalisation statistics in the context (``norm_sync``), the model runs as a shadow whose
     GroupNorm/InstanceNorm layers use them (built for this task; the shared runner is unchanged).
     With ``window_timeout`` a forward pass held past it ends the task with a :class:`TaskFailure` (a
-    retry would hang again) carrying :class:`~tilegraph.errors.WindowTimeoutError`.
+    retry would hang again) carrying :class:`~tilegraph.errors.WindowTimeoutError`. ``ahead``: the
+    windows this worker runs next (:mod:`tilegraph.engine.readahead`); their first batch is read
+    while this task's last batch is on the model.
     """
     try:
-        return _infer_windows(ctx, indices, model_payload)
+        return _infer_windows(ctx, indices, model_payload, tuple(int(i) for i in ahead))
     except WindowTimeoutError as exc:
         return TaskFailure(exc)
 
 
-def _infer_windows(ctx: RunContext, indices: list[int], model_payload: Any) -> TaskReport:
+def _infer_windows(
+    ctx: RunContext, indices: list[int], model_payload: Any, ahead: tuple[int, ...]
+) -> TaskReport:
     plan = ctx.plan
     runner = get_runner(ctx.spec, model_payload)
     module = None
@@ -254,10 +272,16 @@ def _infer_windows(ctx: RunContext, indices: list[int], model_payload: Any) -> T
     state: dict = {}  # out-of-memory splits in this task
     lock = threading.Lock()  # reads and hand-overs run on pool threads and update the same timings
 
+    def read_batch(batch, threads) -> np.ndarray:
+        runs = list(threads.map(lambda run: _read_run(ctx, run), _runs_of(plan, batch)))
+        return np.stack([w for run in runs for w in run])
+
+    held = read_ahead()
+
     def read(batch):
         t = time.perf_counter()
-        runs = list(window_pool.map(lambda run: _read_run(ctx, run), _runs_of(plan, batch)))
-        raw = np.stack([w for run in runs for w in run])
+        early = held.take((ctx.token, tuple(batch)))
+        raw = early.result() if early is not None else read_batch(batch, window_pool)
         with lock:
             report.read_s += time.perf_counter() - t
         return raw
@@ -269,22 +293,27 @@ def _infer_windows(ctx: RunContext, indices: list[int], model_payload: Any) -> T
             report.write_s += time.perf_counter() - t
         return result
 
-    ahead = 2  # batches read ahead, and outputs waiting to be handed over, at most
+    depth = 2  # batches read ahead, and outputs waiting to be handed over, at most
     # two pools living only for this task: batch-level jobs, and the per-window reads and writes they
     # fan out to (separate, so a batch job never waits on its own pool)
     with (
-        ThreadPoolExecutor(max_workers=2 * ahead, thread_name_prefix="tilegraph-io") as pool,
+        ThreadPoolExecutor(max_workers=2 * depth, thread_name_prefix="tilegraph-io") as pool,
         ThreadPoolExecutor(
             max_workers=max(2, min(16, 2 * b)), thread_name_prefix="tilegraph-window"
         ) as window_pool,
     ):
-        reads = [pool.submit(read, batches[k]) for k in range(min(ahead, len(batches)))]
+        reads = [pool.submit(read, batches[k]) for k in range(min(depth, len(batches)))]
         handed: list = []
         for k, batch in enumerate(batches):
             raw = reads[k].result()
-            if k + ahead < len(batches):
-                reads.append(pool.submit(read, batches[k + ahead]))
+            if k + depth < len(batches):
+                reads.append(pool.submit(read, batches[k + depth]))
             prior = window_priors(plan, batch, ctx.coarse) if ctx.coarse is not None else None
+            if (
+                ahead and ctx.token and k == len(batches) - 1
+            ):  # the next task's first batch, while this one computes
+                following = list(ahead[:b])
+                held.start((ctx.token, tuple(following)), functools.partial(read_batch, following, _serial))
 
             def forward(raw=raw, batch=batch, prior=prior):
                 runner.take_times()
@@ -302,8 +331,8 @@ def _infer_windows(ctx: RunContext, indices: list[int], model_payload: Any) -> T
             report.model_s += held
             report.model_wait_s += waited
             report.clipped += clipped
-            if len(handed) >= ahead:
-                handed[-ahead].result()  # bound the outputs waiting to be handed over
+            if len(handed) >= depth:
+                handed[-depth].result()  # bound the outputs waiting to be handed over
             handed.append(pool.submit(hand_over, batch, raw, y))
         report.results = [h.result() for h in handed]
     report.oom_splits = state.get("splits", 0)

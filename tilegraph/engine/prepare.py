@@ -358,6 +358,7 @@ def _prepare(
         mask=mask,
         window_timeout=options.execution.window_timeout,
         inflight=f"{scratch}/inflight" if "://" not in scratch else None,
+        token=token,
     )
     return PreparedRun(
         token=token,

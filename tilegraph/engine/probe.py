@@ -7,6 +7,7 @@ import path is built, and declares, exactly where it will run.
 from __future__ import annotations
 
 import math
+import weakref
 from fractions import Fraction
 
 import numpy as np
@@ -153,7 +154,16 @@ def probe(
     output: str = "array",
     coarse: str | None = None,
 ) -> ProbeResult:
-    """Run :func:`probe_task` as exclusive model work; errors name the source (no window exists yet)."""
+    """Run :func:`probe_task` as exclusive model work; errors name the source (no window exists yet).
+
+    A probe that succeeded is remembered for the executor's client (:func:`_probed`): a later run
+    on that client with the same model (same content token and options), channels and output
+    takes its result without running the model again, as a batch of files with one model does.
+    """
+    known = _probed(executor)
+    key = (spec.token, repr(spec), int(source.channels), output, coarse)
+    if known is not None and key in known:
+        return known[key]
     try:
         h = executor.submit(
             probe_task,
@@ -165,7 +175,12 @@ def probe(
             key=f"tg-probe-{token}",
             resources=executor.model_resources,
         )
-        return executor.wait([h])[0]
+        found = executor.wait([h])[0]
+        if known is not None:
+            if len(known) >= 32:
+                known.pop(next(iter(known)))
+            known[key] = found
+        return found
     except ModelError as exc:
         if exc.path is not None or exc.window is not None:
             raise
@@ -175,6 +190,20 @@ def probe(
             path=spec.target if spec.kind == "file" else None,
             hint=exc.hint or "run the model by hand on a small batch (N, C, H, W) and check its output",
         ) from exc
+
+
+_PROBED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _probed(executor: Executor) -> dict | None:
+    """Probe results remembered for the executor's Dask client (gone with the client); ``None`` in-process."""
+    client = getattr(executor, "client", None)
+    if client is None:
+        return None
+    try:
+        return _PROBED.setdefault(client, {})
+    except TypeError:  # not weakly referenceable
+        return None
 
 
 def checked_scale(spec: ModelSpec, result: ProbeResult, *, path: str | None) -> Fraction:

@@ -1,0 +1,156 @@
+"""Model tasks dealt by place and kept one ahead per worker; reads ahead across tasks; probes remembered (issue 13)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tilegraph.engine.dispatch import Dispatcher, Queued, bands
+from tilegraph.engine.readahead import ReadAhead
+
+
+class _Stub:
+    """What :class:`Queued` needs of an executor."""
+
+    def __init__(self):
+        self._results: dict = {}
+
+
+def _tasks(n: int) -> list[Queued]:
+    ex = _Stub()
+    return [Queued(print, (i,), f"t-{i}", {"MODEL": 0.5}, [], ex) for i in range(n)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(1, 12), cols=st.integers(1, 12), n=st.integers(1, 9), data=st.data())
+def test_bands_split_by_rows_into_equal_counts_each_swept_by_column(rows, cols, n, data):
+    near = [(float(r * 100), float(c * 100)) for r in range(rows) for c in range(cols)]
+    perm = data.draw(st.permutations(range(len(near))))
+    near = [near[i] for i in perm]
+    out = bands(near, n)
+    assert len(out) == n
+    assert sorted(i for b in out for i in b) == list(range(len(near)))  # every task once
+    sizes = [len(b) for b in out]
+    assert max(sizes) - min(sizes) <= 1
+    for a, b in zip(out, out[1:], strict=False):  # bands go down the image
+        if a and b:
+            assert max(near[i][0] for i in a) <= min(near[i][0] for i in b)
+    for b in out:  # each band left to right
+        xs = [near[i][1] for i in b]
+        assert xs == sorted(xs)
+
+
+def test_dispatcher_keeps_each_worker_one_ahead_then_takes_over_the_longest_lane():
+    tasks = _tasks(10)
+    d = Dispatcher(slots=2)
+    d.assign(tasks, ["w1", "w0"], lanes=[[0, 1, 2, 3, 4, 5, 6, 7], [8, 9]])
+    first = d.take({"w0": 1, "w1": 1})  # one thread each: one running, one waiting
+    assert [t.key for t in first["w0"]] == ["t-0", "t-1"]  # lanes go to workers sorted by address
+    assert [t.key for t in first["w1"]] == ["t-8", "t-9"]
+    assert d.take({"w0": 1, "w1": 1}) == {}  # full
+    for t in first["w0"] + first["w1"]:
+        t.future = object()  # submitted
+    assert d.finished("t-8") and d.finished("t-9")
+    assert not d.finished("t-8")  # once
+    stolen = d.take({"w0": 1, "w1": 1})
+    assert [t.key for t in stolen["w1"]] == ["t-7", "t-6"]  # from the far end of w0's lane
+    assert "w0" not in stolen
+    more = d.take({"w0": 4, "w1": 1})  # more threads: min(slots, threads) + 1 in flight
+    assert [t.key for t in more["w0"]] == ["t-2"]
+
+
+def test_dispatcher_gives_a_dead_workers_lane_to_the_live_ones_and_skips_cancelled_tasks():
+    tasks = _tasks(6)
+    d = Dispatcher(slots=1)
+    d.assign(tasks, ["a", "b"], lanes=[[0, 1, 2], [3, 4, 5]])
+    tasks[1].cancelled = True
+    got = d.take({"a": 1})  # "b" is gone: its lane waits for "a"
+    assert [t.key for t in got["a"]] == ["t-0", "t-2"]
+    for t in got["a"]:
+        t.future = object()
+        d.finished(t.key)
+    got = d.take({"a": 1})
+    assert [t.key for t in got["a"]] == ["t-5", "t-4"]
+    d.drop([tasks[3]])
+    for t in got["a"]:
+        t.future = object()
+        d.finished(t.key)
+    assert d.take({"a": 1}) == {} and not d
+
+
+def test_read_ahead_hands_over_once_keeps_a_bounded_number_and_raises_the_readers_error():
+    ra = ReadAhead(limit=2)
+    started = threading.Event()
+
+    def slow():
+        started.set()
+        time.sleep(0.05)
+        return np.ones(3)
+
+    ra.start(("run", (1, 2)), slow)
+    ra.start(("run", (1, 2)), lambda: pytest.fail("read twice"))  # held already: not read again
+    np.testing.assert_array_equal(ra.take(("run", (1, 2))).result(), np.ones(3))
+    assert ra.take(("run", (1, 2))) is None  # taken once
+    ra.start(("run", (3,)), lambda: np.zeros(1))
+    ra.start(("run", (4,)), lambda: np.zeros(1))
+    ra.start(("run", (5,)), lambda: np.zeros(1))
+    assert len(ra) == 2 and ra.take(("run", (3,))) is None  # the oldest was dropped
+
+    def broken():
+        raise OSError("chunk c.0.0 truncated")
+
+    ra.start(("run", (6,)), broken)
+    with pytest.raises(OSError, match="truncated"):
+        ra.take(("run", (6,))).result()
+
+
+@pytest.mark.slow
+def test_model_workers_sweep_their_own_band_and_runs_equal_the_in_process_result(tmp_path):
+    """Two model workers: each runs the windows of one half of the image (rows), the result is exact."""
+    import zarr
+    from distributed import Client, get_task_stream
+
+    import tilegraph
+    from tilegraph.cluster.local import embedded_cluster
+
+    rng = np.random.default_rng(3)
+    img = rng.random((700, 900, 3), dtype=np.float32)
+    src = str(tmp_path / "in.zarr")
+    zarr.create_array(store=src, shape=img.shape, chunks=(256, 256, 3), dtype="float32")[:] = img
+    kw = dict(tile=128, overlap=32, blend="cosine", batch_size=2, progress=False)
+    expected = np.asarray(
+        tilegraph.run(img, str(tmp_path / "local.zarr"), model=_double, client="inprocess", **kw).output
+    )
+    with embedded_cluster(n_workers=2, threads_per_worker=1) as cluster, Client(cluster) as client:
+        client.wait_for_workers(2, timeout=60)
+        with get_task_stream(client) as ts:
+            res = tilegraph.run(src, str(tmp_path / "out.zarr"), model=_double, client=client, **kw)
+        probes = sum(str(t["key"]).startswith("tg-probe-") for t in ts.data)
+        with get_task_stream(client) as ts2:  # the same model again: its probe is remembered
+            tilegraph.run(src, str(tmp_path / "again.zarr"), model=_double, client=client, **kw)
+        again = sum(str(t["key"]).startswith("tg-probe-") for t in ts2.data)
+    np.testing.assert_allclose(np.asarray(zarr.open_array(str(tmp_path / "out.zarr"))), expected, atol=1e-6)
+    assert probes == 1 and again == 0
+    plan = res.plan
+    groups = plan.tasks()
+    rows: dict[str, list] = {}
+    for t in ts.data:
+        key = str(t["key"])
+        if key.startswith("tg-infer-"):
+            group = groups[int(key.rsplit("-", 1)[1])]
+            rows.setdefault(t["worker"], []).extend(plan.window(i).row for i in group)
+    assert len(rows) == 2
+    mid = plan.grid[0] / 2
+    top, bottom = sorted(rows.values(), key=lambda r: sum(r) / len(r))
+    # each worker ran mostly its own half (at the end a worker may take the other's last tasks)
+    assert sum(r < mid + 1 for r in top) >= 0.75 * len(top)
+    assert sum(r >= mid - 1 for r in bottom) >= 0.75 * len(bottom)
+
+
+def _double(x):
+    return x * 2

@@ -1,0 +1,160 @@
+"""Tasks held on the client: after other tasks (:class:`Deferred`), or until a model slot frees (:class:`Queued`).
+
+Model tasks are not all submitted at once. The scheduler neither queues resource-restricted tasks
+nor knows where their pixels are: given all of them, it piles them on workers before it knows their
+duration, and every worker then reads every part of the image (each decoding every source chunk,
+N times the decoding work on N workers), while tasks submitted later (blends) wait behind them.
+
+:class:`Dispatcher` deals the model tasks to the model workers by place (each worker a band of the
+image, swept left to right, so workers decode mostly their own source chunks and finish the
+same columns of output chunks together) and keeps each worker only one task beyond what it can run
+at once. When a worker's band is done, it takes tasks from the far end of the longest band left;
+workers that join later or come back take tasks the same way, and a dead worker's band is taken
+over by the others.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from tilegraph.engine.executor import raise_failure
+
+__all__ = ["Deferred", "Queued", "Dispatcher", "bands"]
+
+
+class Deferred:
+    """A task held on the client until the tasks it comes ``after`` have finished (:meth:`DaskExecutor.wait`
+    submits it; :meth:`result` waits for it, submitting it first if nothing did)."""
+
+    __slots__ = ("fn", "args", "key", "resources", "after", "future", "cancelled", "executor")
+
+    def __init__(self, fn: Callable, args: tuple, key: str, resources: dict | None, after: list, executor):
+        self.fn, self.args, self.key, self.resources = fn, args, key, resources
+        self.after = list(after)
+        self.future = None
+        self.cancelled = False
+        self.executor = executor
+
+    @property
+    def status(self) -> str:
+        if self.cancelled:
+            return "cancelled"
+        return "pending" if self.future is None else self.future.status
+
+    def result(self):
+        if self.cancelled:
+            raise RuntimeError(f"task {self.key} was cancelled before it was submitted")
+        if self.key in self.executor._results:
+            return raise_failure(self.executor._results[self.key])
+        if self.future is None:
+            for h in self.after:
+                if not self.executor._finished(h):
+                    h.result()  # raises a predecessor's error
+            self.executor._release([self])
+        assert self.future is not None
+        return raise_failure(self.future.result())
+
+
+class Queued(Deferred):
+    """A model task held on the client until its worker has a free slot (:class:`Dispatcher`)."""
+
+    __slots__ = ()
+
+    def result(self):
+        if self.future is None and not self.cancelled and self.key not in self.executor._results:
+            self.executor._dispatch_now([self])
+        return super().result()
+
+
+def bands(near: Sequence[tuple[float, float]], n: int) -> list[list[int]]:
+    """Split task indices into ``n`` bands of near-equal count by row, each ordered by column.
+
+    ``near`` gives each task's place ``(y, x)`` in the image. A worker given a band decodes mostly
+    the source chunks of its rows, and all workers sweep their bands left to right at about the
+    same pace, so the output chunks of a column are finished together.
+    """
+    order = sorted(range(len(near)), key=lambda i: (near[i][0], near[i][1]))
+    out: list[list[int]] = []
+    start = 0
+    for b in range(n):
+        stop = start + (len(order) - start) // (n - b)
+        out.append(sorted(order[start:stop], key=lambda i: (near[i][1], near[i][0])))
+        start = stop
+    return out
+
+
+class Dispatcher:
+    """Per-worker queues of :class:`Queued` model tasks, each worker kept one task ahead.
+
+    Parameters
+    ----------
+    slots
+        Model tasks a worker may run at once (the executor's ``model_tasks_per_worker``); a worker
+        holds at most ``min(slots, threads) + 1`` submitted, unfinished model tasks.
+    """
+
+    def __init__(self, slots: int):
+        self.slots = int(slots)
+        self.queues: dict[str, deque] = {}
+        self.inflight: dict[str, str] = {}  # key -> worker it was dealt to
+
+    def __bool__(self) -> bool:
+        return any(self.queues.values())
+
+    def assign(self, tasks: Sequence[Queued], workers: Sequence[str], lanes=None) -> None:
+        """Deal ``tasks`` to ``workers``: lane ``i`` (task indices, in order) to worker ``i``, else round-robin.
+
+        Lanes beyond the workers wait in the queues of workers that are gone: live workers take
+        them over (:meth:`take`).
+        """
+        workers = sorted(workers)
+        if lanes is None:
+            n = max(1, len(workers))
+            lanes = [list(range(w, len(tasks), n)) for w in range(n)]
+        for i, lane in enumerate(lanes):
+            owner = workers[i] if i < len(workers) else f"(lane {i})"
+            self.queues.setdefault(owner, deque()).extend(tasks[j] for j in lane)
+
+    def finished(self, key) -> bool:
+        """Note a dealt task finished; True if it was one (its worker has a free slot now)."""
+        return self.inflight.pop(key, None) is not None
+
+    def take(self, threads: dict[str, int]) -> dict[str, list[Queued]]:
+        """Tasks to submit now, by worker, for the live model workers ``{address: threads}``."""
+        held: dict[str, int] = {}
+        for w in self.inflight.values():
+            held[w] = held.get(w, 0) + 1
+        out: dict[str, list[Queued]] = {}
+        for worker in sorted(threads):
+            depth = min(self.slots, max(1, int(threads[worker]))) + 1
+            while held.get(worker, 0) < depth:
+                task = self._next(worker)
+                if task is None:
+                    break
+                out.setdefault(worker, []).append(task)
+                held[worker] = held.get(worker, 0) + 1
+                self.inflight[task.key] = worker
+        return out
+
+    def drop(self, tasks: Sequence[Queued]) -> None:
+        """Forget ``tasks`` (submitted directly, or cancelled)."""
+        gone = {t.key for t in tasks}
+        for q in self.queues.values():
+            kept = [t for t in q if t.key not in gone]
+            q.clear()
+            q.extend(kept)
+
+    def _next(self, worker: str) -> Queued | None:
+        own = self.queues.get(worker)
+        while own:
+            task = own.popleft()
+            if not task.cancelled and task.future is None:
+                return task
+        while True:  # its band is done: the far end of the longest band left
+            longest = max(self.queues.values(), key=len, default=None)
+            if not longest:
+                return None
+            task = longest.pop()
+            if not task.cancelled and task.future is None:
+                return task
