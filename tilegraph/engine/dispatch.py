@@ -94,8 +94,9 @@ class Dispatcher:
         holds at most ``min(slots, threads) + 1`` submitted, unfinished model tasks.
     """
 
-    def __init__(self, slots: int):
+    def __init__(self, slots: int, ahead: int = 1):
         self.slots = int(slots)
+        self.ahead = int(ahead)
         self.queues: dict[str, deque] = {}
         self.inflight: dict[str, str] = {}  # key -> worker it was dealt to
 
@@ -127,7 +128,7 @@ class Dispatcher:
             held[w] = held.get(w, 0) + 1
         out: dict[str, list[Queued]] = {}
         for worker in sorted(threads):
-            depth = min(self.slots, max(1, int(threads[worker]))) + 1
+            depth = min(self.slots, max(1, int(threads[worker]))) + self.ahead
             while held.get(worker, 0) < depth:
                 task = self._next(worker)
                 if task is None:
