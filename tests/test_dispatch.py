@@ -152,5 +152,30 @@ def test_model_workers_sweep_their_own_band_and_runs_equal_the_in_process_result
     assert sum(r >= mid - 1 for r in bottom) >= 0.75 * len(bottom)
 
 
+def _plus_one(x):
+    return x + 1
+
+
+@pytest.mark.slow
+def test_queued_model_tasks_run_from_wait_and_from_result_alone():
+    """Model tasks are queued on the client; ``wait`` deals them, ``result()`` alone submits one."""
+    from distributed import Client
+
+    from tilegraph.cluster.local import embedded_cluster
+    from tilegraph.engine.dask_executor import DaskExecutor
+
+    with embedded_cluster(n_workers=1, threads_per_worker=1) as cluster, Client(cluster) as client:
+        client.wait_for_workers(1, timeout=60)
+        ex = DaskExecutor(client)
+        handles = ex.map(
+            _plus_one, list(range(6)), keys=[f"tg-test-q-{i}" for i in range(6)], resources=ex.infer_resources
+        )
+        assert all(isinstance(h, Queued) for h in handles)
+        assert sum(h.future is not None for h in handles) == 2  # one thread: one running, one ahead
+        assert handles[5].result() == 6  # submitted on its own, to any model worker
+        assert ex.wait(handles) == [1, 2, 3, 4, 5, 6]
+        assert not ex._dispatch
+
+
 def _double(x):
     return x * 2

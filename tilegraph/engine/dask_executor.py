@@ -221,7 +221,7 @@ class DaskExecutor:
                 key=[t.key for t in ts],
                 resources=ts[0].resources,
                 workers=None if worker is None else [worker],
-                allow_other_workers=True,
+                allow_other_workers=worker is not None,
                 pure=False,
                 retries=1,
                 batch_size=None,
