@@ -8,6 +8,7 @@ a small :class:`TaskReport`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import time
@@ -216,6 +217,29 @@ def _run_model(
     return y, clipped
 
 
+@contextlib.contextmanager
+def _beside_the_model():
+    """While a forward pass runs, leave the Dask worker's thread pool so that other tasks run beside it.
+
+    A forward pass mostly waits (on the device, or in a model that releases the GIL); seceding lets
+    the worker start a blend, or its other model task's reads, in the meantime, even with one thread
+    per worker. The task rejoins once the forward pass returned (waiting for a free thread). Outside
+    a Dask worker (in-process runs) nothing changes.
+    """
+    try:
+        from distributed import get_worker, rejoin, secede
+
+        get_worker()
+    except (ImportError, ValueError):
+        yield
+        return
+    secede()
+    try:
+        yield
+    finally:
+        rejoin()
+
+
 class _Serial:
     """``map`` in the calling thread (the read-ahead thread reads its batch alone)."""
 
@@ -321,13 +345,14 @@ def _infer_windows(
                     out = _run_model(ctx, runner, raw, batch, dtype, state, prior, module)
                 return out, runner.take_times()  # the model's own time, and the other task's turn
 
-            if ctx.window_timeout is None:
-                (y, clipped), (held, waited) = forward()
-            else:
-                windows = [_rc(plan, i) for i in batch]
-                (y, clipped), (held, waited) = guarded(
-                    forward, timeout=ctx.window_timeout, runner=runner, windows=windows
-                )
+            with _beside_the_model():
+                if ctx.window_timeout is None:
+                    (y, clipped), (held, waited) = forward()
+                else:
+                    windows = [_rc(plan, i) for i in batch]
+                    (y, clipped), (held, waited) = guarded(
+                        forward, timeout=ctx.window_timeout, runner=runner, windows=windows
+                    )
             report.model_s += held
             report.model_wait_s += waited
             report.clipped += clipped
