@@ -24,8 +24,8 @@ import time
 from collections.abc import Callable, Sequence
 
 from tilegraph.engine.dask_resources import (
-    _accepts_n_workers,
     _restrictions_on_scheduler,
+    _worker_info,
     _workers_with,
     model_resources,
 )
@@ -146,16 +146,17 @@ class DaskExecutor:
             ]
             self._release(deferred)
             return deferred
-        if not resources or not _workers_with(self.client, next(iter(resources))):
+        workers = self._model_workers(resources) if resources else {}
+        if not workers:
             return self.client.map(
                 fn, *iterables, key=keys, resources=resources, pure=False, retries=1, batch_size=None
             )
-        # model tasks: dealt to the model workers and submitted as slots free (see tilegraph.engine.dispatch)
+        # model tasks: dealt to the model workers and submitted as slots free (see tilegraph.engine.dispatch);
+        # the workers are those model_workers() just counted for the lanes (asked at most twice a second)
         tasks = [
             Queued(fn, tuple(args), k, resources, [], self) for k, *args in zip(keys, *iterables, strict=True)
         ]
-        self._model_workers_seen.clear()
-        self._dispatch.assign(tasks, sorted(self._model_workers(resources)), lanes)
+        self._dispatch.assign(tasks, sorted(workers), lanes)
         self._top_up()
         return tasks
 
@@ -179,13 +180,7 @@ class DaskExecutor:
         cached = self._model_workers_seen.get(name)
         if cached is not None and now - cached[0] < 0.5:
             return cached[1]
-        client = self.client
-        info = client.scheduler_info(n_workers=-1) if _accepts_n_workers(client) else client.scheduler_info()
-        workers = {
-            a: int(w.get("nthreads", 1) or 1)
-            for a, w in info.get("workers", {}).items()
-            if name in (w.get("resources") or {})
-        }
+        workers = _workers_with(self.client, name)
         self._model_workers_seen[name] = (now, workers)
         if workers:
             self._no_model_workers_since = None
@@ -247,11 +242,12 @@ class DaskExecutor:
             and all(self._finished(h) for h in d.after)
         ]
         groups: dict = {}
-        spread = [] if any(d.resources for d in ready) else self._helpers()
-        for n, d in enumerate(ready):  # one Client.map per function, restriction and worker
-            worker = spread[(self._spread_next + n) % len(spread)] if spread else None
+        for d in ready:  # one Client.map per function, restriction and worker
+            worker = None
+            if not d.resources and (spread := self._helpers()):  # restricted tasks: the scheduler places them
+                worker = spread[self._spread_next % len(spread)]
+                self._spread_next += 1
             groups.setdefault((d.fn, tuple(sorted((d.resources or {}).items())), worker), []).append(d)
-        self._spread_next += len(ready)
         futures = []
         for (fn, _, worker), ds in groups.items():
             columns = list(zip(*(d.args for d in ds), strict=True)) if ds[0].args else []
@@ -277,11 +273,7 @@ class DaskExecutor:
         any, else all. Left to the scheduler, every one would go to the one worker holding the shared
         object they take."""
         if self._helpers_seen is None or time.monotonic() - self._helpers_seen[0] > 2.0:
-            client = self.client
-            info = (
-                client.scheduler_info(n_workers=-1) if _accepts_n_workers(client) else client.scheduler_info()
-            )
-            workers = info.get("workers", {})
+            workers = _worker_info(self.client)
             names = set(self.model_resources or {})
             cpu = [a for a, w in workers.items() if not names & set(w.get("resources") or {})]
             self._helpers_seen = (time.monotonic(), sorted(cpu or workers))

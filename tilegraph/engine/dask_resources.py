@@ -20,11 +20,7 @@ def model_resources(client) -> dict | None:
     Workers of tilegraph's embedded CPU cluster declare ``MODEL=1`` so that one model task runs per
     worker while reading, blending and writing use the other threads.
     """
-    workers = (
-        client.scheduler_info(n_workers=-1).get("workers", {})
-        if _accepts_n_workers(client)
-        else (client.scheduler_info().get("workers", {}))
-    )
+    workers = _worker_info(client)
     names: set[str] = set()
     for info in workers.values():
         names.update((info.get("resources") or {}).keys())
@@ -34,10 +30,19 @@ def model_resources(client) -> dict | None:
     return None
 
 
-def _workers_with(client, resource: str) -> list[str]:
-    """Addresses of the workers declaring ``resource``."""
+def _worker_info(client) -> dict:
+    """The scheduler's description of every worker, by address (all of them, not distributed's first few)."""
     info = client.scheduler_info(n_workers=-1) if _accepts_n_workers(client) else client.scheduler_info()
-    return [a for a, w in info.get("workers", {}).items() if resource in (w.get("resources") or {})]
+    return info.get("workers", {})
+
+
+def _workers_with(client, resource: str) -> dict[str, int]:
+    """The workers declaring ``resource``: address -> thread count."""
+    return {
+        a: int(w.get("nthreads", 1) or 1)
+        for a, w in _worker_info(client).items()
+        if resource in (w.get("resources") or {})
+    }
 
 
 def _accepts_n_workers(client) -> bool:

@@ -94,10 +94,8 @@ def submit_inference(run: PreparedRun, executor: Executor) -> Inference:
 
 def place(plan, windows) -> tuple[float, float]:
     """Where a group of windows lies: the mean of their top-left corners ``(y, x)`` in source pixels."""
-    cols = plan.grid[1]
-    ys = [plan.y.start(int(i) // cols) for i in windows]
-    xs = [plan.x.start(int(i) % cols) for i in windows]
-    return sum(ys) / len(ys), sum(xs) / len(xs)
+    ws = [plan.window(int(i)) for i in windows]
+    return sum(w.y0 for w in ws) / len(ws), sum(w.x0 for w in ws) / len(ws)
 
 
 def summarise(reports: list[TaskReport]) -> InferenceReport:

@@ -240,16 +240,6 @@ def _beside_the_model():
         rejoin()
 
 
-class _Serial:
-    """``map`` in the calling thread (the read-ahead thread reads its batch alone)."""
-
-    @staticmethod
-    def map(fn, items):
-        return [fn(x) for x in items]
-
-
-_serial = _Serial()
-
 _DTYPE_HINTS = {
     "array": "return float32 (or float16/bfloat16) tensors",
     "labels": "a labels model returns integer labels (N, 1, H, W), 0 for background",
@@ -296,8 +286,10 @@ def _infer_windows(
     state: dict = {}  # out-of-memory splits in this task
     lock = threading.Lock()  # reads and hand-overs run on pool threads and update the same timings
 
-    def read_batch(batch, threads) -> np.ndarray:
-        runs = list(threads.map(lambda run: _read_run(ctx, run), _runs_of(plan, batch)))
+    def read_batch(batch, threads=None) -> np.ndarray:
+        """The batch's windows, ``(N, H, W, C)``: runs read on ``threads``, else in this thread."""
+        each = map if threads is None else threads.map
+        runs = list(each(lambda run: _read_run(ctx, run), _runs_of(plan, batch)))
         return np.stack([w for run in runs for w in run])
 
     held = read_ahead()
@@ -333,11 +325,10 @@ def _infer_windows(
             if k + depth < len(batches):
                 reads.append(pool.submit(read, batches[k + depth]))
             prior = window_priors(plan, batch, ctx.coarse) if ctx.coarse is not None else None
-            if (
-                ahead and ctx.token and k == len(batches) - 1
-            ):  # the next task's first batch, while this one computes
-                following = list(ahead[:b])
-                held.start((ctx.token, tuple(following)), functools.partial(read_batch, following, _serial))
+            if ahead and ctx.token and k == len(batches) - 1:
+                # the next task's first batch, read on this process's read-ahead thread while this one computes
+                following = tuple(ahead[:b])
+                held.start((ctx.token, following), functools.partial(read_batch, list(following)))
 
             def forward(raw=raw, batch=batch, prior=prior):
                 runner.take_times()
