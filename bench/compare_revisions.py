@@ -12,7 +12,7 @@ Usage (from the repository root)::
 
 Extracted: for ``bench_core_cpu.py`` the seconds and CPU seconds of every table row (``model alone``,
 ``tilegraph <blend>``, ``map_overlap``) and the ratio of tilegraph to the model alone within the run;
-for ``bench_memory.py`` the largest worker peak RSS and MP/s per image size. The worktrees are removed
+for ``bench_null_copy.py`` the seconds and ratio to the copy of each row; for ``bench_memory.py`` the largest worker peak RSS and MP/s per image size. The worktrees are removed
 at the end (only those this script created).
 """
 
@@ -55,6 +55,7 @@ def _run(tree: str, script: str, args: list[str]) -> str:
 
 
 _CORE_ROW = re.compile(r"^\d (.+?)\s{2,}[\d.]+\s+([\d.]+)\s+[\d.]+\s+[\d.]+\s+([\d.]+)\s+[\d.]+\s*$")
+_NULL_ROW = re.compile(r"^((?:dask threaded|tilegraph) .+?)\s{2,}([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*$")
 _MEM_ROW = re.compile(r"^(\d+)\^2\s+\d+\s+[\d.]+\s+([\d.]+)\s+(\d+) / (\d+)")
 
 
@@ -73,6 +74,12 @@ def _figures(script: str, text: str) -> dict[str, float]:
             out[f"{name}: CPU s"] = cpu
             if name.startswith("tilegraph"):
                 out[f"{name}: / model alone"] = sec / alone
+    elif script.startswith("bench_null_copy"):
+        for line in text.splitlines():
+            m = _NULL_ROW.match(line)
+            if m:
+                out[f"{m.group(1)}: seconds"] = float(m.group(2))
+                out[f"{m.group(1)}: x copy"] = float(m.group(4))
     elif script.startswith("bench_memory"):
         for line in text.splitlines():
             m = _MEM_ROW.match(line)

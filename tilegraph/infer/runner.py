@@ -413,8 +413,11 @@ def _to_numpy(y, out_dtype, *, with_clips: bool = False, count_boxes=None):
                 np.clip(r, 0, top, out=r)
         out = r.astype(target)
     else:
-        if y.ndim >= 1 and y.size:  # NaN and Inf propagate through a sum
-            check_finite(y.reshape(y.shape[0], -1).sum(axis=1, dtype=np.float64))
+        if y.ndim >= 1 and y.size:
+            # NaN and Inf propagate through a sum (in the output's own precision: a sum that overflows
+            # only sends the batch to the exact test)
+            wide = np.float32 if y.dtype.itemsize < 4 else None  # float16 sums of a window overflow
+            check_finite(y.reshape(y.shape[0], -1).sum(axis=1, dtype=wide))
         out = y if y.dtype == target else astype_float(y, target)
     return (out, clipped) if with_clips else out
 

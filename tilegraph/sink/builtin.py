@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from tilegraph._cast import to_output_dtype
+from tilegraph._cast import c_contiguous, to_output_dtype
 from tilegraph.errors import DestinationError, SinkError
 from tilegraph.metadata import SourceMetadata
 from tilegraph.metadata.attrs import metadata_to_attrs
@@ -55,12 +55,13 @@ class ZarrWriter(ChunkWriter):
         y0, y1, x0, x1 = box
         target = self._open()
         try:
+            # the codec is handed C-ordered data: a strided block would be copied slowly inside it
             if self.layout.layout == "YX":
-                target[y0:y1, x0:x1] = out[:, :, 0]
+                target[y0:y1, x0:x1] = np.ascontiguousarray(out[:, :, 0])
             elif self.layout.layout == "CYX":
-                target[:, y0:y1, x0:x1] = np.moveaxis(out, -1, 0)
+                target[:, y0:y1, x0:x1] = c_contiguous(np.moveaxis(out, -1, 0))
             else:
-                target[y0:y1, x0:x1, :] = out
+                target[y0:y1, x0:x1, :] = c_contiguous(out)
         except OSError as exc:
             raise SinkError(f"cannot write output box {box}: {exc.strerror or exc}", path=self.path) from exc
         return clipped
