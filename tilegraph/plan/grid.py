@@ -84,7 +84,10 @@ class AxisGrid:
 
     def out_start(self, i: int) -> int:
         """Output start of window ``i`` (exact: starts are multiples of the alignment)."""
-        return int(self.start(i) * self.scale)
+        # integer arithmetic (exact here, and Fraction arithmetic costs microseconds per call)
+        v = self.start(i) * self.scale.numerator
+        q = abs(v) // self.scale.denominator
+        return q if v >= 0 else -q  # int(): towards zero, as before
 
     def cut(self, i: int) -> int:
         """Output position of the seam between window ``i`` and ``i + 1``."""
@@ -93,7 +96,7 @@ class AxisGrid:
         if i >= self.count - 1:
             return self.out_size
         mid2 = self.start(i + 1) + self.start(i) + self.tile  # twice the overlap centre, source px
-        return min(self.out_size, math.floor(mid2 * self.scale / 2))
+        return min(self.out_size, mid2 * self.scale.numerator // (2 * self.scale.denominator))
 
     def keep(self, i: int) -> tuple[int, int]:
         """Output interval that ``crop`` keeps from window ``i``."""
@@ -112,10 +115,11 @@ class AxisGrid:
         first: int | None = None
         last = -1
         # candidate range from the footprints, then filter exactly
-        s_out = self.stride * self.scale
-        o_out = self.origin * self.scale
-        i0 = max(0, math.floor((lo - o_out - self.out_tile) / s_out) - 1) if s_out > 0 else 0
-        i1 = min(self.count - 1, math.floor((hi - o_out) / s_out) + 1) if s_out > 0 else 0
+        # floor((lo - origin * s - out_tile) / (stride * s)) with s = n / d, in integers
+        n, d = self.scale.numerator, self.scale.denominator
+        step = self.stride * n
+        i0 = max(0, (lo * d - self.origin * n - self.out_tile * d) // step - 1) if step > 0 else 0
+        i1 = min(self.count - 1, (hi * d - self.origin * n) // step + 1) if step > 0 else 0
         for i in range(i0, i1 + 1):
             a, b = self.keep(i) if crop else self.footprint(i)
             if a < hi and b > lo and b > a:

@@ -202,12 +202,16 @@ class RecordWriter:
 
     A task calls :meth:`add` once, after its data write returned. With ``token`` (a
     :class:`tilegraph.sink.claim.ClaimToken`) it first checks that its run still holds the claim.
+    A record is published by an atomic rename, so it survives the death of any process, as the
+    chunks it vouches for do (zarr writes them the same way). It is not flushed to the disk
+    (``fsync=False``) by default: zarr does not flush the chunks either, so a flushed record could
+    not make the pair survive a power cut, and the flush cost 4 to 9 ms of every task.
     """
 
     sidecar: str
     run_id: str
     token: Any = None
-    fsync: bool = True
+    fsync: bool = False
 
     def add(self, kind: str, ids: Iterable[int] | IdRanges, **extra: Any) -> str:
         """Record ``ids`` of ``kind`` as durable (one new file); returns its path.
@@ -449,7 +453,7 @@ class Manifest:
         )
 
     # ----------------------------------------------------------------- durable sets
-    def writer(self, run_id: str, *, token: Any = None, fsync: bool = True) -> RecordWriter:
+    def writer(self, run_id: str, *, token: Any = None, fsync: bool = False) -> RecordWriter:
         """A picklable :class:`RecordWriter` for this job's tasks."""
         return RecordWriter(self.sidecar, run_id, token, fsync)
 
