@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tilegraph.engine.dispatch import Dispatcher, Queued, bands
+from tilegraph.engine.infer import place
 from tilegraph.engine.readahead import ReadAhead
 
 
@@ -138,18 +139,20 @@ def test_model_workers_sweep_their_own_band_and_runs_equal_the_in_process_result
     assert probes == 1 and again == 0
     plan = res.plan
     groups = plan.tasks()
-    rows: dict[str, list] = {}
+    lanes = bands([place(plan, g) for g in groups], 2)
+    ran: dict[int, str] = {}
     for t in ts.data:
         key = str(t["key"])
         if key.startswith("tg-infer-"):
-            group = groups[int(key.rsplit("-", 1)[1])]
-            rows.setdefault(t["worker"], []).extend(plan.window(i).row for i in group)
-    assert len(rows) == 2
-    mid = plan.grid[0] / 2
-    top, bottom = sorted(rows.values(), key=lambda r: sum(r) / len(r))
-    # each worker ran mostly its own half (at the end a worker may take the other's last tasks)
-    assert sum(r < mid + 1 for r in top) >= 0.75 * len(top)
-    assert sum(r >= mid - 1 for r in bottom) >= 0.75 * len(bottom)
+            ran[int(key.rsplit("-", 1)[1])] = t["worker"]
+    assert sorted(ran) == list(range(len(groups))) and len(set(ran.values())) == 2
+    owners = [ran[lane[0]] for lane in lanes]  # each band's first task is dealt to its worker
+    assert owners[0] != owners[1]
+    for lane, owner in zip(lanes, owners, strict=True):
+        # the owner swept its band from the near end; whatever the other worker took came from the far end
+        mine = [k for k, g in enumerate(lane) if ran[g] == owner]
+        taken = [k for k, g in enumerate(lane) if ran[g] != owner]
+        assert mine == list(range(len(mine))), (mine, taken)
 
 
 def _plus_one(x):
