@@ -31,7 +31,7 @@ import numpy as np
 
 from tilegraph.blend.abc import Blender, Box, WindowReader, WindowTransform
 from tilegraph.blend.detail import DetailMixin
-from tilegraph.blend.seam import axis_table, read_region
+from tilegraph.blend.seam import AxisTable, axis_table, read_region
 from tilegraph.plan.grid import AxisGrid
 from tilegraph.plan.plan import Plan
 
@@ -191,51 +191,56 @@ def seam_operators(
     return lo, hi, out
 
 
-def _reduce0(a: np.ndarray, mode: str) -> np.ndarray:
-    """:func:`_reduce` along axis 0 with one padded buffer and in-place sums (the hot path)."""
-    n = a.shape[0]
-    m = (n + 1) // 2
-    p = np.empty((n + 4,) + a.shape[1:], dtype=np.float32)
-    p[2 : n + 2] = a
+def _fill_pads(p: np.ndarray, n: int, mode: str) -> None:
+    """The two rows before and after the ``n`` rows ``p[2 : n + 2]`` of a padded buffer: zeros or mirrored
+    (as :func:`_pad`)."""
     if mode == "zero":
         p[:2] = 0.0
-        p[n + 2 :] = 0.0
+        p[n + 2 : n + 4] = 0.0
     else:  # symmetric
-        p[1], p[0] = a[0], a[min(1, n - 1)]
-        p[n + 2], p[n + 3] = a[n - 1], a[max(n - 2, 0)]
-    out = p[2 : 2 * m + 1 : 2] * np.float32(_W[2])
+        p[1], p[0] = p[2], p[min(3, n + 1)]
+        p[n + 2], p[n + 3] = p[n + 1], p[max(n, 2)]
+
+
+def _reduce0(p: np.ndarray, n: int, mode: str) -> np.ndarray:
+    """:func:`_reduce` along axis 0 of the ``n`` rows ``p[2 : n + 2]`` of a padded buffer (its pad rows are
+    filled here): a new padded buffer whose rows ``2 : ceil(n / 2) + 2`` hold the result (the hot path: no
+    padded copy, the result written in place, one temporary)."""
+    _fill_pads(p, n, mode)
+    m = (n + 1) // 2
+    q = np.empty((m + 4,) + p.shape[1:], dtype=np.float32)
+    out = q[2 : m + 2]
+    np.multiply(p[2 : 2 * m + 1 : 2], np.float32(_W[2]), out=out)
     tmp = np.add(p[1 : 2 * m : 2], p[3 : 2 * m + 2 : 2])
     tmp *= np.float32(_W[1])
     out += tmp
     np.add(p[0 : 2 * m - 1 : 2], p[4 : 2 * m + 3 : 2], out=tmp)
     tmp *= np.float32(_W[0])
     out += tmp
-    return out
+    return q
 
 
-def _expand0(a: np.ndarray, n: int, mode: str) -> np.ndarray:
-    """:func:`_expand` along axis 0 (polyphase), interior from slices of ``a``, the two ends apart (the hot
-    path: no padded copy, even and odd rows written side by side)."""
-    m = a.shape[0]
-    out = np.empty((m, 2) + a.shape[1:], dtype=np.float32)
-    even, odd = out[:, 0], out[:, 1]
-    six, eighth, half = np.float32(6.0 / 8), np.float32(1.0 / 8), np.float32(0.5)
-    lo = a[0] if mode != "zero" else np.zeros_like(a[0])
-    hi = a[m - 1] if mode != "zero" else np.zeros_like(a[0])
-    if m >= 3:
-        inner = even[1 : m - 1]
-        np.add(a[: m - 2], a[2:], out=inner)
-        inner *= eighth
-        inner += a[1 : m - 1] * six
-    if m >= 2:
-        even[0] = (lo + a[1]) * eighth + a[0] * six
-        even[m - 1] = (a[m - 2] + hi) * eighth + a[m - 1] * six
-        np.add(a[: m - 1], a[1:], out=odd[: m - 1])
-        odd[: m - 1] *= half
+def _expand0(a: np.ndarray, m: int, mode: str) -> np.ndarray:
+    """:func:`_expand` along axis 0 of the ``m`` rows ``a[1 : m + 1]`` of a buffer with one pad row at each
+    end (filled here: zeros or the end rows): a new such buffer, its rows ``1 : 2 m + 1`` the result (the
+    hot path: even and odd rows written side by side, the odd rows the scratch of the even, no temporary).
+    ``a`` may hold more rows after its pad row ``m + 1``: they are not read."""
+    if mode == "zero":
+        a[0] = 0.0
+        a[m + 1] = 0.0
     else:
-        even[0] = (lo + hi) * eighth + a[0] * six
-    odd[m - 1] = (a[m - 1] + hi) * half
-    return out.reshape((2 * m,) + a.shape[1:])[:n]
+        a[0] = a[1]
+        a[m + 1] = a[m]
+    out = np.empty((2 * m + 2,) + a.shape[1:], dtype=np.float32)
+    pairs = out[1 : 2 * m + 1].reshape((m, 2) + a.shape[1:])
+    even, odd = pairs[:, 0], pairs[:, 1]
+    np.add(a[:m], a[2 : m + 2], out=even)
+    even *= np.float32(1.0 / 8)
+    np.multiply(a[1 : m + 1], np.float32(6.0 / 8), out=odd)
+    even += odd
+    np.add(a[1 : m + 1], a[2 : m + 2], out=odd)
+    odd *= np.float32(0.5)
+    return out
 
 
 @dataclass(frozen=True)
@@ -285,32 +290,69 @@ def fast_correction(
 ) -> np.ndarray:
     """:func:`pyramid_correction` of the overlap differences ``diff`` ``(C, n_along, n_in)`` with the
     matrices of :func:`seam_operators`: ``(C, n_along, n_out)`` float32 (a view; ``layout="along"``: the
-    ``(n_along, C, n_out)`` array it is computed in).
-
-    Each level multiplies only its operator's non-zero block, and the reduction along the seam carries
-    only the columns the deeper levels use (:class:`_Blocks`): the same sums as the full products.
-    """
+    ``(n_along, C, n_out)`` array it is computed in). See :func:`_correct`."""
     c, n, _ = diff.shape
     blk = _blocks(ops)
     lo, hi = blk.carry[0]
-    ys = [np.ascontiguousarray(np.transpose(diff[:, :, lo:hi], (1, 0, 2)), dtype=np.float32)]  # (along, C, k)
-    offs = [lo]
-    for k in range(1, levels + 1):
-        a, b = blk.carry[k]
-        prev = ys[-1][:, :, a - offs[-1] : b - offs[-1]]
-        ys.append(_reduce0(prev, along_mode))
-        offs.append(a)
-    acc: np.ndarray | None = None
-    for k in range(levels, -1, -1):
-        y = ys[k]
-        rows = y.shape[0]
-        acc = np.zeros((rows, c, blk.n_out), np.float32) if acc is None else _expand0(acc, rows, along_mode)
-        i0, i1, o0, o1, block = blk.blocks[k]
-        if i1 > i0:
-            part = y[:, :, i0 - offs[k] : i1 - offs[k]]
-            acc[:, :, o0:o1] += (part.reshape(-1, i1 - i0) @ block).reshape(rows, c, o1 - o0)
-    assert acc is not None
+    acc = _correct(_along_buffer(diff[:, :, lo:hi]), n, blk, levels, along_mode)
     return acc if layout == "along" else np.transpose(acc, (1, 0, 2))
+
+
+def _along_buffer(diff: np.ndarray) -> np.ndarray:
+    """``diff`` ``(C, n, k)`` as the padded buffer :func:`_correct` takes: ``(n + 4, C, k)``, data in rows 2 to n + 2."""
+    c, n, k = diff.shape
+    p = np.empty((n + 4, c, k), dtype=np.float32)
+    p[2 : n + 2] = np.transpose(diff, (1, 0, 2))
+    return p
+
+
+def _correct(p: np.ndarray, n: int, blk: _Blocks, levels: int, along_mode: str) -> np.ndarray:
+    """The correction ``(n, K, n_out)`` (a view) of the ``K`` overlap differences held in the padded buffer
+    ``p`` ``(n + 4, K, k)``: rows ``2 : n + 2``, the ``k`` input columns ``blk.carry[0]``. ``p`` is consumed:
+    its pad rows are overwritten, and it is released once the next level is reduced when the caller holds
+    no other reference to it.
+
+    Each level multiplies only its operator's non-zero block: the same sums as the full products. Each
+    level's product is taken on the way down, so that a level is released as soon as the next one is
+    reduced; the expansion then adds them from the coarsest level up. Every level carries the columns of
+    ``blk.carry[0]`` (the deeper levels' columns: the finest level's two lie inside them).
+    """
+    k_all = p.shape[1]
+    off = blk.carry[0][0]
+    terms: list[tuple[int, np.ndarray | None]] = []  # per level: its rows and its block's product
+    for k in range(levels + 1):
+        i0, i1, o0, o1, block = blk.blocks[k]
+        term = None
+        if i1 > i0:
+            part = p[2 : n + 2, :, i0 - off : i1 - off].reshape(-1, i1 - i0)
+            if o1 - o0 <= 2:  # the finest level's two columns: one row per column, added along it below
+                term = block.T @ part.T
+            else:
+                term = (part @ block).reshape(n, k_all, o1 - o0)
+        terms.append((n, term))
+        if k < levels:
+            p = _reduce0(p, n, along_mode)
+            n = (n + 1) // 2
+    del p
+    acc: np.ndarray | None = None  # the sum so far, in rows 1 to m + 1 of a buffer padded by one row
+    m = 0
+    for k in range(levels, -1, -1):
+        rows, term = terms.pop()
+        if acc is None:
+            acc = np.zeros((rows + 2, k_all, blk.n_out), np.float32)
+        else:
+            acc = _expand0(acc, m, along_mode)
+        if term is not None:
+            o0, o1 = blk.blocks[k][2:4]
+            if term.ndim == 2:  # (columns, rows K): thousands of two-value rows added as two long ones
+                cols = acc[1 : rows + 1].reshape(rows * k_all, blk.n_out)[:, o0:o1].T
+                np.add(cols, term, out=cols)
+            else:
+                acc[1 : rows + 1, :, o0:o1] += term
+        del term
+        m = rows
+    assert acc is not None
+    return acc[1 : m + 1]
 
 
 def _seam_domain(axis: AxisGrid, i: int, levels: int) -> tuple[int, int, int, int, int]:
@@ -373,7 +415,7 @@ class _Multiband(Blender):
     levels: int | None = None
     feather: int = 1
 
-    def _levels(self, axis: AxisGrid) -> int:
+    def _levels(self, axis: AxisGrid | AxisTable) -> int:
         return self.levels if self.levels is not None else levels_for_overlap(axis.out_overlap)
 
     def halo(self, plan: Plan) -> int:
@@ -418,7 +460,26 @@ class _Multiband(Blender):
                 out = np.empty((part.shape[0], yb - ya, xb - xa), dtype=np.float32)
             out[:, :, a - xa : b - xa] = part
         assert out is not None
-        lx = self._levels(plan.x)
+        self._add_corrections(plan, r, rows, cols, read, transform, cache, need, out, np.add)
+        return out
+
+    def _add_corrections(
+        self,
+        plan: Plan,
+        r: int,
+        rows: tuple[int, int],
+        cols: tuple[int, int],
+        read: WindowReader,
+        transform: WindowTransform | None,
+        cache: dict[tuple[int, int], tuple[int, int, np.ndarray] | None],
+        need: dict[int, tuple[int, int]],
+        dest: np.ndarray,
+        op: np.ufunc,
+    ) -> None:
+        """``dest = op(dest, q)`` for the corrections ``q`` of window row ``r``'s vertical seams over ``rows``
+        x ``cols`` (computed when not in ``cache``), in the order of the seams."""
+        (ya, yb), (xa, xb) = rows, cols
+        lx = self._levels(axis_table(plan.x))
         near = _seams_near(plan.x, lx, xa, xb)
         todo = [j for j in near if (r, j) not in cache]
         if todo:
@@ -430,8 +491,8 @@ class _Multiband(Blender):
             ra, q0, q = hit
             a, b = max(xa, q0), min(xb, q0 + q.shape[2])
             if a < b:
-                out[:, :, a - xa : b - xa] += q[:, ya - ra : yb - ra, a - q0 : b - q0]
-        return out
+                d = dest[:, :, a - xa : b - xa]
+                op(d, q[:, ya - ra : yb - ra, a - q0 : b - q0], out=d)
 
     def _row_corrections(
         self,
@@ -446,32 +507,76 @@ class _Multiband(Blender):
     ) -> None:
         """The corrections of window row ``r``'s vertical ``seams`` over the rows it needs plus ``4 * 2^L``
         (decimated from the footprint's first row, mirrored at its ends): seams with the same operator
-        are stacked and corrected in one call (the same sums as one call each)."""
+        are stacked and corrected in one call (the same sums as one call each), their differences written
+        straight into the pyramid's first level (the columns it carries only)."""
         ncols = plan.x.count
         fy0, fy1 = axis_table(plan.y).footprint(r)
         step, halo = 2**lx, 4 * 2**lx
         lo, hi = need[r]
         ra = max(fy0, fy0 + ((lo - halo - fy0) // step) * step)
         rb = min(fy1, hi + halo)
-        groups: dict[int, list[tuple[int, int, np.ndarray]]] = {}
-        operators: dict[int, tuple[int, np.ndarray]] = {}
+        n = rb - ra
+        groups: dict[int, tuple[int, np.ndarray, list[tuple[int, int, int]]]] = {}
         for j in seams:
             d0, d1, o0, o1, cut = _seam_domain(plan.x, j, lx)
-            left = read_region(plan, read, transform, r * ncols + j, ra, rb, o0, o1)
-            right = read_region(plan, read, transform, r * ncols + j + 1, ra, rb, o0, o1)
-            diff = np.subtract(right, left, dtype=np.float32)
-            if not diff.any():
-                cache[r, j] = None
-                continue
             q_lo, _, ops = seam_operators(o1 - o0, o0 - d0, d1 - d0, cut - d0, lx, self.feather)
-            operators[id(ops)] = (q_lo, ops)
-            groups.setdefault(id(ops), []).append((j, d0, diff))
-        for key, members in groups.items():
-            q_lo, ops = operators[key]
-            c = members[0][2].shape[0]
-            q = fast_correction(np.concatenate([m[2] for m in members]), ops, lx)
-            for k, (j, d0, _) in enumerate(members):
-                cache[r, j] = (ra, d0 + q_lo, q[k * c : (k + 1) * c])
+            groups.setdefault(id(ops), (q_lo, ops, []))[2].append((j, d0, o0))
+        for q_lo, ops, members in groups.values():
+            blk = _blocks(ops)
+            i0, i1 = blk.carry[0]
+            p: np.ndarray | None = None
+            c = 0
+            for m, (j, _, o0) in enumerate(members):
+                left = read_region(plan, read, transform, r * ncols + j, ra, rb, o0 + i0, o0 + i1)
+                right = read_region(plan, read, transform, r * ncols + j + 1, ra, rb, o0 + i0, o0 + i1)
+                if p is None:
+                    c = left.shape[0]
+                    p = np.empty((n + 4, c * len(members), i1 - i0), dtype=np.float32)
+                np.subtract(
+                    right, left, out=p[2 : n + 2, m * c : (m + 1) * c].transpose(1, 0, 2), dtype=np.float32
+                )
+            assert p is not None
+            if not p[2 : n + 2].any():  # windows that agree: no correction at all (exact)
+                for j, _, _ in members:
+                    cache[r, j] = None
+                continue
+            acc = _correct(p, n, blk, lx, "symmetric")  # (rows, C k, cols)
+            del p
+            for m, (j, d0, _) in enumerate(members):
+                cache[r, j] = (ra, d0 + q_lo, acc[:, m * c : (m + 1) * c].transpose(1, 0, 2))
+
+    def _seam_input(
+        self,
+        plan: Plan,
+        s: int,
+        rows: tuple[int, int],
+        cols: tuple[int, int],
+        read: WindowReader,
+        transform: WindowTransform | None,
+        cache: dict[tuple[int, int], tuple[int, int, np.ndarray] | None],
+        need: dict[int, tuple[int, int]],
+        dest: np.ndarray | None,
+    ) -> np.ndarray:
+        """Window row ``s + 1`` minus window row ``s``, each blended across its vertical seams, over ``rows`` x
+        ``cols``: ``(C, h, w)`` (into ``dest`` when its shape fits). The crop composites are subtracted
+        window by window, then the rows' vertical seam corrections added and subtracted."""
+        (ya, yb), (xa, xb) = rows, cols
+        tx = axis_table(plan.x)
+        ncols = tx.count
+        for c in tx.covering(xa, xb, crop=True):
+            k0, k1 = tx.keep(c)
+            a, b = max(xa, k0), min(xb, k1)
+            if a >= b:
+                continue
+            lower = read_region(plan, read, transform, (s + 1) * ncols + c, ya, yb, a, b)
+            upper = read_region(plan, read, transform, s * ncols + c, ya, yb, a, b)
+            if dest is None or dest.shape != (lower.shape[0], yb - ya, xb - xa):
+                dest = np.empty((lower.shape[0], yb - ya, xb - xa), dtype=np.float32)
+            np.subtract(lower, upper, out=dest[:, :, a - xa : b - xa], dtype=np.float32)
+        assert dest is not None
+        self._add_corrections(plan, s + 1, rows, cols, read, transform, cache, need, dest, np.add)
+        self._add_corrections(plan, s, rows, cols, read, transform, cache, need, dest, np.subtract)
+        return dest
 
     # ------------------------------------------------------------------ step 2: rows
     def blend(
@@ -484,11 +589,12 @@ class _Multiband(Blender):
         strips: Any = None,
     ) -> np.ndarray:
         y0, y1, x0, x1 = box
-        ly = self._levels(plan.y)
+        tx, ty = axis_table(plan.x), axis_table(plan.y)
+        ly = self._levels(ty)
         step = 2**ly
         hx = 4 * step
         xa = max(0, ((x0 - hx) // step) * step)
-        xb = min(plan.x.out_size, x1 + hx)
+        xb = min(tx.out_size, x1 + hx)
         # horizontal seams whose correction reaches the box, and the rows each window row must provide
         seams = []
         for s in _seams_near(plan.y, ly, y0, y1):
@@ -502,45 +608,74 @@ class _Multiband(Blender):
             lo, hi = need.get(r, (a, b))
             need[r] = (min(lo, a), max(hi, b))
 
-        parts = []
-        ty = axis_table(plan.y)
+        parts = {}
         for r in ty.covering(y0, y1, crop=True):
             k0, k1 = ty.keep(r)
             a, b = max(y0, k0), min(y1, k1)
             if a < b:
-                parts.append((r, a, b))
+                parts[r] = (a, b)
                 add(r, a, b)
         for s, _, o0, o1, _ in seams:
             add(s, o0, o1)
             add(s + 1, o0, o1)
         cache: dict[tuple[int, int], tuple[int, int, np.ndarray] | None] = {}
-        r0 = parts[0][0]
-        c0 = axis_table(plan.x).covering(x0, x1, crop=True)[0]
-        channels = read_region(
-            plan, read, transform, r0 * plan.x.count + c0, parts[0][1], parts[0][1] + 1, x0, x0 + 1
-        )
-        out = np.empty((channels.shape[0], y1 - y0, x1 - x0), dtype=np.float32)
-        for r, a, b in parts:  # straight into the box
-            self._row(plan, r, (a, b), (x0, x1), read, transform, cache, need, dest=out[:, a - y0 : b - y0])
-        groups: dict[int, list[tuple[int, np.ndarray]]] = {}  # horizontal seams sharing an operator
-        operators: dict[int, np.ndarray] = {}
-        for s, q0, o0, o1, ops in seams:
-            upper = self._row(plan, s, (o0, o1), (xa, xb), read, transform, cache, need)
-            lower = self._row(plan, s + 1, (o0, o1), (xa, xb), read, transform, cache, need)
-            diff = lower - upper
-            if diff.any():
-                operators[id(ops)] = ops
-                groups.setdefault(id(ops), []).append((q0, diff))
-        c = out.shape[0]
+        r0, (a0, _) = next(iter(parts.items()))
+        c0 = tx.covering(x0, x1, crop=True)[0]
+        channels = read_region(plan, read, transform, r0 * tx.count + c0, a0, a0 + 1, x0, x0 + 1)
+        c = channels.shape[0]
+        out = np.empty((c, y1 - y0, x1 - x0), dtype=np.float32)
+        # each horizontal seam's input (lower minus upper window row over the rows its operator carries),
+        # written straight into its pyramid's first level: one buffer per operator, seams stacked
+        nx = xb - xa
+        groups: dict[int, list[int]] = {}
+        for i, seam in enumerate(seams):
+            groups.setdefault(id(seam[4]), []).append(i)
+        inputs: dict[int, np.ndarray] = {}
         for key, members in groups.items():
-            stacked = np.concatenate([np.swapaxes(m[1], 1, 2) for m in members])  # (C k, cols, rows)
-            along = fast_correction(stacked, operators[key], ly, layout="along")  # (cols, C k, rows)
-            q_all = np.ascontiguousarray(np.transpose(along, (1, 2, 0)))  # (C k, rows, cols), one transpose
-            for k, (q0, _) in enumerate(members):
-                q = q_all[k * c : (k + 1) * c]
+            lo, hi = _blocks(seams[members[0]][4]).carry[0]
+            inputs[key] = np.empty((nx + 4, c * len(members), hi - lo), dtype=np.float32)
+        slot = {i: (key, m) for key, members in groups.items() for m, i in enumerate(members)}
+        lower_of = {seam[0] + 1: i for i, seam in enumerate(seams)}
+        live = [False] * len(seams)
+        scratch: np.ndarray | None = None
+        # window rows top down: a row's vertical seam corrections are dropped once the rows below it no
+        # longer need them
+        for r in sorted(set(parts) | set(need)):
+            if r in parts:
+                a, b = parts[r]
+                self._row(
+                    plan, r, (a, b), (x0, x1), read, transform, cache, need, dest=out[:, a - y0 : b - y0]
+                )
+            below = lower_of.get(r)  # the seam whose lower window row is r: both its rows are done
+            if below is not None:
+                s, _, o0, _, ops = seams[below]
+                lo, hi = _blocks(ops).carry[0]
+                scratch = self._seam_input(
+                    plan, s, (o0 + lo, o0 + hi), (xa, xb), read, transform, cache, need, scratch
+                )
+                live[below] = bool(scratch.any())
+                key, m = slot[below]
+                np.copyto(inputs[key][2 : nx + 2, m * c : (m + 1) * c].transpose(1, 2, 0), scratch)
+            for done in [k for k in cache if k[0] < r]:
+                del cache[done]
+        cache.clear()
+        del scratch
+        for key, members in groups.items():
+            if not any(live[i] for i in members):
+                del inputs[key]
+                continue
+            ops = seams[members[0]][4]
+            acc = _correct(inputs.pop(key), nx, _blocks(ops), ly, "symmetric")  # (cols, C k, rows); consumed
+            for m, i in enumerate(members):
+                q0 = seams[i][1]
+                q = acc[:, m * c : (m + 1) * c].transpose(
+                    1, 2, 0
+                )  # (C, rows, cols): added in the box's order
                 a, b = max(y0, q0), min(y1, q0 + q.shape[1])
-                if a < b:
-                    out[:, a - y0 : b - y0] += q[:, a - q0 : b - q0, x0 - xa : x1 - xa]
+                if a < b and live[i]:
+                    dst = out[:, a - y0 : b - y0]
+                    dst += q[:, a - q0 : b - q0, x0 - xa : x1 - xa]
+            del acc
         return np.moveaxis(out, 0, -1)
 
 
