@@ -324,11 +324,14 @@ def _correct(p: np.ndarray, n: int, blk: _Blocks, levels: int, along_mode: str) 
         i0, i1, o0, o1, block = blk.blocks[k]
         term = None
         if i1 > i0:
-            part = p[2 : n + 2, :, i0 - off : i1 - off].reshape(-1, i1 - i0)
+            # in float64: BLAS sums in an order that depends on the number of rows (here, on the box), which
+            # changed float32 results in the last bit between chunkings; float64 sums round to the same float32
+            part = p[2 : n + 2, :, i0 - off : i1 - off].reshape(-1, i1 - i0).astype(np.float64)
+            wide = block.astype(np.float64)
             if o1 - o0 <= 2:  # the finest level's two columns: one row per column, added along it below
-                term = block.T @ part.T
+                term = wide.T @ part.T
             else:
-                term = (part @ block).reshape(n, k_all, o1 - o0)
+                term = (part @ wide).reshape(n, k_all, o1 - o0)
         terms.append((n, term))
         if k < levels:
             p = _reduce0(p, n, along_mode)
