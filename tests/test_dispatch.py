@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tilegraph.engine.dispatch import Dispatcher, Queued, bands
-from tilegraph.engine.infer import place
+from tilegraph.engine.dispatch import Dispatcher, Queued, bands, stripe_of
+from tilegraph.engine.infer import STRIPE_CHUNKS, place
 from tilegraph.engine.readahead import ReadAhead
 
 
@@ -44,6 +44,28 @@ def test_bands_split_by_rows_into_equal_counts_each_swept_by_column(rows, cols, 
     for b in out:  # each band left to right
         xs = [near[i][1] for i in b]
         assert xs == sorted(xs)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.integers(1, 14),
+    cols=st.integers(1, 10),
+    n=st.integers(1, 5),
+    stripe=st.sampled_from([100.0, 250.0, 300.0, 5000.0]),
+    data=st.data(),
+)
+def test_bands_with_stripes_keep_their_tasks_and_sweep_each_stripe_left_to_right_in_turn(
+    rows, cols, n, stripe, data
+):
+    near = [(float(r * 100 - 40), float(c * 100)) for r in range(rows) for c in range(cols)]  # from y = -40
+    perm = data.draw(st.permutations(range(len(near))))
+    near = [near[i] for i in perm]
+    plain, striped = bands(near, n), bands(near, n, stripe)
+    assert [sorted(b) for b in striped] == [sorted(b) for b in plain]  # the same tasks to each worker
+    for b in striped:
+        order = [(stripe_of(near[i][0], stripe), near[i][1]) for i in b]
+        assert order == sorted(order)  # stripe after stripe (from the top), each left to right
+    assert stripe_of(-40.0, stripe) == 0 and stripe_of(stripe, stripe) == 1 and stripe_of(5.0, None) == 0
 
 
 def test_dispatcher_keeps_each_worker_one_ahead_then_takes_over_the_longest_lane():
@@ -139,7 +161,7 @@ def test_model_workers_sweep_their_own_band_and_runs_equal_the_in_process_result
     assert probes == 1 and again == 0
     plan = res.plan
     groups = plan.tasks()
-    lanes = bands([place(plan, g) for g in groups], 2)
+    lanes = bands([place(plan, g) for g in groups], 2, STRIPE_CHUNKS * 256)  # as the run dealt them
     ran: dict[int, str] = {}
     for t in ts.data:
         key = str(t["key"])

@@ -6,8 +6,9 @@ duration, and every worker then reads every part of the image (each decoding eve
 N times the decoding work on N workers), while tasks submitted later (blends) wait behind them.
 
 :class:`Dispatcher` deals the model tasks to the model workers by place (each worker a band of the
-image, swept left to right, so workers decode mostly their own source chunks and finish the
-same columns of output chunks together) and keeps each worker only one task beyond what it can run
+image, swept left to right in stripes of a few source chunk rows, so workers decode mostly their own
+source chunks, keep few of them decoded at a time, and finish the same columns of output chunks
+together) and keeps each worker only one task beyond what it can run
 at once. When a worker's band is done, it takes tasks from the far end of the longest band left;
 workers that join later or come back take tasks the same way, and a dead worker's band is taken
 over by the others.
@@ -20,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 from tilegraph.engine.executor import raise_failure
 
-__all__ = ["Deferred", "Queued", "Dispatcher", "bands"]
+__all__ = ["Deferred", "Queued", "Dispatcher", "bands", "stripe_of"]
 
 
 class Deferred:
@@ -67,21 +68,33 @@ class Queued(Deferred):
         return super().result()
 
 
-def bands(near: Sequence[tuple[float, float]], n: int) -> list[list[int]]:
+def bands(near: Sequence[tuple[float, float]], n: int, stripe: float | None = None) -> list[list[int]]:
     """Split task indices into ``n`` bands of near-equal count by row, each ordered by column.
 
     ``near`` gives each task's place ``(y, x)`` in the image. A worker given a band decodes mostly
     the source chunks of its rows, and all workers sweep their bands left to right at about the
     same pace, so the output chunks of a column are finished together.
+
+    ``stripe`` (source rows): a band taller than that is swept as stripes of ``stripe`` rows (places
+    ``y // stripe``, from the top), each left to right before the next. A sweep reads each source chunk
+    again at its next column, so what a worker must keep decoded is its band's height in chunks: with
+    stripes, a stripe's, whatever the image size (:mod:`tilegraph.source.chunk_cache`).
     """
     order = sorted(range(len(near)), key=lambda i: (near[i][0], near[i][1]))
     out: list[list[int]] = []
     start = 0
     for b in range(n):
         stop = start + (len(order) - start) // (n - b)
-        out.append(sorted(order[start:stop], key=lambda i: (near[i][1], near[i][0])))
+        out.append(
+            sorted(order[start:stop], key=lambda i: (stripe_of(near[i][0], stripe), near[i][1], near[i][0]))
+        )
         start = stop
     return out
+
+
+def stripe_of(y: float, stripe: float | None) -> int:
+    """The stripe (of ``stripe`` rows, counted from the top) that a place at row ``y`` is swept in; 0 without."""
+    return int(max(0.0, y) // stripe) if stripe else 0
 
 
 class Dispatcher:

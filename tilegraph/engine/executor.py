@@ -143,8 +143,17 @@ class InProcessExecutor:
         after: Sequence[Sequence] | None = None,
         lanes: Sequence[Sequence[int]] | None = None,
     ) -> list:
-        """Submit ``fn`` over zipped arguments (one task per key); ``after`` already ran here."""
-        return [self.submit(fn, *args, key=k) for k, *args in zip(keys, *iterables, strict=True)]
+        """Run ``fn`` over zipped arguments (one task per key); ``after`` already ran here. With ``lanes``
+        the tasks run lane after lane in each lane's order (the order the tasks planned their reads ahead
+        and their chunk releases for), else in submission order; the handles are in submission order."""
+        rows = list(zip(keys, *iterables, strict=True))
+        order = [i for lane in lanes or () for i in lane]
+        order += sorted(set(range(len(rows))) - set(order))
+        out: list = [None] * len(rows)
+        for i in order:
+            k, *args = rows[i]
+            out[i] = self.submit(fn, *args, key=k)
+        return out
 
     def model_workers(self) -> int:
         """One: this process."""

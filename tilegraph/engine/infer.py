@@ -6,13 +6,29 @@ import time
 from dataclasses import dataclass
 
 from tilegraph.engine.context import PreparedRun
-from tilegraph.engine.dispatch import bands
+from tilegraph.engine.dispatch import bands, stripe_of
 from tilegraph.engine.executor import Executor
 from tilegraph.engine.infer_task import TaskReport, infer_windows
 from tilegraph.engine.progress import Progress
 from tilegraph.engine.resume import task_groups, with_records
+from tilegraph.source.padding import padded_box
 
-__all__ = ["Inference", "InferenceReport", "submit_inference", "gather_inference", "place", "summarise"]
+__all__ = [
+    "STRIPE_CHUNKS",
+    "Inference",
+    "InferenceReport",
+    "chunk_releases",
+    "submit_inference",
+    "gather_inference",
+    "place",
+    "summarise",
+]
+
+#: Source chunk rows of the stripes a model worker sweeps its band in (:func:`~tilegraph.engine.dispatch.bands`):
+#: the chunks it keeps decoded are a stripe's (about ``STRIPE_CHUNKS + 2`` rows of three or four), and a chunk row
+#: at the boundary of two stripes is decoded by both (``1 / STRIPE_CHUNKS`` more decoding than one sweep of
+#: the whole band, which on a 16384^2 image kept the whole cache budget decoded and still decoded more).
+STRIPE_CHUNKS = 3
 
 
 @dataclass(frozen=True)
@@ -59,8 +75,9 @@ def submit_inference(run: PreparedRun, executor: Executor) -> Inference:
     """Submit one model task per group of windows (resource-restricted on GPU/model workers).
 
     Each model worker is dealt a band of the image (:func:`~tilegraph.engine.dispatch.bands`),
-    swept left to right, and each task is told the windows its worker runs next (read ahead while
-    its last batch is on the model).
+    swept left to right in stripes of :data:`STRIPE_CHUNKS` source chunk rows, and each task is told
+    the windows its worker runs next (read ahead while its last batch is on the model) and which
+    decoded source chunks its stripe no longer needs once it is done (:func:`chunk_releases`).
 
     A resumed run computes only the windows its work names; each task records its windows as durable
     in the manifest once they are in the tile store.
@@ -73,13 +90,17 @@ def submit_inference(run: PreparedRun, executor: Executor) -> Inference:
         groups = [kept for g in groups if (kept := [i for i in g if i in mask.windows])]
     writer = run.guard.writer() if run.guard is not None else None
     n = len(groups)
-    lanes = bands([place(run.plan, g) for g in groups], executor.model_workers())
+    places = [place(run.plan, g) for g in groups]
+    rows = run.context.source.cache_rows
+    stripe = STRIPE_CHUNKS * rows if rows else None
+    lanes = bands(places, executor.model_workers(), stripe)
     ahead: list[tuple[int, ...]] = [()] * n  # the windows each task's worker runs next (read ahead)
     for lane in lanes:
         for this, following in zip(lane, lane[1:], strict=False):
             ahead[this] = tuple(groups[following])
+    release = chunk_releases(run, groups, lanes, [stripe_of(y, stripe) for y, _ in places])
     fn, columns = with_records(
-        writer, infer_windows, "windows", groups, [[ctx_h] * n, groups, [run.payload] * n, ahead]
+        writer, infer_windows, "windows", groups, [[ctx_h] * n, groups, [run.payload] * n, ahead, release]
     )
     handles = executor.map(
         fn,
@@ -90,6 +111,36 @@ def submit_inference(run: PreparedRun, executor: Executor) -> Inference:
     )
     executor.check_restrictions(handles)
     return Inference(tuple(handles), tuple(tuple(g) for g in groups), started)
+
+
+def chunk_releases(run: PreparedRun, groups: list, lanes: list[list[int]], stripes: list[int]) -> list[tuple]:
+    """What each model task tells the chunk cache once done (:meth:`ChunkCache.release`): ``(key, left)``
+    for each source chunk it reads, ``left`` how many tasks after it in its lane's stripe read it too
+    (``()``: reads are not cached).
+
+    A chunk read again only in the next stripe (the row of chunks at a stripe boundary) is let go with
+    the stripe and decoded again: what a worker keeps is one stripe's working set.
+    """
+    source, plan = run.context.source, run.plan
+    out: list[tuple] = [()] * len(groups)
+    if source.cache_rows is None:
+        return out
+    for lane in lanes:
+        keys = []
+        last: dict[tuple, int] = {}  # (stripe, key) -> position in the lane of its last reader
+        for p, t in enumerate(lane):
+            read: set = set()
+            for i in groups[t]:
+                w = plan.window(int(i))
+                read.update(
+                    source.cache_keys(*padded_box(source.shape, w.y0, w.y1, w.x0, w.x1, plan.pad_mode))
+                )
+            keys.append(sorted(read))
+            for key in read:
+                last[stripes[t], key] = p
+        for p, t in enumerate(lane):
+            out[t] = tuple((key, last[stripes[t], key] - p) for key in keys[p])
+    return out
 
 
 def place(plan, windows) -> tuple[float, float]:

@@ -248,7 +248,11 @@ _DTYPE_HINTS = {
 
 
 def infer_windows(
-    ctx: RunContext, indices: list[int], model_payload: Any = None, ahead: tuple[int, ...] = ()
+    ctx: RunContext,
+    indices: list[int],
+    model_payload: Any = None,
+    ahead: tuple[int, ...] = (),
+    release: tuple = (),
 ) -> TaskReport | TaskFailure:
     """Task: run the model over a group of windows, batch by batch; the output kind takes each batch.
 
@@ -259,12 +263,19 @@ def infer_windows(
     With ``window_timeout`` a forward pass held past it ends the task with a :class:`TaskFailure` (a
     retry would hang again) carrying :class:`~tilegraph.errors.WindowTimeoutError`. ``ahead``: the
     windows this worker runs next (:mod:`tilegraph.engine.readahead`); their first batch is read
-    while this task's last batch is on the model.
+    while this task's last batch is on the model. ``release``: ``((key, left), ...)``, the decoded source
+    chunks this task reads and how many tasks after it read each, told to the chunk cache once it is done
+    (:meth:`~tilegraph.source.chunk_cache.ChunkCache.release`, :func:`~tilegraph.engine.infer.chunk_releases`).
     """
     try:
-        return _infer_windows(ctx, indices, model_payload, tuple(int(i) for i in ahead))
+        report = _infer_windows(ctx, indices, model_payload, tuple(int(i) for i in ahead))
     except WindowTimeoutError as exc:
         return TaskFailure(exc)
+    if release:
+        from tilegraph.source.chunk_cache import chunk_cache
+
+        chunk_cache().release(release)
+    return report
 
 
 def _infer_windows(

@@ -87,6 +87,17 @@ class Source(ABC):
         """
         return self
 
+    def cache_keys(self, y0: int, y1: int, x0: int, x1: int) -> list:
+        """Keys of the per-process chunk cache (:mod:`tilegraph.source.chunk_cache`) that reading this box
+        goes through, for :meth:`~tilegraph.source.chunk_cache.ChunkCache.release`. Default: none (reads
+        are not cached)."""
+        return []
+
+    @property
+    def cache_rows(self) -> int | None:
+        """Rows of the chunks the cache holds for this source (``None``: reads are not cached)."""
+        return None
+
     def describe(self) -> dict:
         """Short description for ``tilegraph info``."""
         return {

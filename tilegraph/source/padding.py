@@ -6,7 +6,7 @@ import numpy as np
 
 from tilegraph.source.abc import Source
 
-__all__ = ["pad_indices", "read_padded"]
+__all__ = ["pad_indices", "padded_box", "read_padded"]
 
 
 def pad_indices(start: int, stop: int, size: int, mode: str) -> np.ndarray:
@@ -32,6 +32,21 @@ def pad_indices(start: int, stop: int, size: int, mode: str) -> np.ndarray:
     raise ValueError(f"unknown pad mode {mode!r}")
 
 
+def padded_box(
+    shape: tuple[int, int], y0: int, y1: int, x0: int, x1: int, mode: str = "reflect"
+) -> tuple[int, int, int, int]:
+    """The box inside an image of ``shape`` that :func:`read_padded` reads for ``[y0:y1, x0:x1]``."""
+    h, w = shape
+    if y0 >= 0 and x0 >= 0 and y1 <= h and x1 <= w:
+        return y0, y1, x0, x1
+    return _read_box(pad_indices(y0, y1, h, mode), pad_indices(x0, x1, w, mode))
+
+
+def _read_box(iy: np.ndarray, ix: np.ndarray) -> tuple[int, int, int, int]:
+    vy, vx = iy[iy >= 0], ix[ix >= 0]
+    return int(vy.min()), int(vy.max()) + 1, int(vx.min()), int(vx.max()) + 1
+
+
 def read_padded(source: Source, y0: int, y1: int, x0: int, x1: int, mode: str = "reflect") -> np.ndarray:
     """Read ``[y0:y1, x0:x1]`` (YXC), padding with ``mode`` wherever the box leaves the image."""
     h, w = source.shape
@@ -39,9 +54,7 @@ def read_padded(source: Source, y0: int, y1: int, x0: int, x1: int, mode: str = 
         return source.read(y0, y1, x0, x1)
     iy = pad_indices(y0, y1, h, mode)
     ix = pad_indices(x0, x1, w, mode)
-    vy, vx = iy[iy >= 0], ix[ix >= 0]
-    ry0, ry1 = int(vy.min()), int(vy.max()) + 1
-    rx0, rx1 = int(vx.min()), int(vx.max()) + 1
+    ry0, ry1, rx0, rx1 = _read_box(iy, ix)
     block = source.read(ry0, ry1, rx0, rx1)
     out = np.zeros((y1 - y0, x1 - x0, block.shape[2]), dtype=block.dtype)
     # the index maps are a few runs of consecutive (or reversed) indices: copy them as slices, not

@@ -158,19 +158,44 @@ class ZarrSource(Source):
         return other
 
     def read(self, y0, y1, x0, x1):
-        token = self.cache_token
-        chunks = getattr(self.array, "chunks", None)
-        if token is None or isinstance(self.array, _Squeezed) or chunks is None:
+        grid = self._cache_grid()
+        if grid is None:
             return to_yxc(np.asarray(self.array[region_index(self.layout, y0, y1, x0, x1)]), self.layout)
-        return self._read_chunks(token, tuple(chunks), y0, y1, x0, x1)
+        return self._read_chunks(grid, y0, y1, x0, x1)
 
-    def _read_chunks(
-        self, token: str, chunks: tuple[int, ...], y0: int, y1: int, x0: int, x1: int
-    ) -> np.ndarray:
+    def _cache_grid(self) -> tuple[int, int] | None:
+        """``(rows, cols)`` of the chunks reads go through the cache by, ``None``: reads are not cached."""
+        if self.cache_token is None or isinstance(self.array, _Squeezed):
+            return None
+        chunks = getattr(self.array, "chunks", None)
+        if chunks is None:
+            return None
+        return (int(chunks[1]), int(chunks[2])) if self.layout == "CYX" else (int(chunks[0]), int(chunks[1]))
+
+    def _cache_key(self, r: int, c: int) -> tuple:
+        return (self.cache_token, self.path, self.array_path, self.level, r, c)
+
+    @property
+    def cache_rows(self) -> int | None:
+        grid = self._cache_grid()
+        return None if grid is None else grid[0]
+
+    def cache_keys(self, y0: int, y1: int, x0: int, x1: int) -> list:
+        grid = self._cache_grid()
+        if grid is None:
+            return []
+        cy, cx = grid
+        return [
+            self._cache_key(r, c)
+            for r in range(y0 // cy, (y1 - 1) // cy + 1)
+            for c in range(x0 // cx, (x1 - 1) // cx + 1)
+        ]
+
+    def _read_chunks(self, grid: tuple[int, int], y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """The region assembled from whole source chunks, each decoded once per process (see chunk_cache)."""
         from tilegraph.source.chunk_cache import chunk_cache
 
-        cy, cx = (chunks[1], chunks[2]) if self.layout == "CYX" else (chunks[0], chunks[1])
+        cy, cx = grid
         h, w = self.shape
         out = np.empty((y1 - y0, x1 - x0, self.channels), dtype=self.dtype)
         cache = chunk_cache()
@@ -183,7 +208,7 @@ class ZarrSource(Source):
                         np.asarray(self.array[region_index(self.layout, a0, a1, b0, b1)]), self.layout
                     )
 
-                block = cache.get((token, self.path, self.array_path, self.level, r, c), load)
+                block = cache.get(self._cache_key(r, c), load)
                 ry0, ry1, rx0, rx1 = max(y0, a0), min(y1, a1), max(x0, b0), min(x1, b1)
                 out[ry0 - y0 : ry1 - y0, rx0 - x0 : rx1 - x0] = block[
                     ry0 - a0 : ry1 - a0, rx0 - b0 : rx1 - b0
