@@ -204,3 +204,15 @@ def test_queued_model_tasks_run_from_wait_and_from_result_alone():
 
 def _double(x):
     return x * 2
+
+
+def test_model_tasks_of_several_batches_read_ahead_and_give_the_image(tmp_path):
+    """``batches_per_task`` > 1: each task reads its later batches and its successor's first batch ahead
+    (the forward pass's timings were once assigned to the name of the read-ahead, and the task failed
+    with ``'float' object has no attribute 'start'``)."""
+    import tilegraph
+
+    img = np.random.default_rng(0).random((600, 600, 3), dtype=np.float32)
+    kw = dict(tile=128, overlap=32, batch_size=2, batches_per_task=3, client="inprocess", progress=False)
+    res = tilegraph.run(img, str(tmp_path / "out.zarr"), model=_double, **kw)
+    np.testing.assert_allclose(np.asarray(res.output), 2 * img, atol=1e-6)

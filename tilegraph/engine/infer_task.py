@@ -349,13 +349,13 @@ def _infer_windows(
 
             with _beside_the_model():
                 if ctx.window_timeout is None:
-                    (y, clipped), (held, waited) = forward()
+                    (y, clipped), (on_model, waited) = forward()
                 else:
                     windows = [_rc(plan, i) for i in batch]
-                    (y, clipped), (held, waited) = guarded(
+                    (y, clipped), (on_model, waited) = guarded(
                         forward, timeout=ctx.window_timeout, runner=runner, windows=windows
                     )
-            report.model_s += held
+            report.model_s += on_model
             report.model_wait_s += waited
             report.clipped += clipped
             if len(handed) >= depth:
