@@ -250,7 +250,9 @@ class _Blocks:
     reduction chain must carry (those of its own and deeper levels)."""
 
     n_out: int
-    blocks: tuple[tuple[int, int, int, int, np.ndarray], ...]  # (i0, i1, o0, o1, B[i0:i1, o0:o1]) per level
+    blocks: tuple[
+        tuple[int, int, int, int, np.ndarray], ...
+    ]  # (i0, i1, o0, o1, B[i0:i1, o0:o1] float64) per level
     carry: tuple[tuple[int, int], ...]  # input columns levels >= k need
 
 
@@ -263,15 +265,16 @@ def _blocks(ops: np.ndarray, tol: float = 0.0) -> _Blocks:
     if hit is not None and hit[0] is ops:
         return hit[1]
     levels = ops.shape[0]
-    blocks = []
+    blocks: list[tuple[int, int, int, int, np.ndarray]] = []
     for k in range(levels):
         m = np.abs(ops[k]) > tol
         rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
         if rows.size == 0:
-            blocks.append((0, 0, 0, 0, np.zeros((0, 0), np.float32)))
+            blocks.append((0, 0, 0, 0, np.zeros((0, 0), np.float64)))
             continue
         i0, i1, o0, o1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-        b = np.ascontiguousarray(ops[k, i0:i1, o0:o1])
+        # float64 (exactly the float32 operator): the products are summed in float64, see :func:`_correct`
+        b = np.ascontiguousarray(ops[k, i0:i1, o0:o1], dtype=np.float64)
         b.flags.writeable = False
         blocks.append((i0, i1, o0, o1, b))
     carry = []
@@ -327,11 +330,10 @@ def _correct(p: np.ndarray, n: int, blk: _Blocks, levels: int, along_mode: str) 
             # in float64: BLAS sums in an order that depends on the number of rows (here, on the box), which
             # changed float32 results in the last bit between chunkings; float64 sums round to the same float32
             part = p[2 : n + 2, :, i0 - off : i1 - off].reshape(-1, i1 - i0).astype(np.float64)
-            wide = block.astype(np.float64)
             if o1 - o0 <= 2:  # the finest level's two columns: one row per column, added along it below
-                term = wide.T @ part.T
+                term = block.T @ part.T
             else:
-                term = (part @ wide).reshape(n, k_all, o1 - o0)
+                term = (part @ block).reshape(n, k_all, o1 - o0)
         terms.append((n, term))
         if k < levels:
             p = _reduce0(p, n, along_mode)
