@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tilegraph.engine.dispatch import Dispatcher, Queued, bands, stripe_of
+from tilegraph.engine.dispatch import Dispatcher, Queued, bands, deal, stripe_of, stripes
 from tilegraph.engine.infer import STRIPE_CHUNKS, place
 from tilegraph.engine.readahead import ReadAhead
 
@@ -62,10 +62,49 @@ def test_bands_with_stripes_keep_their_tasks_and_sweep_each_stripe_left_to_right
     near = [near[i] for i in perm]
     plain, striped = bands(near, n), bands(near, n, stripe)
     assert [sorted(b) for b in striped] == [sorted(b) for b in plain]  # the same tasks to each worker
+    where = stripes(near, striped, stripe)
     for b in striped:
-        order = [(stripe_of(near[i][0], stripe), near[i][1]) for i in b]
-        assert order == sorted(order)  # stripe after stripe (from the top), each left to right
+        top = min((near[i][0] for i in b), default=0.0)
+        assert all(where[i] == stripe_of(near[i][0] - top, stripe) for i in b)  # counted from the band's top
+        order = [(where[i], near[i][1]) for i in b]
+        assert order == sorted(order)  # stripe after stripe (from the band's top), each left to right
+        if b and max(near[i][0] for i in b) - top < stripe:
+            assert {where[i] for i in b} == {0}  # a band no taller than a stripe is swept in one
     assert stripe_of(-40.0, stripe) == 0 and stripe_of(stripe, stripe) == 1 and stripe_of(5.0, None) == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.integers(1, 17),
+    cols=st.integers(1, 17),
+    n=st.integers(1, 9),
+    size=st.integers(1, 8),
+    stripe=st.sampled_from([None, 300.0, 700.0]),
+)
+def test_deal_cuts_each_band_into_tasks_along_its_sweep(rows, cols, n, size, stripe):
+    """Windows to workers: every window once, bands of near-equal windows, tasks of ``size`` consecutive
+    windows of one band's sweep (so a task never wraps from the right edge to the left), each lane in
+    sweep order and ending at its band's last column."""
+    near = [(float(r * 216), float(c * 216)) for r in range(rows) for c in range(cols)]
+    dealt = deal(near, n, size, stripe)
+    band_windows = bands(near, n, stripe)
+    assert sorted(i for g in dealt.groups for i in g) == list(range(len(near)))
+    assert len(dealt.lanes) == n and sorted(t for lane in dealt.lanes for t in lane) == list(
+        range(len(dealt.groups))
+    )
+    where = stripes(near, band_windows, stripe)
+    for lane, band in zip(dealt.lanes, band_windows, strict=True):
+        swept = [i for t in lane for i in dealt.groups[t]]
+        assert swept == band  # the band's sweep, cut in order
+        assert all(len(dealt.groups[t]) == size for t in lane[:-1]) and all(dealt.groups[t] for t in lane)
+        assert [dealt.stripes[t] for t in lane] == [where[dealt.groups[t][0]] for t in lane]
+        for t in lane:  # within a stripe a task moves only rightwards: it never wraps to the left edge
+            g = dealt.groups[t]
+            if len({where[i] for i in g}) == 1:
+                xs = [near[i][1] for i in g]
+                assert xs == sorted(xs)
+        if lane and stripe is None:
+            assert max(near[i][1] for i in band) in {near[i][1] for i in dealt.groups[lane[-1]]}
 
 
 def test_dispatcher_keeps_each_worker_one_ahead_then_takes_over_the_longest_lane():
@@ -160,8 +199,11 @@ def test_model_workers_sweep_their_own_band_and_runs_equal_the_in_process_result
     np.testing.assert_allclose(np.asarray(zarr.open_array(str(tmp_path / "out.zarr"))), expected, atol=1e-6)
     assert probes == 1 and again == 0
     plan = res.plan
-    groups = plan.tasks()
-    lanes = bands([place(plan, g) for g in groups], 2, STRIPE_CHUNKS * 256)  # as the run dealt them
+    dealt = deal(  # as the run dealt them
+        [place(plan, [i]) for i in range(plan.n_windows)], 2, plan.batch_size, STRIPE_CHUNKS * 256
+    )
+    groups, lanes = dealt.groups, dealt.lanes
+    assert res.extra["model_tasks"] == len(groups)
     ran: dict[int, str] = {}
     for t in ts.data:
         key = str(t["key"])

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from tilegraph.engine.executor import raise_failure
 
-__all__ = ["Deferred", "Queued", "Dispatcher", "bands", "stripe_of"]
+__all__ = ["Deferred", "Queued", "Dispatcher", "Dealt", "bands", "deal", "stripes", "stripe_of"]
 
 
 class Deferred:
@@ -75,25 +76,72 @@ def bands(near: Sequence[tuple[float, float]], n: int, stripe: float | None = No
     the source chunks of its rows, and all workers sweep their bands left to right at about the
     same pace, so the output chunks of a column are finished together.
 
-    ``stripe`` (source rows): a band taller than that is swept as stripes of ``stripe`` rows (places
-    ``y // stripe``, from the top), each left to right before the next. A sweep reads each source chunk
+    ``stripe`` (source rows): a band taller than that is swept as stripes of ``stripe`` rows from the
+    band's top (:func:`stripes`), each left to right before the next. A sweep reads each source chunk
     again at its next column, so what a worker must keep decoded is its band's height in chunks: with
-    stripes, a stripe's, whatever the image size (:mod:`tilegraph.source.chunk_cache`).
+    stripes, a stripe's, whatever the image size (:mod:`tilegraph.source.chunk_cache`). A band no
+    taller than a stripe is swept in one, wherever it lies.
     """
     order = sorted(range(len(near)), key=lambda i: (near[i][0], near[i][1]))
     out: list[list[int]] = []
     start = 0
     for b in range(n):
         stop = start + (len(order) - start) // (n - b)
-        out.append(
-            sorted(order[start:stop], key=lambda i: (stripe_of(near[i][0], stripe), near[i][1], near[i][0]))
-        )
+        part = order[start:stop]
+        top = min((near[i][0] for i in part), default=0.0)
+        out.append(sorted(part, key=lambda i: (stripe_of(near[i][0] - top, stripe), near[i][1], near[i][0])))
         start = stop
     return out
 
 
+def stripes(
+    near: Sequence[tuple[float, float]], lanes: Sequence[Sequence[int]], stripe: float | None
+) -> list[int]:
+    """The stripe each task is swept in (:func:`bands`): counted from its band's top; 0 without ``stripe``."""
+    out = [0] * len(near)
+    for lane in lanes:
+        top = min((near[i][0] for i in lane), default=0.0)
+        for i in lane:
+            out[i] = stripe_of(near[i][0] - top, stripe)
+    return out
+
+
+@dataclass(frozen=True)
+class Dealt:
+    """What :func:`deal` returns: tasks by window position, each worker's tasks in order, each task's stripe."""
+
+    groups: list[list[int]]
+    lanes: list[list[int]]
+    stripes: list[int]
+
+
+def deal(near: Sequence[tuple[float, float]], n: int, size: int, stripe: float | None = None) -> Dealt:
+    """Windows dealt to ``n`` workers by place, then cut into tasks of ``size`` along each worker's sweep.
+
+    ``near`` gives each window's place ``(y, x)``. The windows are split into :func:`bands` and each
+    band's sweep order (stripe by stripe, column by column, top to bottom within a column) is cut into
+    groups of ``size`` consecutive windows. A task then covers a few neighbouring columns of its band,
+    not a stretch of one grid row that wraps to the next (whose windows at both image edges would hold
+    back the output chunks at both edges until the band's sweep is over), and every band ends
+    at the image's right edge with only the last column of output chunks left to blend.
+
+    Returns the window positions (in ``near``) of each task, each worker's task indices in the order
+    it runs them, and the stripe of each task (its first window's, :func:`stripes`).
+    """
+    size = max(1, int(size))
+    lanes_w = bands(near, n, stripe)
+    of_window = stripes(near, lanes_w, stripe)
+    groups: list[list[int]] = []
+    lanes: list[list[int]] = []
+    for band in lanes_w:
+        first = len(groups)
+        groups.extend(band[k : k + size] for k in range(0, len(band), size))
+        lanes.append(list(range(first, len(groups))))
+    return Dealt(groups, lanes, [of_window[g[0]] for g in groups])
+
+
 def stripe_of(y: float, stripe: float | None) -> int:
-    """The stripe (of ``stripe`` rows, counted from the top) that a place at row ``y`` is swept in; 0 without."""
+    """The stripe (of ``stripe`` rows, counted from ``y = 0``) that a place at row ``y`` falls in; 0 without."""
     return int(max(0.0, y) // stripe) if stripe else 0
 
 
@@ -135,12 +183,15 @@ class Dispatcher:
         return self.inflight.pop(key, None) is not None
 
     def take(self, threads: dict[str, int]) -> dict[str, list[Queued]]:
-        """Tasks to submit now, by worker, for the live model workers ``{address: threads}``."""
+        """Tasks to submit now, by worker (the one with the most tasks queued first), for the live model
+        workers ``{address: threads}``."""
         held: dict[str, int] = {}
         for w in self.inflight.values():
             held[w] = held.get(w, 0) + 1
         out: dict[str, list[Queued]] = {}
-        for worker in sorted(threads):
+        # the worker with the most tasks left first: at the start, when all workers get their first tasks at
+        # once (one message each), the longest lane's first read is not the one that waits behind the others
+        for worker in sorted(threads, key=lambda w: (-len(self.queues.get(w, ())), w)):
             depth = min(self.slots, max(1, int(threads[worker]))) + self.ahead
             while held.get(worker, 0) < depth:
                 task = self._next(worker)

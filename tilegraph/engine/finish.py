@@ -103,6 +103,7 @@ def finish(
         extra={
             "autotile": run.autotile.to_dict() if run.autotile is not None else None,
             "oom_splits": inference.oom_splits,
+            "model_tasks": inference.tasks,
             "norm_sync": norm,
             "reconcile": reconcile,
             **({"mask": run.mask_report} if run.mask_report is not None else {}),

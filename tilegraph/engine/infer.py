@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 
 from tilegraph.engine.context import PreparedRun
-from tilegraph.engine.dispatch import bands, stripe_of
+from tilegraph.engine.dispatch import bands, deal, stripes
 from tilegraph.engine.executor import Executor
 from tilegraph.engine.infer_task import TaskReport, infer_windows
 from tilegraph.engine.progress import Progress
@@ -20,6 +20,7 @@ __all__ = [
     "chunk_releases",
     "submit_inference",
     "gather_inference",
+    "model_tasks",
     "place",
     "summarise",
 ]
@@ -60,6 +61,7 @@ class Inference:
 class InferenceReport:
     """What every model task returned, summed; ``results`` keeps each task's output-kind results."""
 
+    tasks: int
     windows: int
     read_s: float
     model_s: float
@@ -74,8 +76,8 @@ class InferenceReport:
 def submit_inference(run: PreparedRun, executor: Executor) -> Inference:
     """Submit one model task per group of windows (resource-restricted on GPU/model workers).
 
-    Each model worker is dealt a band of the image (:func:`~tilegraph.engine.dispatch.bands`),
-    swept left to right in stripes of :data:`STRIPE_CHUNKS` source chunk rows, and each task is told
+    Each model worker is dealt a band of the image, swept left to right in stripes of
+    :data:`STRIPE_CHUNKS` source chunk rows and cut into tasks along the sweep (:func:`model_tasks`), and each task is told
     the windows its worker runs next (read ahead while its last batch is on the model) and which
     decoded source chunks its stripe no longer needs once it is done (:func:`chunk_releases`).
 
@@ -84,21 +86,16 @@ def submit_inference(run: PreparedRun, executor: Executor) -> Inference:
     """
     started = time.perf_counter()
     ctx_h = executor.share(run.context)
-    groups = task_groups(run.context.kind.task_groups(run.plan), run.work)  # a resumed run: what is left
-    mask = run.context.mask
-    if mask is not None:  # only the windows touching the mask run
-        groups = [kept for g in groups if (kept := [i for i in g if i in mask.windows])]
-    writer = run.guard.writer() if run.guard is not None else None
-    n = len(groups)
-    places = [place(run.plan, g) for g in groups]
     rows = run.context.source.cache_rows
     stripe = STRIPE_CHUNKS * rows if rows else None
-    lanes = bands(places, executor.model_workers(), stripe)
+    groups, lanes, task_stripes = model_tasks(run, executor.model_workers(), stripe)
+    writer = run.guard.writer() if run.guard is not None else None
+    n = len(groups)
     ahead: list[tuple[int, ...]] = [()] * n  # the windows each task's worker runs next (read ahead)
     for lane in lanes:
         for this, following in zip(lane, lane[1:], strict=False):
             ahead[this] = tuple(groups[following])
-    release = chunk_releases(run, groups, lanes, [stripe_of(y, stripe) for y, _ in places])
+    release = chunk_releases(run, groups, lanes, task_stripes)
     fn, columns = with_records(
         writer, infer_windows, "windows", groups, [[ctx_h] * n, groups, [run.payload] * n, ahead, release]
     )
@@ -111,6 +108,35 @@ def submit_inference(run: PreparedRun, executor: Executor) -> Inference:
     )
     executor.check_restrictions(handles)
     return Inference(tuple(handles), tuple(tuple(g) for g in groups), started)
+
+
+def model_tasks(
+    run: PreparedRun, workers: int, stripe: float | None
+) -> tuple[list[list[int]], list[list[int]], list[int]]:
+    """The windows of each model task, each model worker's tasks in order, and each task's stripe.
+
+    The windows the run computes (all, or what a resumed run has left, those touching the mask) are
+    dealt by place (:func:`~tilegraph.engine.dispatch.deal`) and cut into tasks of ``batch_size x
+    batches_per_task`` along each worker's sweep, unless the output kind groups them itself
+    (:meth:`~tilegraph.outputs.abc.OutputKind.task_groups`): then its groups are dealt whole.
+    """
+    plan, mask = run.plan, run.context.mask
+    keep = None if mask is None else mask.windows
+    own = run.context.kind.task_groups(plan)
+    if own is not None:
+        groups = task_groups(own, run.work)  # a resumed run: what is left
+        if keep is not None:  # only the windows touching the mask run
+            groups = [kept for g in groups if (kept := [i for i in g if i in keep])]
+        places = [place(plan, g) for g in groups]
+        lanes = bands(places, workers, stripe)
+        return groups, lanes, stripes(places, lanes, stripe)
+    windows = list(range(plan.n_windows)) if run.work is None else sorted(run.work.windows)
+    if keep is not None:
+        windows = [i for i in windows if i in keep]
+    dealt = deal(
+        [place(plan, [i]) for i in windows], workers, plan.batch_size * plan.batches_per_task, stripe
+    )
+    return [[windows[p] for p in g] for g in dealt.groups], dealt.lanes, dealt.stripes
 
 
 def chunk_releases(run: PreparedRun, groups: list, lanes: list[list[int]], stripes: list[int]) -> list[tuple]:
@@ -152,6 +178,7 @@ def place(plan, windows) -> tuple[float, float]:
 def summarise(reports: list[TaskReport]) -> InferenceReport:
     """Sum the model tasks' reports."""
     return InferenceReport(
+        tasks=len(reports),
         windows=sum(r.windows for r in reports),
         read_s=float(sum(r.read_s for r in reports)),
         model_s=float(sum(r.model_s for r in reports)),

@@ -54,7 +54,8 @@ def _rc(plan: Plan, index: int) -> tuple[int, int]:
 
 
 def _read_run(ctx: RunContext, run: list[int]) -> list[np.ndarray]:
-    """Windows of one grid row, side by side, read as one region (each source chunk decoded once).
+    """Neighbouring windows (a run along a grid row or column, or a full block of rows and columns)
+    read as one region: each source chunk decoded once.
 
     Neighbouring windows overlap and share source chunks: one read of their union instead of one
     per window decodes each chunk once and pays the reader's per-call cost once. Padding past the
@@ -63,30 +64,47 @@ def _read_run(ctx: RunContext, run: list[int]) -> list[np.ndarray]:
     """
     plan, src = ctx.plan, ctx.source
     ws = [plan.window(i) for i in run]
-    y0, y1, x0, x1 = ws[0].y0, ws[0].y1, ws[0].x0, ws[-1].x1
+    y0, y1 = min(w.y0 for w in ws), max(w.y1 for w in ws)
+    x0, x1 = min(w.x0 for w in ws), max(w.x1 for w in ws)
     block = read_padded(src, y0, y1, x0, x1, plan.pad_mode)
+    windows = [block[w.y0 - y0 : w.y1 - y0, w.x0 - x0 : w.x1 - x0] for w in ws]
     if block.dtype.kind == "f" and not np.isfinite(block).all():
-        bad = ~np.isfinite(block)
-        first = next(w for w in ws if bad[:, w.x0 - x0 : w.x1 - x0].any())
-        region = bad[:, first.x0 - x0 : first.x1 - x0]
+        bad = [int(np.count_nonzero(~np.isfinite(win))) for win in windows]
+        k = next(k for k, count in enumerate(bad) if count)
+        first = ws[k]
         raise CorruptSourceError(
-            f"{int(np.count_nonzero(region))} NaN or Inf values in the input region rows {first.y0}:{first.y1}, "
+            f"{bad[k]} NaN or Inf values in the input region rows {first.y0}:{first.y1}, "
             f"cols {first.x0}:{first.x1}",
             path=src.path,
             window=(first.row, first.col),
             hint="replace non-finite values (e.g. numpy.nan_to_num) before tiling",
         )
-    return [block[:, w.x0 - x0 : w.x1 - x0] for w in ws]
+    return windows
 
 
 def _runs_of(plan: Plan, batch: list[int], longest: int = 4) -> list[list[int]]:
-    """Split a batch into runs of at most ``longest`` consecutive windows of one grid row."""
+    """Split a batch into regions read at once: the whole batch if its windows fill a block of grid rows
+    and columns (at most ``longest`` squared), else runs of at most ``longest`` windows that follow one
+    another along a grid row or a grid column."""
+    places = [(plan.window(i).row, plan.window(i).col) for i in batch]
+    rows, cols = {r for r, _ in places}, {c for _, c in places}
+    full = len(set(places)) == len(batch) == len(rows) * len(cols)
+    if full and max(rows) - min(rows) < len(rows) <= longest and max(cols) - min(cols) < len(cols) <= longest:
+        return [list(batch)]
     runs: list[list[int]] = []
-    for i in batch:
-        if runs and len(runs[-1]) < longest and i == runs[-1][-1] + 1 and plan.window(i).col > 0:
-            runs[-1].append(i)
-        else:
-            runs.append([i])
+    for i, (r, c) in zip(batch, places, strict=True):
+        if runs and len(runs[-1]) < longest:
+            last = plan.window(runs[-1][-1])
+            step = (r - last.row, c - last.col)
+            if len(runs[-1]) > 1:
+                before = plan.window(runs[-1][-2])
+                along = (last.row - before.row, last.col - before.col)
+            else:
+                along = step
+            if step in ((0, 1), (1, 0)) and step == along:
+                runs[-1].append(i)
+                continue
+        runs.append([i])
     return runs
 
 

@@ -28,6 +28,7 @@ import numpy as np
 from tilegraph.engine.context import PreparedRun, RunContext
 from tilegraph.engine.executor import Executor
 from tilegraph.engine.infer_task import _read_run, _runs_of
+from tilegraph.engine.probe import remembered
 from tilegraph.engine.progress import Progress
 from tilegraph.errors import InputError, ModelError, OutOfMemoryError, TilegraphWarning
 from tilegraph.infer.normsync import (
@@ -203,7 +204,8 @@ def plan_norm(
     token: str,
     path: str | None,
 ) -> NormPlan:
-    """Probe the model's normalisation layers on a worker; check the plan for ``norm_sync``; warn.
+    """Probe the model's normalisation layers on a worker (once per model and window shape on a client,
+    like :func:`~tilegraph.engine.probe.probe`); check the plan for ``norm_sync``; warn.
 
     Raises
     ------
@@ -214,17 +216,21 @@ def plan_norm(
         ``norm_sync="exact"`` with kept regions that do not fall on whole pixels at an inner resolution
         (the hint names the overlap to use).
     """
-    h = executor.submit(
-        norm_probe_task,
-        spec,
-        payload,
-        channels,
-        tuple(plan.window_shape),
-        mode == "exact",
-        key=f"tg-normprobe-{token}",
-        resources=executor.model_resources,
+    exact = mode == "exact"
+    report, costs, error = remembered(  # a later run with the same model and windows asks again for nothing
+        executor,
+        ("norm", spec.token, repr(spec), int(channels), tuple(plan.window_shape), exact),
+        lambda: executor.submit(
+            norm_probe_task,
+            spec,
+            payload,
+            channels,
+            tuple(plan.window_shape),
+            exact,
+            key=f"tg-normprobe-{token}",
+            resources=executor.model_resources,
+        ),
     )
-    report, costs, error = executor.wait([h])[0]
     norm = NormPlan(mode, report, tuple(costs), error)
     if mode is not None:
         if report.opaque:
@@ -342,7 +348,8 @@ def synchronise(run: PreparedRun, executor: Executor, progress: Progress | None)
 def _exact(run: PreparedRun, executor: Executor, progress: Progress | None) -> tuple[dict, dict]:
     """The statistics passes of ``norm_sync="exact"``: one round of model tasks per layer."""
     names = run.norm.report.names
-    groups = run.context.kind.task_groups(run.plan)  # the windows the output inference runs
+    # the windows the output inference runs (by the kind's groups, else the plan's raster grouping)
+    groups = run.context.kind.task_groups(run.plan) or run.plan.tasks()
     mask = run.context.mask
     if mask is not None:  # only the windows touching the mask run: their pixels are the statistics'
         groups = [kept for g in groups if (kept := [i for i in g if i in mask.windows])]

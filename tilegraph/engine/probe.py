@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import math
 import weakref
+from collections.abc import Callable
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 
@@ -21,7 +23,7 @@ from tilegraph.infer.spec import ModelSpec
 from tilegraph.plan.normalize import coerce_scale, lcm
 from tilegraph.source.abc import Source
 
-__all__ = ["model_channels", "probe", "probe_task", "checked_scale", "autotile"]
+__all__ = ["model_channels", "probe", "probe_task", "checked_scale", "autotile", "remembered"]
 
 #: Source channels whose last one passes around a model that declares one channel fewer (or nothing).
 _ALPHA = {4: 3, 2: 1}
@@ -160,27 +162,21 @@ def probe(
     on that client with the same model (same content token and options), channels and output
     takes its result without running the model again, as a batch of files with one model does.
     """
-    known = _probed(executor)
-    key = (spec.token, repr(spec), int(source.channels), output, coarse)
-    if known is not None and key in known:
-        return known[key]
     try:
-        h = executor.submit(
-            probe_task,
-            spec,
-            payload,
-            source.channels,
-            output,
-            coarse,
-            key=f"tg-probe-{token}",
-            resources=executor.model_resources,
+        return remembered(
+            executor,
+            ("probe", spec.token, repr(spec), int(source.channels), output, coarse),
+            lambda: executor.submit(
+                probe_task,
+                spec,
+                payload,
+                source.channels,
+                output,
+                coarse,
+                key=f"tg-probe-{token}",
+                resources=executor.model_resources,
+            ),
         )
-        found = executor.wait([h])[0]
-        if known is not None:
-            if len(known) >= 32:
-                known.pop(next(iter(known)))
-            known[key] = found
-        return found
     except ModelError as exc:
         if exc.path is not None or exc.window is not None:
             raise
@@ -193,6 +189,24 @@ def probe(
 
 
 _PROBED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def remembered(executor: Executor, key: tuple, submit: Callable[[], Any]) -> Any:
+    """The result of the task ``submit()`` submits, remembered for the executor's Dask client under ``key``.
+
+    A later call with the same key on that client (the same model, by content token and options, and
+    the same question) returns it without running the task again; in-process, the task always runs.
+    At most 32 results are kept per client.
+    """
+    known = _probed(executor)
+    if known is not None and key in known:
+        return known[key]
+    found = executor.wait([submit()])[0]
+    if known is not None:
+        if len(known) >= 32:
+            known.pop(next(iter(known)))
+        known[key] = found
+    return found
 
 
 def _probed(executor: Executor) -> dict | None:

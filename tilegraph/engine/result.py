@@ -30,7 +30,7 @@ class RunResult:
     report : dict or None
         The QA report (``qa=True``).
     extra : dict
-        ``autotile`` choice, ``oom_splits``, the output kind's report (``labels``, ``detections``),
+        ``autotile`` choice, ``oom_splits``, ``model_tasks`` (how many model tasks ran), the output kind's report (``labels``, ``detections``),
         ``mask`` (windows run and skipped, the grid chosen).
     table : numpy.ndarray or None
         The rows of a kind whose output is a table (see :attr:`detections`).

@@ -174,9 +174,12 @@ class OutputKind(ABC):
         """
         return self
 
-    def task_groups(self, plan: Plan) -> list[list[int]]:
-        """Windows of each model task (default: the plan's grouping, raster order)."""
-        return plan.tasks()
+    def task_groups(self, plan: Plan) -> list[list[int]] | None:
+        """Windows of each model task, or ``None`` (default): the engine deals the windows to the model
+        workers by place and cuts each worker's sweep into tasks of ``batch_size x batches_per_task``
+        (:func:`~tilegraph.engine.infer.model_tasks`). A kind whose tasks must hold given windows
+        together returns them; its groups are then dealt whole."""
+        return None
 
     @abstractmethod
     def consume(
