@@ -4,8 +4,9 @@ Pinned configuration: the reference U-Net of ``shared/anchors/gpu_anchor.py`` (`
 7.8 M parameters) in float32 on CPU, tile 512, overlap 64, on a random 4096^2 uint8 RGB Zarr (chunks 1024,
 zstd), batch 4, blend ``cosine`` (tilegraph's default; ``--blends crop,cosine`` adds crop). Rows:
 
-1. the model alone over exactly tilegraph's windows (``make_plan`` with the run's geometry; the boxes are
-   checked against the run's own plan), in this process, the windows already in memory as float32
+1. the model alone over exactly tilegraph's ``crop`` windows (``make_plan`` with the run's geometry; each
+   tilegraph row's boxes are checked against its own plan, and against row 1's for count and size: the
+   other modes' grid starts at 0 instead of ``-overlap/2``, with as many windows of the same size), in this process, the windows already in memory as float32
    tensors in NHWC strides (what tilegraph's CPU runner and the anchor's ``map_overlap`` both feed the
    model; NCHW-contiguous input costs about 1.4 x the CPU time), batches of 4;
 2. ``tilegraph.run`` Zarr -> Zarr on the embedded cluster (``embedded_cluster(n_workers=1)``: one worker
@@ -157,7 +158,12 @@ def main(argv=None) -> int:
                 )
                 key = f"tilegraph {blend}"
                 note(key, s, c0)
-                same = bg.window_boxes(res.plan) == bg.window_boxes(plan)
+                # the run's windows are its geometry's (crop's grid starts at -overlap/2, the others' at 0), and
+                # as many and as large as row 1's, which ran over crop's
+                same = bg.window_boxes(res.plan) == bg.window_boxes(
+                    bg.plan_for(n, tile, ov, model, batch, blend)
+                )
+                like = res.plan.n_windows == plan.n_windows and res.plan.window_shape == plan.window_shape
                 t_ = {
                     k: res.timings.get(k, float("nan"))
                     for k in (
@@ -172,7 +178,7 @@ def main(argv=None) -> int:
                     )
                 }
                 extra[key] = (
-                    f"windows identical to row 1: {same}; total_s {t_['total_s']:.2f} = prepare {t_['prepare_s']:.2f}"
+                    f"windows as planned: {same}, as many and as large as row 1's: {like}; total_s {t_['total_s']:.2f} = prepare {t_['prepare_s']:.2f}"
                     f" (probe {t_['probe_s']:.2f}) + run {t_['run_s']:.2f}; sums over tasks: model "
                     f"{t_['model_s_sum']:.2f}, read {t_['read_s_sum']:.2f}, write {t_['write_s_sum']:.2f}, "
                     f"blend {t_['blend_s_sum']:.2f}; wall - model_s_sum = {s - t_['model_s_sum']:.2f} s"
