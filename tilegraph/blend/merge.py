@@ -149,7 +149,8 @@ def crop_box(
         if out is None:
             out = np.empty((y1 - y0, x1 - x0, region.shape[0]), dtype=region.dtype)
         dst = out[a0 - y0 : a1 - y0, b0 - x0 : b1 - x0]
-        for c in range(region.shape[0]):  # a plane at a time: numpy's transposing copy is several times slower
+        # a plane at a time: numpy's transposing copy is several times slower
+        for c in range(region.shape[0]):
             dst[..., c] = region[c]
     if out is None:
         raise RuntimeError(f"no window covers output box {(y0, y1, x0, x1)}")
