@@ -664,7 +664,11 @@ def tilegraph_rows(
                 precision=args.precision,
                 channels_last=True,
             )
-            same = window_boxes(res.plan) == window_boxes(plan)
+            # its own geometry's windows (crop's grid starts at -overlap/2, cosine's at 0), as many and as
+            # large as row (a)'s, which ran over crop's
+            same = window_boxes(res.plan) == window_boxes(plan_for(n, tile, ov, model, batch, blend)) and (
+                res.plan.n_windows == plan.n_windows and res.plan.window_shape == plan.window_shape
+            )
             rows.append(
                 b.row(
                     tab,
@@ -678,7 +682,7 @@ def tilegraph_rows(
                     clipped=res.clipped,
                 )
             )
-            note = f"{tab} {key}: windows identical to row (a): {same}; timings: {timing_note(res)}"
+            note = f"{tab} {key}: windows as planned, as many and as large as row (a)'s: {same}; timings: {timing_note(res)}"
             RESULTS["notes"].append(note)
             log(note)
 
