@@ -258,3 +258,40 @@ def test_model_tasks_of_several_batches_read_ahead_and_give_the_image(tmp_path):
     kw = dict(tile=128, overlap=32, batch_size=2, batches_per_task=3, client="inprocess", progress=False)
     res = tilegraph.run(img, str(tmp_path / "out.zarr"), model=_double, **kw)
     np.testing.assert_allclose(np.asarray(res.output), 2 * img, atol=1e-6)
+
+
+def test_a_batch_of_neighbouring_windows_is_read_as_one_region_and_equals_windows_read_one_by_one():
+    """Blocks of grid rows and columns, and runs along a row or a column, are read at once; the windows cut
+    from them (padding at the edges included) equal each window read alone, and keep the batch's order."""
+    from types import SimpleNamespace
+
+    from tilegraph import make_plan
+    from tilegraph.engine.infer_task import _read_run, _runs_of
+    from tilegraph.source import read_padded
+    from tilegraph.source.open import open_source
+
+    rng = np.random.default_rng(0)
+    img = rng.random((300, 330, 3), dtype=np.float32)
+    plan = make_plan(img.shape[:2], tile=96, overlap=24, channels=3, dtype="float32", blend="cosine")
+    cols = plan.grid[1]
+    at = lambda r, c: r * cols + c  # noqa: E731
+    assert _runs_of(plan, [at(0, 0), at(0, 1), at(1, 0), at(1, 1)]) == [
+        [at(0, 0), at(0, 1), at(1, 0), at(1, 1)]
+    ]
+    assert _runs_of(plan, [at(0, 2), at(1, 2), at(2, 2), at(3, 2)]) == [
+        [at(0, 2), at(1, 2), at(2, 2), at(3, 2)]
+    ]
+    assert _runs_of(plan, [at(0, cols - 1), at(1, 0), at(1, 1)]) == [[at(0, cols - 1)], [at(1, 0), at(1, 1)]]
+    assert _runs_of(plan, [at(0, 0), at(1, 0), at(1, 1)]) == [[at(0, 0), at(1, 0)], [at(1, 1)]]  # no turning
+    ctx = SimpleNamespace(plan=plan, source=open_source(img))
+    for batch in (
+        [at(2, 1), at(2, 2), at(3, 1), at(3, 2)],
+        [at(3, cols - 1), at(2, cols - 1)],
+        [at(0, 0), at(0, 1)],
+    ):
+        got = [w for run in _runs_of(plan, batch) for w in _read_run(ctx, run)]
+        for i, w in zip(batch, got, strict=True):
+            win = plan.window(i)
+            np.testing.assert_array_equal(
+                w, read_padded(ctx.source, win.y0, win.y1, win.x0, win.x1, plan.pad_mode)
+            )
