@@ -23,6 +23,7 @@ __all__ = [
     "model_tasks",
     "place",
     "summarise",
+    "touching_mask",
 ]
 
 #: Source chunk rows of the stripes a model worker sweeps its band in (:func:`~tilegraph.engine.dispatch.bands`):
@@ -120,23 +121,29 @@ def model_tasks(
     batches_per_task`` along each worker's sweep, unless the output kind groups them itself
     (:meth:`~tilegraph.outputs.abc.OutputKind.task_groups`): then its groups are dealt whole.
     """
-    plan, mask = run.plan, run.context.mask
-    keep = None if mask is None else mask.windows
+    plan = run.plan
     own = run.context.kind.task_groups(plan)
+    # a resumed run: what is left; then only the windows touching the mask
+    groups = touching_mask(
+        task_groups(own if own is not None else [list(range(plan.n_windows))], run.work), run
+    )
     if own is not None:
-        groups = task_groups(own, run.work)  # a resumed run: what is left
-        if keep is not None:  # only the windows touching the mask run
-            groups = [kept for g in groups if (kept := [i for i in g if i in keep])]
         places = [place(plan, g) for g in groups]
         lanes = bands(places, workers, stripe)
         return groups, lanes, stripes(places, lanes, stripe)
-    windows = list(range(plan.n_windows)) if run.work is None else sorted(run.work.windows)
-    if keep is not None:
-        windows = [i for i in windows if i in keep]
+    windows = [i for g in groups for i in g]
     dealt = deal(
         [place(plan, [i]) for i in windows], workers, plan.batch_size * plan.batches_per_task, stripe
     )
     return [[windows[p] for p in g] for g in dealt.groups], dealt.lanes, dealt.stripes
+
+
+def touching_mask(groups: list[list[int]], run: PreparedRun) -> list[list[int]]:
+    """``groups`` with only the windows that touch the run's mask (all without one), empty groups dropped."""
+    mask = run.context.mask
+    if mask is None:
+        return groups
+    return [kept for g in groups if (kept := [i for i in g if i in mask.windows])]
 
 
 def chunk_releases(run: PreparedRun, groups: list, lanes: list[list[int]], stripes: list[int]) -> list[tuple]:

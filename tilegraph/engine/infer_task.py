@@ -92,19 +92,16 @@ def _runs_of(plan: Plan, batch: list[int], longest: int = 4) -> list[list[int]]:
     if full and max(rows) - min(rows) < len(rows) <= longest and max(cols) - min(cols) < len(cols) <= longest:
         return [list(batch)]
     runs: list[list[int]] = []
-    for i, (r, c) in zip(batch, places, strict=True):
+    along: tuple[int, int] | None = None  # the step between the windows of the last run (None: one window)
+    for k, (i, (r, c)) in enumerate(zip(batch, places, strict=True)):
         if runs and len(runs[-1]) < longest:
-            last = plan.window(runs[-1][-1])
-            step = (r - last.row, c - last.col)
-            if len(runs[-1]) > 1:
-                before = plan.window(runs[-1][-2])
-                along = (last.row - before.row, last.col - before.col)
-            else:
-                along = step
-            if step in ((0, 1), (1, 0)) and step == along:
+            step = (r - places[k - 1][0], c - places[k - 1][1])  # from the last run's last window
+            if step in ((0, 1), (1, 0)) and along in (None, step):
                 runs[-1].append(i)
+                along = step
                 continue
         runs.append([i])
+        along = None
     return runs
 
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from tilegraph.engine.context import PreparedRun, RunContext
 from tilegraph.engine.executor import Executor
+from tilegraph.engine.infer import touching_mask
 from tilegraph.engine.infer_task import _read_run, _runs_of
 from tilegraph.engine.probe import remembered
 from tilegraph.engine.progress import Progress
@@ -348,11 +349,10 @@ def synchronise(run: PreparedRun, executor: Executor, progress: Progress | None)
 def _exact(run: PreparedRun, executor: Executor, progress: Progress | None) -> tuple[dict, dict]:
     """The statistics passes of ``norm_sync="exact"``: one round of model tasks per layer."""
     names = run.norm.report.names
-    # the windows the output inference runs (by the kind's groups, else the plan's raster grouping)
-    groups = run.context.kind.task_groups(run.plan) or run.plan.tasks()
-    mask = run.context.mask
-    if mask is not None:  # only the windows touching the mask run: their pixels are the statistics'
-        groups = [kept for g in groups if (kept := [i for i in g if i in mask.windows])]
+    # the windows the output inference runs (by the kind's groups, else the plan's raster grouping); with a
+    # mask only those touching it run: their pixels are the statistics'
+    own = run.context.kind.task_groups(run.plan)
+    groups = touching_mask(own if own is not None else run.plan.tasks(), run)
     ctx_h = executor.share(run.context)
     stats: dict = {}
     seconds, model_s = [], 0.0
